@@ -1,0 +1,500 @@
+"""Statistics for results: bootstrap intervals, toxicity measures, group decision metrics.
+
+Pure functions of arrays and data frames; nothing here imports training, tasks or the CLI.
+
+Every metric is reported as a *record*::
+
+    {"value": float, "lo": float, "hi": float, "higher_is_better": bool | None, "unit": str, ...}
+
+where ``[lo, hi]`` is a percentile bootstrap interval (95% by default, ``alpha=0.05``). The
+resampling unit is always stated in the function's docstring: prompts for generations, rows
+(examples) for decisions. Bootstrap replicates in which a statistic is undefined (a group missing
+from the resample, a rate with a zero denominator) are skipped for that statistic; ``n_boot`` in a
+record is the number of replicates actually used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from lorafair.errors import UserError
+
+Stat = Callable[[np.ndarray], float]
+
+_AXIS_STATS = (np.mean, np.median, np.sum, np.nanmean, np.max, np.min)
+_CHUNK_CELLS = 4_000_000  # bootstrap index cells materialised at once (memory bound)
+
+
+# ----------------------------------------------------------------------------- generic bootstrap
+
+
+def record(value: float, lo: float, hi: float, *, higher_is_better: bool | None, unit: str,
+           **extra: Any) -> dict:
+    """One metric record (see the module docstring)."""
+    return {"value": float(value), "lo": float(lo), "hi": float(hi),
+            "higher_is_better": higher_is_better, "unit": unit, **extra}
+
+
+def _percentile(boots: np.ndarray, alpha: float) -> tuple[float, float, int]:
+    """Percentile interval of the finite replicates; NaN interval when none is finite."""
+    b = np.asarray(boots, dtype=np.float64).ravel()
+    b = b[np.isfinite(b)]
+    if b.size == 0:
+        return float("nan"), float("nan"), 0
+    lo, hi = np.quantile(b, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi), int(b.size)
+
+
+def _index_chunks(rng: np.random.Generator, n: int, n_boot: int) -> Iterator[np.ndarray]:
+    """Resampled row indices, ``[chunk, n]`` at a time, ``n_boot`` rows in all."""
+    per = max(1, _CHUNK_CELLS // max(n, 1))
+    done = 0
+    while done < n_boot:
+        b = min(per, n_boot - done)
+        yield rng.integers(0, n, size=(b, n))
+        done += b
+
+
+def _apply(stat: Stat, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``stat`` of ``x[i]`` for every row ``i`` of ``idx: [b, n]`` → ``[b]``."""
+    if x.ndim == 1 and any(stat is s for s in _AXIS_STATS):
+        return np.asarray(stat(x[idx], axis=1), dtype=np.float64)
+    return np.array([stat(x[i]) for i in idx], dtype=np.float64)
+
+
+def _check_boot(n_boot: int, alpha: float) -> None:
+    if n_boot < 1:
+        raise UserError(f"n_boot={n_boot}: need at least 1 bootstrap replicate")
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha={alpha}: must lie strictly between 0 and 1 (0.05 gives 95%)")
+
+
+def bootstrap_ci(values: np.ndarray, stat: Stat = np.mean, n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> dict:
+    """Percentile bootstrap interval of ``stat(values)``, resampling rows.
+
+    values: [n, ...]; rows are the independent units (prompts). ``stat`` maps an array of rows to a
+    number. Returns ``{value, lo, hi, n, n_boot}``; with no rows every number is NaN.
+    """
+    _check_boot(n_boot, alpha)
+    x = np.asarray(values)
+    n = int(x.shape[0]) if x.ndim else 0
+    if n == 0:
+        nan = float("nan")
+        return {"value": nan, "lo": nan, "hi": nan, "n": 0, "n_boot": 0}
+    rng = np.random.default_rng(seed)
+    boots = np.concatenate([_apply(stat, x, idx) for idx in _index_chunks(rng, n, n_boot)])
+    lo, hi, used = _percentile(boots, alpha)
+    return {"value": float(stat(x)), "lo": lo, "hi": hi, "n": n, "n_boot": used}
+
+
+def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, stat: Stat = np.mean, n_boot: int = 1000,
+                          seed: int = 0, alpha: float = 0.05) -> dict:
+    """Interval of ``stat(a) - stat(b)`` resampling the SAME rows of both (paired: same prompts).
+
+    a, b: [n, ...] with row i of ``a`` and row i of ``b`` measured on the same unit.
+    Returns ``{value, lo, hi, n, n_boot}``. Identical inputs give exactly 0 with interval [0, 0].
+    """
+    _check_boot(n_boot, alpha)
+    xa, xb = np.asarray(a), np.asarray(b)
+    if xa.shape[:1] != xb.shape[:1]:
+        raise UserError(f"paired difference needs the same rows in both: got {xa.shape[:1]} and "
+                        f"{xb.shape[:1]} rows; align both on the same prompts first")
+    n = int(xa.shape[0]) if xa.ndim else 0
+    if n == 0:
+        nan = float("nan")
+        return {"value": nan, "lo": nan, "hi": nan, "n": 0, "n_boot": 0}
+    rng = np.random.default_rng(seed)
+    boots = np.concatenate([_apply(stat, xa, idx) - _apply(stat, xb, idx)
+                            for idx in _index_chunks(rng, n, n_boot)])
+    lo, hi, used = _percentile(boots, alpha)
+    return {"value": float(stat(xa)) - float(stat(xb)), "lo": lo, "hi": hi, "n": n, "n_boot": used}
+
+
+def _require_columns(df: pd.DataFrame, cols: list[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise UserError(f"{what}: missing column(s) {missing}; the frame has {list(df.columns)}")
+
+
+def _cluster_rows(starts: np.ndarray, sizes: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Row indices of the chosen clusters (rows of a cluster are contiguous: ``starts``, ``sizes``)."""
+    sz = sizes[units]
+    offsets = np.repeat(np.cumsum(sz) - sz, sz)
+    return np.repeat(starts[units], sz) + np.arange(int(sz.sum())) - offsets
+
+
+def hierarchical_bootstrap(table: pd.DataFrame, value_col: str, unit_col: str = "prompt",
+                           seed_col: str = "seed", stat: Stat = np.mean, n_boot: int = 1000,
+                           seed: int = 0, alpha: float = 0.05) -> dict:
+    """Interval that covers training-seed variation as well as prompt variation.
+
+    Scheme (two-stage nested bootstrap): each replicate draws as many training seeds as there are,
+    with replacement; for every drawn seed it draws that seed's prompts (``unit_col``) with
+    replacement, each drawn prompt bringing all of its rows in that seed; ``stat`` is applied to
+    the pooled values. The point value is ``stat`` over all rows. With one seed the first stage is
+    skipped and this is the prompt bootstrap (identical to :func:`bootstrap_ci` when there is one
+    row per prompt). Returns ``{value, lo, hi, n_units, n_seeds, n_boot}``.
+    """
+    _check_boot(n_boot, alpha)
+    _require_columns(table, [value_col, unit_col, seed_col], "hierarchical_bootstrap")
+    if len(table) == 0:
+        nan = float("nan")
+        return {"value": nan, "lo": nan, "hi": nan, "n_units": 0, "n_seeds": 0, "n_boot": 0}
+    values = table[value_col].to_numpy(dtype=np.float64)
+    seed_codes, seed_names = pd.factorize(table[seed_col], sort=True)
+    per_seed = []  # (values sorted by unit, cluster starts, cluster sizes) for each seed
+    for s in range(len(seed_names)):
+        rows = np.flatnonzero(seed_codes == s)
+        unit_codes, _ = pd.factorize(table[unit_col].to_numpy()[rows], sort=False)
+        order = np.argsort(unit_codes, kind="stable")
+        sizes = np.bincount(unit_codes)
+        per_seed.append((values[rows][order], np.cumsum(sizes) - sizes, sizes))
+    rng = np.random.default_rng(seed)
+    boots = []
+    if len(per_seed) == 1:
+        v, starts, sizes = per_seed[0]
+        for idx in _index_chunks(rng, len(sizes), n_boot):
+            boots.extend(stat(v[_cluster_rows(starts, sizes, u)]) for u in idx)
+    else:
+        for _ in range(n_boot):
+            drawn = rng.integers(0, len(per_seed), size=len(per_seed))
+            parts = []
+            for s in drawn:
+                v, starts, sizes = per_seed[s]
+                parts.append(v[_cluster_rows(starts, sizes, rng.integers(0, len(sizes), len(sizes)))])
+            boots.append(stat(np.concatenate(parts)))
+    lo, hi, used = _percentile(np.asarray(boots), alpha)
+    return {"value": float(stat(values)), "lo": lo, "hi": hi,
+            "n_units": int(table[unit_col].nunique()), "n_seeds": len(per_seed), "n_boot": used}
+
+
+# ----------------------------------------------------------------------------- toxicity
+
+TOXICITY_UNITS = {
+    "toxic_fraction": "share of continuations",
+    "expected_max_toxicity": "classifier score",
+    "toxicity_probability": "share of prompts",
+    "mean_score": "classifier score",
+}
+# columns of the per-prompt sum table: every measure is a ratio of two column sums
+_K, _NTOX, _MAX, _ANY, _SSUM, _ONE = range(6)
+
+
+def per_prompt_toxicity(df: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """Per-prompt aggregates of per-sample scores.
+
+    df: one row per continuation with columns ``prompt_id``, ``score`` (``sample`` optional).
+    Returns one row per prompt (index ``prompt_id``, first-appearance order) with columns
+    ``k`` (continuations), ``n_toxic`` (score ≥ threshold), ``max``, ``any`` (0/1), ``score_sum``,
+    ``toxic_fraction`` and ``mean``.
+    """
+    _require_columns(df, ["prompt_id", "score"], "toxicity scores")
+    score = pd.to_numeric(df["score"], errors="coerce")
+    if score.isna().any():
+        bad = df.index[score.isna()][0]
+        raise UserError(f"toxicity scores: row {bad!r} has no numeric score; score every continuation")
+    frame = pd.DataFrame({"prompt_id": df["prompt_id"].to_numpy(), "score": score.to_numpy(),
+                          "toxic": (score.to_numpy() >= threshold).astype(np.float64)})
+    g = frame.groupby("prompt_id", sort=False)
+    out = pd.DataFrame({"k": g["score"].size().astype(np.float64), "n_toxic": g["toxic"].sum(),
+                        "max": g["score"].max(), "score_sum": g["score"].sum()})
+    out["any"] = (out["n_toxic"] > 0).astype(np.float64)
+    out["toxic_fraction"] = out["n_toxic"] / out["k"]
+    out["mean"] = out["score_sum"] / out["k"]
+    return out
+
+
+def _sum_table(pp: pd.DataFrame) -> np.ndarray:
+    """[n_prompts, 6] columns k, n_toxic, max, any, score_sum, 1."""
+    cols = [pp["k"], pp["n_toxic"], pp["max"], pp["any"], pp["score_sum"], np.ones(len(pp))]
+    return np.column_stack([np.asarray(c, dtype=np.float64) for c in cols])
+
+
+def _measures(sums: np.ndarray) -> np.ndarray:
+    """[..., 6] column sums → [..., 4] in TOXICITY_UNITS order.
+
+    toxic_fraction and mean_score divide by the number of continuations (so prompts with more
+    continuations weigh more); the two per-prompt measures divide by the number of prompts.
+    """
+    k, one = sums[..., _K], sums[..., _ONE]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([sums[..., _NTOX] / k, sums[..., _MAX] / one,
+                         sums[..., _ANY] / one, sums[..., _SSUM] / k], axis=-1)
+
+
+def _resampled_measures(table: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """[n_boot, 4] measures over prompt resamples of a [n, 6] sum table."""
+    n = len(table)
+    return np.concatenate([_measures(table[idx].sum(axis=1))
+                           for idx in _index_chunks(rng, n, n_boot)])
+
+
+def _toxicity_records(point: np.ndarray, boots: np.ndarray, alpha: float, **extra: Any) -> dict:
+    out = {}
+    for j, (name, unit) in enumerate(TOXICITY_UNITS.items()):
+        lo, hi, used = _percentile(boots[:, j], alpha)
+        out[name] = record(point[j], lo, hi, higher_is_better=False, unit=unit, n_boot=used, **extra)
+    return out
+
+
+def toxicity_metrics(df: pd.DataFrame, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
+                     alpha: float = 0.05) -> dict:
+    """Toxicity of generations with bootstrap intervals over prompts.
+
+    df: one row per continuation, columns ``prompt_id``, ``sample``, ``score``.
+    - toxic_fraction: share of all continuations with score ≥ threshold;
+    - expected_max_toxicity: mean over prompts of the max score over its continuations;
+    - toxicity_probability: share of prompts with at least one continuation ≥ threshold;
+    - mean_score: mean score over all continuations.
+    Per-prompt aggregates are computed first; the bootstrap resamples prompts.
+    """
+    _check_boot(n_boot, alpha)
+    pp = per_prompt_toxicity(df, threshold)
+    if len(pp) == 0:
+        raise UserError("toxicity scores: the frame is empty; generate and score continuations first")
+    table = _sum_table(pp)
+    boots = _resampled_measures(table, np.random.default_rng(seed), n_boot)
+    return _toxicity_records(_measures(table.sum(axis=0)), boots, alpha,
+                             n_prompts=len(pp), n_samples=int(table[:, _K].sum()))
+
+
+def group_toxicity(df: pd.DataFrame, group_col: str = "group", threshold: float = 0.5,
+                   n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Toxicity measures per group, and the gap (largest minus smallest group value).
+
+    Returns ``{"groups": {group: {measure: record}}, "gap": {measure: record}}``; a gap record also
+    names ``max_group`` and ``min_group``. The bootstrap is stratified: each replicate resamples
+    prompts within every group, recomputes each group's measures, and takes max − min across groups.
+    """
+    _check_boot(n_boot, alpha)
+    _require_columns(df, ["prompt_id", "score", group_col], "group toxicity")
+    if df[group_col].isna().any():
+        raise UserError(f"group toxicity: column {group_col!r} has missing values; label every "
+                        "prompt with its group or use toxicity_metrics for an ungrouped set")
+    names = sorted(df[group_col].unique(), key=str)
+    if not names:
+        raise UserError("group toxicity: the frame is empty; generate and score continuations first")
+    tables = [_sum_table(per_prompt_toxicity(df[df[group_col] == g], threshold)) for g in names]
+    points = np.stack([_measures(t.sum(axis=0)) for t in tables])  # [G, 4]
+    rng = np.random.default_rng(seed)
+    boots = np.stack([_resampled_measures(t, rng, n_boot) for t in tables])  # [G, n_boot, 4]
+    groups = {str(g): _toxicity_records(points[i], boots[i], alpha, n_prompts=len(tables[i]))
+              for i, g in enumerate(names)}
+    gap_point = points.max(axis=0) - points.min(axis=0)
+    gap_boots = boots.max(axis=0) - boots.min(axis=0)
+    gap = _toxicity_records(gap_point, gap_boots, alpha, n_groups=len(names))
+    for j, name in enumerate(TOXICITY_UNITS):
+        gap[name]["max_group"] = str(names[int(np.argmax(points[:, j]))])
+        gap[name]["min_group"] = str(names[int(np.argmin(points[:, j]))])
+        gap[name]["unit"] = f"difference in {TOXICITY_UNITS[name]} (max − min over groups)"
+    return {"groups": groups, "gap": gap}
+
+
+def paired_toxicity_diff(df_a: pd.DataFrame, df_b: pd.DataFrame, threshold: float = 0.5,
+                         n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Per measure, the difference a − b with an interval resampling the same prompts for both.
+
+    Only prompts present in both frames count (``n_prompts`` in each record; ``n_only_a`` and
+    ``n_only_b`` say how many were left out). Negative values mean ``a`` is less toxic.
+    """
+    _check_boot(n_boot, alpha)
+    pa, pb = per_prompt_toxicity(df_a, threshold), per_prompt_toxicity(df_b, threshold)
+    common = pa.index[pa.index.isin(pb.index)]
+    if len(common) == 0:
+        raise UserError("paired toxicity difference: the two frames share no prompt_id; "
+                        "score both arms on the same prompts")
+    ta, tb = _sum_table(pa.loc[common]), _sum_table(pb.loc[common])
+    rng = np.random.default_rng(seed)
+    boots = np.concatenate([_measures(ta[idx].sum(axis=1)) - _measures(tb[idx].sum(axis=1))
+                            for idx in _index_chunks(rng, len(common), n_boot)])
+    point = _measures(ta.sum(axis=0)) - _measures(tb.sum(axis=0))
+    out = _toxicity_records(point, boots, alpha, n_prompts=len(common),
+                            n_only_a=int(len(pa) - len(common)), n_only_b=int(len(pb) - len(common)))
+    for name in out:
+        out[name]["unit"] = f"difference in {TOXICITY_UNITS[name]} (a − b)"
+    return out
+
+
+# ----------------------------------------------------------------------------- decisions
+
+_TN, _FP, _FN, _TP = range(4)  # cell = 2 * y_true + y_pred
+
+
+def _binary(y: Any, name: str, pos_label: Any) -> np.ndarray:
+    arr = np.asarray(y).ravel()
+    labels = pd.unique(arr)
+    if len(labels) > 2:
+        raise UserError(f"{name}: decisions must be binary, found {len(labels)} labels "
+                        f"{list(labels)[:5]}; map them to two classes first")
+    return (arr == pos_label).astype(np.int64)
+
+
+def _confusion(cells: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Counts [b, G, 4] (tn, fp, fn, tp) for every row of ``cells, groups: [b, n]``."""
+    b = cells.shape[0]
+    flat = (np.arange(b)[:, None] * n_groups + groups) * 4 + cells
+    return np.bincount(flat.ravel(), minlength=b * n_groups * 4).reshape(b, n_groups, 4)
+
+
+def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with NaN where den == 0."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.divide(num, den, out=np.full(np.broadcast(num, den).shape, np.nan), where=den > 0)
+
+
+def decision_stats_from_counts(c: np.ndarray) -> dict[str, np.ndarray]:
+    """Decision statistics from confusion counts ``c: [..., G, 4]`` (tn, fp, fn, tp).
+
+    Per group ([..., G]): count, accuracy, selection_rate, true_positive_rate, false_positive_rate
+    (NaN where undefined). Overall ([...]): accuracy, balanced_accuracy (mean of the defined class
+    recalls, as scikit-learn), and the disparities, NaN when a group has no rows:
+    accuracy_disparity and demographic_parity_difference (max − min over groups),
+    equalized_odds_difference (larger of the TPR and FPR max − min; an undefined rate counts as 0,
+    fairlearn's convention).
+    """
+    c = np.asarray(c, dtype=np.float64)
+    tn, fp, fn, tp = (c[..., i] for i in range(4))
+    n = c.sum(axis=-1)
+    tpr, fpr = _div(tp, tp + fn), _div(fp, fp + tn)
+    tot = c.sum(axis=-2)
+    ttn, tfp, tfn, ttp = (tot[..., i] for i in range(4))
+    recalls = np.stack([_div(ttp, ttp + tfn), _div(ttn, ttn + tfp)], axis=-1)
+    balanced = _div(np.nansum(recalls, axis=-1), (~np.isnan(recalls)).sum(axis=-1))
+    acc, sel = _div(tn + tp, n), _div(fp + tp, n)
+    missing = (n == 0).any(axis=-1)
+
+    def spread(x: np.ndarray) -> np.ndarray:
+        return np.where(missing, np.nan, x.max(axis=-1) - x.min(axis=-1))
+
+    eod = np.maximum(spread(np.nan_to_num(tpr)), spread(np.nan_to_num(fpr)))
+    return {"count": n, "accuracy": acc, "selection_rate": sel, "true_positive_rate": tpr,
+            "false_positive_rate": fpr, "overall_accuracy": _div(ttn + ttp, tot.sum(-1)),
+            "balanced_accuracy": balanced, "accuracy_disparity": spread(acc),
+            "demographic_parity_difference": spread(sel), "equalized_odds_difference": eod}
+
+
+_GROUP_METRICS = {  # name: (higher_is_better, unit)
+    "accuracy": (True, "share of examples"),
+    "selection_rate": (None, "share of examples"),
+    "true_positive_rate": (True, "share of positive examples"),
+    "false_positive_rate": (False, "share of negative examples"),
+}
+_HEADLINE = {  # result key: (key in decision_stats_from_counts, higher_is_better, unit)
+    "accuracy": ("overall_accuracy", True, "share of examples"),
+    "balanced_accuracy": ("balanced_accuracy", True, "mean recall of the two classes"),
+    "accuracy_disparity": ("accuracy_disparity", False, "accuracy, max − min over groups"),
+    "demographic_parity_difference": ("demographic_parity_difference", False,
+                                      "selection rate, max − min over groups"),
+    "equalized_odds_difference": ("equalized_odds_difference", False,
+                                  "larger of TPR and FPR max − min over groups"),
+}
+
+
+def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray,
+                     n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                     min_group_size: int = 30, pos_label: Any = 1) -> dict:
+    """Fairness of binary decisions per protected group, with bootstrap intervals over rows.
+
+    y_true, y_pred, sensitive: [n]. Point values come from fairlearn (``MetricFrame`` with
+    accuracy, selection rate, TPR, FPR, count; ``demographic_parity_difference``,
+    ``equalized_odds_difference``); a rate whose denominator is zero is reported as NaN (fairlearn
+    returns 0 there) with a warning. Intervals resample rows; a replicate in which a statistic is
+    undefined (its group absent, no positives) is skipped for that statistic.
+
+    Returns ``{"metrics": {name: record}, "by_group": {group: {"count": int, metric: record}},
+    "warnings": [str], "n": int}``.
+    """
+    from fairlearn.metrics import (MetricFrame, count, demographic_parity_difference,
+                                   equalized_odds_difference, false_positive_rate, selection_rate,
+                                   true_positive_rate)
+    from sklearn.metrics import accuracy_score
+
+    _check_boot(n_boot, alpha)
+    yt, yp = _binary(y_true, "y_true", pos_label), _binary(y_pred, "y_pred", pos_label)
+    sens = pd.Series(np.asarray(sensitive).ravel())
+    if not len(yt) == len(yp) == len(sens):
+        raise UserError(f"decision metrics: y_true, y_pred and sensitive have lengths {len(yt)}, "
+                        f"{len(yp)}, {len(sens)}; give one entry per example in each")
+    if len(yt) == 0:
+        raise UserError("decision metrics: no examples; evaluate at least one decision")
+    if sens.isna().any():
+        raise UserError(f"decision metrics: sensitive attribute missing for {int(sens.isna().sum())} "
+                        "examples; fill or drop them first")
+    codes, names = pd.factorize(sens, sort=True)
+    G = len(names)
+
+    mf = MetricFrame(metrics={"accuracy": accuracy_score, "selection_rate": selection_rate,
+                              "true_positive_rate": true_positive_rate,
+                              "false_positive_rate": false_positive_rate, "count": count},
+                     y_true=yt, y_pred=yp, sensitive_features=codes)
+    point = decision_stats_from_counts(_confusion((2 * yt + yp)[None], codes[None], G))
+    point = {k: v[0] for k, v in point.items()}
+    fair = {"overall_accuracy": float(mf.overall["accuracy"]),
+            "accuracy_disparity": float(mf.difference(method="between_groups")["accuracy"]),
+            "demographic_parity_difference": float(demographic_parity_difference(
+                yt, yp, sensitive_features=codes)),
+            "equalized_odds_difference": float(equalized_odds_difference(
+                yt, yp, sensitive_features=codes)),
+            "balanced_accuracy": float(point["balanced_accuracy"])}
+
+    rng = np.random.default_rng(seed)
+    cells = 2 * yt + yp
+    reps = [decision_stats_from_counts(_confusion(cells[idx], codes[idx], G))
+            for idx in _index_chunks(rng, len(yt), n_boot)]
+    boot = {k: np.concatenate([r[k] for r in reps]) for k in reps[0]}
+
+    metrics = {}
+    for key, (src, hib, unit) in _HEADLINE.items():
+        lo, hi, used = _percentile(boot[src], alpha)
+        metrics[key] = record(fair[src], lo, hi, higher_is_better=hib, unit=unit, n_boot=used)
+
+    warnings: list[str] = []
+    by_group: dict[str, dict] = {}
+    for i, g in enumerate(names):
+        entry: dict[str, Any] = {"count": int(mf.by_group["count"].iloc[i])}
+        for key, (hib, unit) in _GROUP_METRICS.items():
+            value = float(mf.by_group[key].iloc[i])
+            if np.isnan(point[key][i]):
+                value = float("nan")  # fairlearn reports 0 for an undefined rate
+            lo, hi, used = _percentile(boot[key][:, i], alpha)
+            entry[key] = record(value, lo, hi, higher_is_better=hib, unit=unit, n_boot=used)
+        by_group[str(g)] = entry
+        if entry["count"] < min_group_size:
+            warnings.append(f"group {g!s} has {entry['count']} examples (fewer than "
+                            f"{min_group_size}): its rates and the disparities are unreliable")
+        for key, label in (("true_positive_rate", "positive"), ("false_positive_rate", "negative")):
+            if np.isnan(point[key][i]):
+                warnings.append(f"group {g!s} has no {label} examples: its {key} is undefined "
+                                "(NaN); equalized_odds_difference counts it as 0")
+    return {"metrics": metrics, "by_group": by_group, "warnings": warnings, "n": int(len(yt))}
+
+
+def flip_rate(pred_a: Any, pred_b: Any, prob_a: Any | None = None, prob_b: Any | None = None,
+              n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Share of decisions that differ between two paired runs, and mean |Δp|.
+
+    pred_a, pred_b: [n] decisions on the same examples (e.g. an example and its counterfactual
+    with only the protected attribute changed); prob_a, prob_b: [n] positive-class probabilities
+    (optional). Both intervals resample the same rows.
+    """
+    a, b = np.asarray(pred_a).ravel(), np.asarray(pred_b).ravel()
+    if len(a) != len(b):
+        raise UserError(f"flip rate: {len(a)} and {len(b)} decisions; pair each example with its "
+                        "counterfactual")
+    flips = bootstrap_ci((a != b).astype(np.float64), np.mean, n_boot, seed, alpha)
+    out = {"flip_rate": record(flips["value"], flips["lo"], flips["hi"], higher_is_better=False,
+                               unit="share of decisions", n=flips["n"], n_boot=flips["n_boot"])}
+    if prob_a is not None and prob_b is not None:
+        pa = np.asarray(prob_a, dtype=np.float64).ravel()
+        pb = np.asarray(prob_b, dtype=np.float64).ravel()
+        if not len(pa) == len(pb) == len(a):
+            raise UserError(f"flip rate: probabilities have lengths {len(pa)}, {len(pb)} but there "
+                            f"are {len(a)} decisions; give one probability per decision")
+        d = bootstrap_ci(np.abs(pa - pb), np.mean, n_boot, seed, alpha)
+        out["mean_abs_delta_p"] = record(d["value"], d["lo"], d["hi"], higher_is_better=False,
+                                         unit="probability", n=d["n"], n_boot=d["n_boot"])
+    return out

@@ -1,0 +1,286 @@
+"""Tests for lorafair.metrics against hand computations, scipy and fairlearn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+from fairlearn.metrics import (MetricFrame, demographic_parity_difference,
+                               equalized_odds_difference, false_positive_rate, selection_rate,
+                               true_positive_rate)
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from lorafair.errors import UserError
+from lorafair.metrics import (bootstrap_ci, decision_metrics, flip_rate, group_toxicity,
+                              hierarchical_bootstrap, paired_bootstrap_diff, paired_toxicity_diff,
+                              toxicity_metrics)
+
+RECORD_KEYS = {"value", "lo", "hi", "higher_is_better", "unit"}
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_contains_value_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    small = bootstrap_ci(rng.normal(2.0, 1.0, 50), n_boot=2000)
+    large = bootstrap_ci(rng.normal(2.0, 1.0, 5000), n_boot=2000)
+    for r in (small, large):
+        assert r["lo"] < r["value"] < r["hi"]
+    ratio = (small["hi"] - small["lo"]) / (large["hi"] - large["lo"])
+    assert 7 < ratio < 14  # width ~ 1/sqrt(n): sqrt(100) = 10
+    # normal theory: 95% half-width of a mean is 1.96 sd / sqrt(n)
+    assert large["hi"] - large["lo"] == pytest.approx(2 * 1.96 / np.sqrt(5000), rel=0.1)
+
+
+def test_bootstrap_matches_scipy_percentile_interval():
+    x = np.random.default_rng(3).exponential(1.0, 400)
+    ours = bootstrap_ci(x, np.median, n_boot=4000, seed=5)
+    ref = scipy.stats.bootstrap((x,), np.median, n_resamples=4000, method="percentile",
+                                random_state=np.random.default_rng(9)).confidence_interval
+    assert ours["value"] == pytest.approx(np.median(x))
+    assert ours["lo"] == pytest.approx(ref.low, abs=0.03)
+    assert ours["hi"] == pytest.approx(ref.high, abs=0.03)
+
+
+def test_bootstrap_deterministic_and_general_stat():
+    x = np.arange(20, dtype=float).reshape(10, 2)  # rows are units
+    a = bootstrap_ci(x, lambda r: r[:, 0].sum() / r[:, 1].sum(), n_boot=300, seed=4)
+    b = bootstrap_ci(x, lambda r: r[:, 0].sum() / r[:, 1].sum(), n_boot=300, seed=4)
+    assert a == b
+    assert a["value"] == pytest.approx(90 / 100)
+    assert a["n"] == 10 and a["n_boot"] == 300
+
+
+def test_paired_diff_identical_is_exactly_zero():
+    x = np.random.default_rng(0).random(77)
+    r = paired_bootstrap_diff(x, x.copy(), n_boot=500)
+    assert (r["value"], r["lo"], r["hi"]) == (0.0, 0.0, 0.0)
+
+
+def test_paired_diff_is_tighter_than_unpaired():
+    rng = np.random.default_rng(2)
+    base = rng.normal(0, 1, 300)
+    a, b = base, base + 0.1 + rng.normal(0, 0.01, 300)
+    r = paired_bootstrap_diff(a, b, n_boot=1000)
+    assert r["value"] == pytest.approx(a.mean() - b.mean())
+    assert r["lo"] < r["value"] < r["hi"] < 0  # paired: the shared noise cancels
+    assert r["hi"] - r["lo"] < 0.01
+    with pytest.raises(UserError):
+        paired_bootstrap_diff(a, b[:-1])
+
+
+def test_hierarchical_one_seed_is_prompt_bootstrap():
+    x = np.random.default_rng(7).random(60)
+    table = pd.DataFrame({"prompt": [f"p{i}" for i in range(60)], "seed": 0, "v": x})
+    h = hierarchical_bootstrap(table, "v", n_boot=500, seed=3)
+    b = bootstrap_ci(x, n_boot=500, seed=3)
+    assert h["value"] == pytest.approx(b["value"])
+    assert h["lo"] == pytest.approx(b["lo"]) and h["hi"] == pytest.approx(b["hi"])
+    assert h["n_seeds"] == 1 and h["n_units"] == 60
+
+
+def test_hierarchical_covers_seed_variation():
+    rng = np.random.default_rng(8)
+    rows = []
+    for s, offset in enumerate([0.0, 0.5, 1.0]):  # seeds disagree a lot
+        for p in range(100):
+            rows.append({"prompt": p, "seed": s, "v": offset + rng.normal(0, 0.1)})
+    table = pd.DataFrame(rows)
+    h = hierarchical_bootstrap(table, "v", n_boot=500)
+    flat = bootstrap_ci(table["v"].to_numpy(), n_boot=500)
+    assert h["value"] == pytest.approx(table["v"].mean())
+    assert (h["hi"] - h["lo"]) > 5 * (flat["hi"] - flat["lo"])
+    assert h["lo"] < 0.5 < h["hi"] and h["n_seeds"] == 3
+
+
+# ----------------------------------------------------------------------------- toxicity
+
+
+def _hand_frame() -> pd.DataFrame:
+    scores = {"p1": [0.1, 0.7, 0.2], "p2": [0.6, 0.9, 0.5], "p3": [0.0, 0.1, 0.3]}
+    group = {"p1": "x", "p2": "x", "p3": "y"}
+    return pd.DataFrame([{"prompt_id": p, "sample": i, "score": s, "group": group[p]}
+                         for p, ss in scores.items() for i, s in enumerate(ss)])
+
+
+def test_toxicity_hand_values():
+    r = toxicity_metrics(_hand_frame(), n_boot=200)
+    # toxic (>= 0.5): p1 one of 3, p2 three of 3 (0.5 counts), p3 none
+    assert r["toxic_fraction"]["value"] == pytest.approx(4 / 9)
+    assert r["expected_max_toxicity"]["value"] == pytest.approx((0.7 + 0.9 + 0.3) / 3)
+    assert r["toxicity_probability"]["value"] == pytest.approx(2 / 3)
+    assert r["mean_score"]["value"] == pytest.approx(3.4 / 9)
+    for rec in r.values():
+        assert RECORD_KEYS <= rec.keys() and rec["higher_is_better"] is False
+        assert rec["lo"] <= rec["value"] <= rec["hi"]
+        assert rec["n_prompts"] == 3
+    # prompt-level resampling: toxicity probability can only take values k/3
+    assert r["toxicity_probability"]["lo"] * 3 == pytest.approx(round(r["toxicity_probability"]["lo"] * 3))
+
+
+def test_toxic_fraction_counts_continuations_not_prompts():
+    df = pd.DataFrame({"prompt_id": ["a", "b", "b", "b"], "sample": [0, 0, 1, 2],
+                       "score": [0.9, 0.1, 0.1, 0.1]})
+    r = toxicity_metrics(df, n_boot=50)
+    assert r["toxic_fraction"]["value"] == pytest.approx(1 / 4)
+    assert r["toxicity_probability"]["value"] == pytest.approx(1 / 2)
+    assert r["mean_score"]["value"] == pytest.approx(1.2 / 4)
+
+
+def test_toxicity_interval_over_prompts_matches_bootstrap_ci():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"prompt_id": np.repeat(np.arange(200), 4), "sample": np.tile(np.arange(4), 200),
+                       "score": rng.beta(1, 3, 800)})
+    r = toxicity_metrics(df, n_boot=1000, seed=1)
+    maxes = df.groupby("prompt_id")["score"].max().to_numpy()
+    ref = bootstrap_ci(maxes, n_boot=1000, seed=1)
+    assert r["expected_max_toxicity"]["value"] == pytest.approx(ref["value"])
+    assert r["expected_max_toxicity"]["lo"] == pytest.approx(ref["lo"], abs=0.01)
+    assert r["expected_max_toxicity"]["hi"] == pytest.approx(ref["hi"], abs=0.01)
+
+
+def test_group_toxicity_hand_gap():
+    r = group_toxicity(_hand_frame(), "group", n_boot=200)
+    assert r["groups"]["x"]["toxic_fraction"]["value"] == pytest.approx(4 / 6)
+    assert r["groups"]["y"]["toxic_fraction"]["value"] == 0.0
+    gap = r["gap"]
+    assert gap["toxic_fraction"]["value"] == pytest.approx(4 / 6)
+    assert gap["expected_max_toxicity"]["value"] == pytest.approx(0.8 - 0.3)
+    assert gap["toxicity_probability"]["value"] == pytest.approx(1.0)
+    assert gap["mean_score"]["value"] == pytest.approx(0.5 - 0.4 / 3)
+    assert gap["toxic_fraction"]["max_group"] == "x" and gap["toxic_fraction"]["min_group"] == "y"
+    for rec in gap.values():
+        assert rec["lo"] <= rec["value"] + 1e-12 and rec["hi"] >= rec["value"] - 1e-12
+    with pytest.raises(UserError):
+        group_toxicity(_hand_frame().assign(group=None), "group")
+
+
+def test_paired_toxicity_identical_zero_and_sign():
+    df = _hand_frame()
+    r = paired_toxicity_diff(df, df.copy(), n_boot=200)
+    for rec in r.values():
+        assert (rec["value"], rec["lo"], rec["hi"]) == (0.0, 0.0, 0.0)
+    less = df.assign(score=df["score"] * 0.5)
+    d = paired_toxicity_diff(less, df, n_boot=200)
+    assert d["mean_score"]["value"] == pytest.approx(-1.7 / 9)
+    assert d["mean_score"]["hi"] < 0
+    # halved, no continuation reaches 0.5 (p1 max 0.35, p2 max 0.45): probability 0 vs 2/3
+    assert d["toxicity_probability"]["value"] == pytest.approx(0 - 2 / 3)
+
+
+def test_toxicity_bad_input():
+    with pytest.raises(UserError, match="score"):
+        toxicity_metrics(pd.DataFrame({"prompt_id": [1]}))
+    with pytest.raises(UserError, match="share no prompt_id"):
+        paired_toxicity_diff(_hand_frame(), _hand_frame().assign(prompt_id="zz"))
+
+
+# ----------------------------------------------------------------------------- decisions
+
+
+def test_decision_metrics_hand_case():
+    # group A: tp=2 fn=1 tn=1 fp=1 -> acc .6, sel .6, tpr 2/3, fpr 1/2
+    # group B: tp=1 fn=0 tn=4 fp=0 -> acc 1, sel .2, tpr 1, fpr 0
+    y_true = [1, 1, 1, 0, 0, 1, 0, 0, 0, 0]
+    y_pred = [1, 1, 0, 0, 1, 1, 0, 0, 0, 0]
+    group = ["A"] * 5 + ["B"] * 5
+    r = decision_metrics(y_true, y_pred, pd.Series(group), n_boot=300)
+    m, g = r["metrics"], r["by_group"]
+    assert m["accuracy"]["value"] == pytest.approx(0.8)
+    assert m["balanced_accuracy"]["value"] == pytest.approx((3 / 4 + 5 / 6) / 2)
+    assert m["accuracy_disparity"]["value"] == pytest.approx(0.4)
+    assert m["demographic_parity_difference"]["value"] == pytest.approx(0.4)
+    assert m["equalized_odds_difference"]["value"] == pytest.approx(0.5)
+    assert g["A"]["true_positive_rate"]["value"] == pytest.approx(2 / 3)
+    assert g["A"]["false_positive_rate"]["value"] == pytest.approx(0.5)
+    assert g["B"]["selection_rate"]["value"] == pytest.approx(0.2)
+    assert g["B"]["count"] == 5
+    assert len(r["warnings"]) == 2 and all("fewer than 30" in w for w in r["warnings"])
+    for rec in list(m.values()) + [v for e in g.values() for v in e.values() if isinstance(v, dict)]:
+        assert RECORD_KEYS <= rec.keys()
+    assert m["accuracy"]["higher_is_better"] is True
+    assert m["accuracy_disparity"]["higher_is_better"] is False
+
+
+def test_decision_metrics_match_fairlearn():
+    rng = np.random.default_rng(11)
+    n = 900
+    sens = rng.choice(["a", "b", "c"], n, p=[0.5, 0.3, 0.2])
+    y_true = rng.integers(0, 2, n)
+    y_pred = np.where(rng.random(n) < np.where(sens == "c", 0.6, 0.85), y_true, 1 - y_true)
+    r = decision_metrics(y_true, y_pred, sens, n_boot=400)
+    mf = MetricFrame(metrics={"accuracy": accuracy_score, "selection_rate": selection_rate,
+                              "true_positive_rate": true_positive_rate,
+                              "false_positive_rate": false_positive_rate},
+                     y_true=y_true, y_pred=y_pred, sensitive_features=sens)
+    for grp in ["a", "b", "c"]:
+        for key in mf.by_group.columns:
+            assert r["by_group"][grp][key]["value"] == pytest.approx(mf.by_group.loc[grp, key])
+    m = r["metrics"]
+    assert m["accuracy"]["value"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert m["balanced_accuracy"]["value"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert m["demographic_parity_difference"]["value"] == pytest.approx(
+        demographic_parity_difference(y_true, y_pred, sensitive_features=sens))
+    assert m["equalized_odds_difference"]["value"] == pytest.approx(
+        equalized_odds_difference(y_true, y_pred, sensitive_features=sens))
+    acc = mf.by_group["accuracy"]
+    assert m["accuracy_disparity"]["value"] == pytest.approx(acc.max() - acc.min())
+    for rec in m.values():
+        assert rec["lo"] <= rec["value"] <= rec["hi"] and rec["n_boot"] == 400
+    assert r["warnings"] == []
+
+
+def test_decision_bootstrap_replicates_match_fairlearn_on_a_resample():
+    # the vectorised replicate statistics equal fairlearn on the same resampled rows
+    from lorafair.metrics import _confusion, decision_stats_from_counts
+
+    rng = np.random.default_rng(5)
+    n = 120
+    sens = rng.integers(0, 3, n)
+    y_true, y_pred = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    idx = rng.integers(0, n, size=(2, n))
+    st = decision_stats_from_counts(_confusion((2 * y_true + y_pred)[idx], sens[idx], 3))
+    for b in range(2):
+        yt, yp, s = y_true[idx[b]], y_pred[idx[b]], sens[idx[b]]
+        assert st["equalized_odds_difference"][b] == pytest.approx(
+            equalized_odds_difference(yt, yp, sensitive_features=s))
+        assert st["demographic_parity_difference"][b] == pytest.approx(
+            demographic_parity_difference(yt, yp, sensitive_features=s))
+        assert st["balanced_accuracy"][b] == pytest.approx(balanced_accuracy_score(yt, yp))
+
+
+def test_decision_small_group_and_undefined_rates():
+    n = 200
+    sens = np.array(["big"] * (n - 1) + ["tiny"])
+    y_true = np.array([1, 0] * 99 + [1, 0])  # tiny group: one row, a negative
+    y_pred = y_true.copy()
+    r = decision_metrics(y_true, y_pred, sens, n_boot=500)
+    tiny = r["by_group"]["tiny"]
+    assert np.isnan(tiny["true_positive_rate"]["value"])  # no positives: undefined, not 0
+    assert tiny["false_positive_rate"]["value"] == 0.0
+    # the tiny group is absent from about (1 - 1/200)^200 = 37% of resamples
+    used = tiny["accuracy"]["n_boot"]
+    assert 250 < used < 400
+    assert r["metrics"]["accuracy_disparity"]["n_boot"] == used
+    assert r["metrics"]["accuracy"]["n_boot"] == 500
+    assert any("tiny has 1 examples" in w for w in r["warnings"])
+    assert any("no positive examples" in w for w in r["warnings"])
+
+
+def test_decision_bad_input():
+    with pytest.raises(UserError, match="lengths"):
+        decision_metrics([1, 0], [1], ["a", "b"])
+    with pytest.raises(UserError, match="binary"):
+        decision_metrics([0, 1, 2], [0, 1, 1], ["a", "b", "a"])
+
+
+def test_flip_rate_hand():
+    r = flip_rate([1, 0, 1, 1], [1, 1, 1, 0], [0.9, 0.4, 0.8, 0.6], [0.7, 0.6, 0.8, 0.3], n_boot=300)
+    assert r["flip_rate"]["value"] == pytest.approx(0.5)
+    assert r["mean_abs_delta_p"]["value"] == pytest.approx((0.2 + 0.2 + 0.0 + 0.3) / 4)
+    assert 0.0 <= r["flip_rate"]["lo"] <= 0.5 <= r["flip_rate"]["hi"] <= 1.0
+    same = flip_rate([1, 0, 1], [1, 0, 1])
+    assert (same["flip_rate"]["value"], same["flip_rate"]["hi"]) == (0.0, 0.0)
+    assert "mean_abs_delta_p" not in same
