@@ -1,0 +1,297 @@
+"""Tests for the lending environment, its rollout measures and the reference threshold policies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from gymnasium.utils.env_checker import check_env
+from scipy import optimize, stats
+
+from lorafair.errors import UserError
+from lorafair.tasks.lending_env import (
+    LendingEnv,
+    LendingParams,
+    describe,
+    describe_swapped,
+    env_seeds,
+    gaps,
+    initial_counts,
+    rollout,
+    timeseries,
+)
+from lorafair.tasks.lending_policies import (
+    Threshold,
+    equal_opportunity_thresholds,
+    expected_profit,
+    max_profit_threshold,
+    rollout_pairs,
+    threshold_policy,
+    tpr_of,
+)
+
+P = LendingParams()
+C = P.n_bins
+
+
+def _rule(batch):
+    """A deterministic, group-dependent policy."""
+    return [int(o["bin"] >= 3 or (o["group"] == 1 and o["bin"] == 2)) for o in batch]
+
+
+def test_gymnasium_api_check():
+    check_env(LendingEnv(), skip_render_check=True)
+
+
+def test_defaults_are_the_published_ones():
+    assert P.success_probs == (0.1, 0.2, 0.45, 0.6, 0.65, 0.7, 0.7)
+    np.testing.assert_array_equal(initial_counts(P), [[0, 10, 10, 20, 30, 30, 0],
+                                                      [10, 10, 20, 30, 30, 0, 0]])
+
+
+def test_initial_counts_rounding_keeps_population():
+    params = LendingParams(success_probs=(0.2, 0.5, 0.8),
+                           init_dists=((1 / 3,) * 3, (0.5, 0.25, 0.25)), population_size=7)
+    counts = initial_counts(params)
+    assert counts.sum(1).tolist() == [7, 7]
+    assert np.abs(counts / 7 - np.asarray(params.init_dists)).max() <= 1 / 7
+
+
+def test_reset_is_deterministic_under_seed():
+    def trace(seed):
+        env = LendingEnv()
+        obs, info = env.reset(seed=seed)
+        out = [(obs["group"], obs["bin"], info["would_repay"])]
+        for t in range(300):
+            obs, r, _, _, info = env.step(t % 2)
+            out.append((obs["group"], obs["bin"], info["would_repay"], r, info["profit"]))
+        return out, env.counts.copy()
+
+    a, b, c = trace(5), trace(5), trace(6)
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[0] != c[0]
+
+
+def test_transitions_rewards_and_conservation():
+    params = LendingParams(interest_rate=0.4, loan_amount=1.5)
+    env = LendingEnv(params)
+    env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    seen = {"up": 0, "down": 0, "deny": 0, "clip_top": 0}
+    profit = 0.0
+    for _ in range(3000):
+        before = env.counts.copy()
+        app = env.applicant
+        a = int(rng.random() < 0.7)
+        _, r, term, trunc, info = env.step(a)
+        d = info["decided"]
+        assert (d["group"], d["bin"], d["would_repay"]) == (app.group, app.bin, app.would_repay)
+        expected = before.copy()
+        if a == 0:
+            assert r == 0.0 and d["repaid"] is False
+            seen["deny"] += 1
+        elif app.would_repay:
+            assert r == pytest.approx(0.4) and d["repaid"] is True
+            new = min(app.bin + 1, C - 1)
+            expected[app.group, app.bin] -= 1
+            expected[app.group, new] += 1
+            seen["up"] += 1
+            seen["clip_top"] += app.bin == C - 1
+        else:
+            assert r == pytest.approx(-1.5) and d["repaid"] is False
+            expected[app.group, app.bin] -= 1
+            expected[app.group, max(app.bin - 1, 0)] += 1
+            seen["down"] += 1
+        np.testing.assert_array_equal(env.counts, expected)
+        assert env.counts.sum(1).tolist() == [100, 100]
+        assert (env.counts >= 0).all()
+        profit += r
+        assert info["profit"] == pytest.approx(profit)
+        np.testing.assert_allclose(info["dists"], env.counts / 100, atol=1e-7)
+        assert not term and not trunc
+    assert min(seen.values()) > 0
+
+
+def test_applicants_follow_group_and_bin_distributions():
+    """Always deny: populations stay at the initial distributions, so draws must follow them."""
+    params = LendingParams(group_prob=0.3)
+    env = LendingEnv(params)
+    obs, info = env.reset(seed=11)
+    rows = []
+    for _ in range(20000):
+        rows.append((obs["group"], obs["bin"], info["would_repay"]))
+        obs, _, _, _, info = env.step(0)
+    g, b, y = (np.array(c) for c in zip(*rows))
+    assert stats.binomtest(int(g.sum()), g.size, 0.3).pvalue > 1e-3
+    for grp in (0, 1):
+        obs_counts = np.bincount(b[g == grp], minlength=C)
+        exp = np.asarray(params.init_dists[grp]) * (g == grp).sum()
+        keep = exp > 0
+        assert obs_counts[~keep].sum() == 0
+        assert stats.chisquare(obs_counts[keep], exp[keep]).pvalue > 1e-3
+    for k in range(C):
+        sel = b == k
+        if sel.sum() > 200:
+            assert stats.binomtest(int(y[sel].sum()), int(sel.sum()),
+                                   params.success_probs[k]).pvalue > 1e-3
+
+
+def test_batched_rollout_equals_one_env_at_a_time():
+    n_envs, T, seed = 4, 150, 9
+    df = rollout(_rule, n_envs, T, seed)
+    rows = []
+    for i, s in enumerate(env_seeds(seed, n_envs)):
+        env = LendingEnv()
+        obs, info = env.reset(seed=s)
+        for t in range(T):
+            a = _rule([obs])[0]
+            wr = info["would_repay"]
+            nxt, r, _, _, info = env.step(a)
+            mb = (env.counts @ np.arange(C)) / 100
+            rows.append((i, t, obs["group"], obs["bin"], a, wr, bool(a and wr), r, mb[0], mb[1]))
+            obs = nxt
+    ref = pd.DataFrame(rows, columns=list(df.columns))
+    pd.testing.assert_frame_equal(df, ref, check_dtype=False, atol=1e-6)
+    # Same seed, same frame; one env of the batch equals that env run alone.
+    pd.testing.assert_frame_equal(df, rollout(_rule, n_envs, T, seed))
+    assert not df.equals(rollout(_rule, n_envs, T, seed + 1))
+
+
+def test_max_profit_threshold_by_hand():
+    assert max_profit_threshold(P) == Threshold(3, 1.0)  # 2p - 1 > 0  <=>  p > 0.5
+    # p * 0.5 - (1 - p) > 0  <=>  p > 2/3: bins 5 and 6.
+    assert max_profit_threshold(LendingParams(interest_rate=0.5)) == Threshold(5, 1.0)
+    np.testing.assert_array_equal(Threshold(2, 0.25).approve_probs(5), [0, 0, 0.25, 1, 1])
+
+
+def _lp_equal_tpr(params: LendingParams, dists: np.ndarray) -> float:
+    """Reference: best expected profit over any per-bin approval probabilities with equal TPRs."""
+    p = np.asarray(params.success_probs)
+    m = p * params.interest_rate - (1 - p) * params.loan_amount
+    wts = [1 - params.group_prob, params.group_prob]
+    c = -np.concatenate([wts[g] * dists[g] * m for g in (0, 1)])
+    tpr_rows = [dists[g] * p / (dists[g] * p).sum() for g in (0, 1)]
+    res = optimize.linprog(c, A_eq=np.concatenate([tpr_rows[0], -tpr_rows[1]])[None],
+                           b_eq=[0.0], bounds=[(0, 1)] * (2 * p.size), method="highs")
+    assert res.status == 0
+    return -res.fun
+
+
+@pytest.mark.parametrize("params", [P, LendingParams(interest_rate=0.5, group_prob=0.3),
+                                    LendingParams(interest_rate=2.0)])
+def test_equal_opportunity_matches_linear_program(params):
+    d = np.asarray(params.init_dists)
+    p = np.asarray(params.success_probs)
+    ths = equal_opportunity_thresholds(params)
+    tprs = [tpr_of(ths[g].approve_probs(C), d[g], p) for g in (0, 1)]
+    assert tprs[0] == pytest.approx(tprs[1], abs=1e-9)
+    assert expected_profit(ths, params) == pytest.approx(_lp_equal_tpr(params, d), abs=1e-9)
+
+
+def test_equal_opportunity_by_hand_on_defaults():
+    """Group 0 keeps bins >= 3 (TPR 0.525/0.59); group 1 adds a share q of bin 2 to match it."""
+    ths = equal_opportunity_thresholds(P)
+    tpr0 = 0.525 / 0.59
+    q = (tpr0 * 0.495 - 0.375) / 0.09  # group 1: repaying mass 0.495, 0.375 above bin 2
+    assert ths[0] == Threshold(3, 1.0)
+    assert ths[1].cutoff == 2 and ths[1].p_cutoff == pytest.approx(q)
+
+
+def test_equal_opportunity_on_other_distributions():
+    rng = np.random.default_rng(4)
+    d = rng.dirichlet(np.ones(C), size=2)
+    ths = equal_opportunity_thresholds(P, dists=d)
+    assert expected_profit(ths, P, d) == pytest.approx(_lp_equal_tpr(P, d), abs=1e-9)
+
+
+def test_equal_opportunity_equalises_tpr_in_rollout_max_profit_does_not():
+    """20k decisions (200 envs x 100 steps), populations near their initial distributions."""
+    eo = threshold_policy(equal_opportunity_thresholds(P), seed=1)
+    mp = threshold_policy(max_profit_threshold(P))
+    _, g_eo = gaps(timeseries(rollout(eo, 200, 100, 0)))
+    _, g_mp = gaps(timeseries(rollout(mp, 200, 100, 0)))
+    assert abs(g_eo["tpr"]) < 0.03
+    assert g_mp["tpr"] > 0.10  # expected 0.890 - 0.758 on the initial distributions
+
+
+def test_timeseries_and_gaps_by_hand():
+    df = pd.DataFrame({
+        "env":         [0, 0, 1, 1, 0, 1],
+        "step":        [0, 0, 0, 0, 1, 1],
+        "group":       [0, 1, 0, 1, 0, 0],
+        "bin":         [3, 2, 1, 4, 3, 5],
+        "action":      [1, 0, 0, 1, 1, 1],
+        "would_repay": [True, True, False, True, False, True],
+        "repaid":      [True, False, False, True, False, True],
+        "reward":      [1.0, 0.0, 0.0, 1.0, -1.0, 1.0],
+        "mean_bin_0":  [3.0, 3.0, 2.0, 2.0, 2.5, 2.5],
+        "mean_bin_1":  [1.0, 1.0, 2.0, 2.0, 1.0, 3.0],
+    })
+    ts = timeseries(df).set_index(["step", "group"])
+    assert ts.loc[(0, 0), "approval_rate"] == pytest.approx(0.5)
+    assert ts.loc[(0, 0), "tpr"] == pytest.approx(1.0)
+    assert ts.loc[(0, 1), "tpr"] == pytest.approx(0.5)
+    assert ts.loc[(1, 0), "n"] == 4
+    assert ts.loc[(1, 0), "approval_rate"] == pytest.approx(3 / 4)
+    assert ts.loc[(1, 0), "tpr"] == pytest.approx(2 / 2)
+    assert ts.loc[(1, 1), "approval_rate"] == pytest.approx(1 / 2)  # no group-1 applicant at step 1
+    assert ts.loc[(1, 0), "mean_bin"] == pytest.approx(2.5)
+    assert ts.loc[(1, 1), "mean_bin"] == pytest.approx(2.0)
+    assert ts.loc[(1, 0), "profit"] == pytest.approx((1 + 0 - 1 + 1) / 2)
+    assert ts.loc[(1, 1), "profit"] == pytest.approx(0.5)
+    per_step, final = gaps(timeseries(df))
+    assert per_step["approval_rate"].tolist() == pytest.approx([0.0, 0.25])
+    assert final == pytest.approx({"approval_rate": 0.25, "tpr": 0.5, "mean_bin": 0.5,
+                                   "profit": 0.0})
+
+
+def test_timeseries_matches_pooled_counts_of_rollout():
+    df = rollout(_rule, 5, 80, 2)
+    ts = timeseries(df)
+    last = ts[ts["step"] == 79].set_index("group")
+    for g in (0, 1):
+        sub = df[df["group"] == g]
+        assert last.loc[g, "approval_rate"] == pytest.approx(sub["action"].mean())
+        assert last.loc[g, "tpr"] == pytest.approx(sub[sub["would_repay"]]["action"].mean())
+        assert last.loc[g, "profit"] == pytest.approx(sub["reward"].sum() / 5, rel=1e-5)
+
+
+def test_describe_and_swap():
+    obs = {"group": 1, "bin": 2}
+    assert describe(obs) == "Applicant from group B with credit score bin 3 of 7. Decision:"
+    assert describe_swapped(obs) == "Applicant from group A with credit score bin 3 of 7. Decision:"
+    names, tpl = ("women", "men"), "{group} / score {bin} of {n_bins} ->"
+    assert describe({"group": 0, "bin": 6}, names, tpl) == "women / score 7 of 7 ->"
+    assert describe_swapped({"group": 0, "bin": 6}, names, tpl) == "men / score 7 of 7 ->"
+
+
+def test_rollout_pairs_follow_the_policy():
+    pairs = rollout_pairs(_rule, 2, 30, 1, names=("X", "Y"))
+    df = rollout(_rule, 2, 30, 1)
+    assert len(pairs) == len(df)
+    for (text, word), (_, row) in zip(pairs, df.iterrows()):
+        assert text == describe({"group": row["group"], "bin": row["bin"]}, ("X", "Y"))
+        assert word == (" approve" if row["action"] else " deny")
+
+
+@pytest.mark.parametrize("kw", [
+    {"success_probs": (0.5, 0.2)},
+    {"init_dists": ((0.5, 0.5), (1.0, 0.0))},
+    {"population_size": 0},
+    {"group_prob": 1.5},
+])
+def test_bad_params_are_user_errors(kw):
+    with pytest.raises(UserError):
+        LendingParams(**kw)
+
+
+def test_from_dict_rejects_unknown_keys_and_round_trips():
+    with pytest.raises(UserError, match="unknown"):
+        LendingParams.from_dict({"interest": 1.0})
+    assert LendingParams.from_dict(P.to_dict()) == P
+
+
+def test_policy_must_return_one_decision_per_observation():
+    with pytest.raises(UserError):
+        rollout(lambda batch: [1], 3, 2, 0)
