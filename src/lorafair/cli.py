@@ -1,0 +1,189 @@
+"""Command line: parse arguments, call the library, print. Bad input: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from lorafair.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Does a low-rank fine-tune capture the shift its data asks for?")
+console = Console(stderr=True)
+out = Console()
+
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
+
+
+def _fail(e: UserError) -> None:
+    console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _progress():
+    """A rich progress bar per arm: step, loss, tokens/s."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    def factory(arm: str, seed: int):
+        bar = Progress(TextColumn(f"{arm} seed {seed}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:.0f} tok/s"),
+                       TimeRemainingColumn(), console=console, transient=True)
+        task = None
+
+        def on_step(row: dict):
+            nonlocal task
+            if task is None:
+                bar.start()
+                task = bar.add_task("train", total=None, loss=row["loss"], tps=row["tokens_per_s"])
+            bar.update(task, completed=row["step"], loss=row["loss"], tps=row["tokens_per_s"])
+
+        on_step.close = bar.stop
+        return on_step
+
+    return factory
+
+
+def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report: bool) -> None:
+    from lorafair.config import load_study
+    from lorafair.runner import Runner
+    from lorafair.summary import print_summary
+
+    study = load_study(path)
+    runner = Runner(study, log=lambda m: console.print(m, highlight=False), progress=_progress())
+    runner.run(only=arms, force=force, analyses=analyses, report=report)
+    print_summary(runner.rd.path, out)
+
+
+@app.command()
+def run(study: Path, arms: Optional[list[str]] = typer.Option(None, "--arms", help="only these arms"),
+        force: bool = typer.Option(False, "--force", help="retrain finished arms"),
+        no_analyses: bool = typer.Option(False, "--no-analyses", help="skip KL, Logit Lens and weight analyses"),
+        no_report: bool = typer.Option(False, "--no-report")):
+    """Train every arm of STUDY and evaluate it."""
+    try:
+        _run(study, arms, force, not no_analyses, not no_report)
+    except UserError as e:
+        _fail(e)
+
+
+@app.command()
+def demo(force: bool = typer.Option(False, "--force")):
+    """Run studies/demo.yaml on the packaged default model."""
+    try:
+        _run(STUDIES / "demo.yaml", None, force, True, True)
+    except UserError as e:
+        _fail(e)
+
+
+@app.command()
+def validate(study: Path):
+    """Check a study file without running it."""
+    from lorafair.config import expand_arms, load_study
+    from lorafair.runner import make_task
+
+    try:
+        s = load_study(study)
+        make_task(s)
+    except UserError as e:
+        _fail(e)
+    arms = expand_arms(s)
+    out.print(f"{study}: valid; task {s.task.name}, model {s.model.source}, {len(arms)} arms "
+              f"({', '.join(a.name for a in arms)}), seeds {s.seeds}")
+
+
+@app.command("models")
+def models_cmd(prepare: Optional[list[str]] = typer.Option(None, "--prepare", help="convert these packaged models")):
+    """List model sources and whether each is converted in the cache."""
+    from lorafair import models
+
+    try:
+        for name in prepare or []:
+            console.print(f"preparing {name} ...")
+            models.prepare(name)
+    except UserError as e:
+        _fail(e)
+    for name, p in models.PACKAGED.items():
+        state = "cached" if models.is_cached(name) else "not converted"
+        out.print(f"{name:14s} {state:14s} {p.description}  [{p.pip}]")
+    out.print(f"{models.TINY:14s} {'built':14s} random 2-layer model from the default config (tests)")
+    out.print("any Hugging Face id or local folder (needs the network or a local copy)")
+    out.print(f"cache: {models.cache_dir()}")
+
+
+@app.command()
+def score(texts: list[str], scorer: str = typer.Option("jigsaw-bilstm", "--scorer")):
+    """Print per-label toxicity scores of TEXTS as JSON."""
+    from lorafair.scorers import get_scorer
+
+    try:
+        s = get_scorer(scorer)
+        res = s.score(texts)
+    except UserError as e:
+        _fail(e)
+    rows = [{"text": t, **{k: round(float(v[i]), 4) for k, v in res.items()}} for i, t in enumerate(texts)]
+    out.print_json(json.dumps({"scorer": s.info(), "scores": rows}))
+
+
+@app.command()
+def analyze(run_dir: Path):
+    """Run the shift analyses (KL, Logit Lens, weights) on a finished study."""
+    from lorafair.config import load_study
+    from lorafair.runner import Runner
+    from lorafair.shift_runner import run_analyses
+
+    try:
+        study = _study_of(run_dir, load_study)
+        runner = Runner(study, log=lambda m: console.print(m, highlight=False))
+        from lorafair.runner import Context
+
+        runner.ctx = Context(study, runner.log)
+        splits = runner.corpus()
+        run_analyses(runner, splits)
+    except UserError as e:
+        _fail(e)
+
+
+@app.command()
+def report(run_dir: Path):
+    """Write report.html, summary.md and plots for a run directory."""
+    from lorafair.report import build_report
+
+    try:
+        path = build_report(run_dir)
+    except UserError as e:
+        _fail(e)
+    out.print(f"report: {path}")
+
+
+@app.command()
+def compare(run_dirs: list[Path], out_dir: Path = typer.Option(Path("runs/compare"), "--out")):
+    """Set several studies side by side."""
+    from lorafair.report import build_comparison
+
+    try:
+        path = build_comparison(run_dirs, out_dir)
+    except UserError as e:
+        _fail(e)
+    out.print(f"comparison: {path}")
+
+
+def _study_of(run_dir: Path, load_study):
+    f = run_dir / "study.yaml"
+    if not f.is_file():
+        raise UserError(f"{run_dir}: not a run directory (no study.yaml); give the output folder of a study")
+    study = load_study(f)
+    study.output = str(run_dir)
+    return study
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

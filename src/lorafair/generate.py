@@ -1,0 +1,99 @@
+"""Batched sampling where every (prompt, sample) pair has its own fixed random stream.
+
+Arms must differ only by their weights, so sampling must not depend on batch composition or on the
+global RNG. Each (prompt, sample) pair gets a vector of uniforms drawn from its own seeded generator;
+at step t the next token is the inverse-CDF pick of u[t] from the temperature- and top-p-adjusted
+distribution. This is done inside transformers' `generate` (left padding, KV cache) by a logits
+processor that leaves only the chosen token finite, with greedy decoding picking it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+
+
+def stream_seed(seed: int, prompt_id: str, sample: int) -> int:
+    h = hashlib.sha256(f"{seed}|{prompt_id}|{sample}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def uniforms(seed: int, keys: list[tuple[str, int]], n: int) -> torch.Tensor:
+    """[rows, n] uniforms in [0, 1), one independent stream per (prompt_id, sample)."""
+    out = torch.empty(len(keys), n)
+    for i, (pid, s) in enumerate(keys):
+        g = torch.Generator().manual_seed(stream_seed(seed, pid, s))
+        out[i] = torch.rand(n, generator=g)
+    return out
+
+
+def pick(scores: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Inverse-CDF sampling. scores: [b, V] logits, u: [b] uniforms -> token ids [b]."""
+    probs = torch.softmax(scores.float() / temperature, dim=-1)
+    sorted_p, idx = probs.sort(dim=-1, descending=True)
+    csum = sorted_p.cumsum(-1)
+    keep = (csum - sorted_p) < top_p  # smallest prefix whose mass reaches top_p (first always kept)
+    sorted_p = sorted_p * keep
+    csum = sorted_p.cumsum(-1)
+    target = (u.to(csum) * csum[:, -1]).unsqueeze(-1)
+    j = torch.searchsorted(csum, target).clamp(max=csum.size(-1) - 1)
+    return idx.gather(-1, j).squeeze(-1)
+
+
+class FixedStreamSampler:
+    """A logits processor that samples with pre-drawn uniforms and leaves one finite logit."""
+
+    def __init__(self, u: torch.Tensor, prompt_len: int, temperature: float, top_p: float):
+        self.u, self.prompt_len, self.temperature, self.top_p = u, prompt_len, temperature, top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        t = input_ids.shape[1] - self.prompt_len
+        tok = pick(scores, self.u[:, t], self.temperature, self.top_p)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, tok.unsqueeze(1), 0.0)
+        return out
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[dict],
+    samples: int,
+    max_new_tokens: int,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    batch_size: int = 32,
+) -> list[dict]:
+    """prompts: dicts with `id` and `prompt`. Returns one row per (prompt, sample): prompt_id,
+    sample, continuation. Greedy decoding gives one sample per prompt."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    samples = 1 if greedy else samples
+    rows = [(p, s) for p in prompts for s in range(samples)]
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=tokenizer.eos_token_id)
+    dev = next(model.parameters()).device
+    out: list[dict] = []
+    try:
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i:i + batch_size]
+            enc = tokenizer([p["prompt"] for p, _ in chunk], return_tensors="pt", padding=True).to(dev)
+            procs = LogitsProcessorList()
+            if not greedy:
+                u = uniforms(seed, [(str(p["id"]), s) for p, s in chunk], max_new_tokens).to(dev)
+                procs.append(FixedStreamSampler(u, enc["input_ids"].shape[1], temperature, top_p))
+            ids = model.generate(**enc, generation_config=gen_cfg, logits_processor=procs)
+            new = ids[:, enc["input_ids"].shape[1]:]
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            out += [{"prompt_id": p["id"], "sample": s, "continuation": t} for (p, s), t in zip(chunk, texts)]
+    finally:
+        tokenizer.padding_side = old_side
+    return out

