@@ -1,0 +1,77 @@
+"""Toxicity scorers behind one interface: ``get_scorer(name)`` -> ``Scorer``.
+
+Names: ``jigsaw-bilstm`` (default), ``profanity-svm``, ``detoxify`` or ``detoxify:<variant>``, and
+``hf:<model-id-or-folder>`` for any Hugging Face sequence classifier already on disk. Each scorer is
+built once per process; its heavy dependencies are imported only when it is built.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from lorafair.errors import UserError
+from lorafair.scorers.base import Scorer
+
+DEFAULT = "jigsaw-bilstm"
+
+
+def _jigsaw(arg: str | None) -> Scorer:
+    from lorafair.scorers.jigsaw import JigsawBiLSTM
+
+    return JigsawBiLSTM()
+
+
+def _profanity(arg: str | None) -> Scorer:
+    from lorafair.scorers.profanity import ProfanitySVM
+
+    return ProfanitySVM()
+
+
+def _detoxify(arg: str | None) -> Scorer:
+    from lorafair.scorers.detoxify import DetoxifyScorer
+
+    return DetoxifyScorer(arg or "original")
+
+
+def _hf(arg: str | None) -> Scorer:
+    from lorafair.scorers.hf import HFClassifier
+
+    if not arg:
+        raise UserError("scorer 'hf:' needs a model id or folder after the colon, e.g. hf:path/to/model")
+    return HFClassifier(arg)
+
+
+# name -> builder; the builder gets the text after "name:" (None without a colon)
+_REGISTRY: dict[str, Callable[[str | None], Scorer]] = {
+    "jigsaw-bilstm": _jigsaw,
+    "profanity-svm": _profanity,
+    "detoxify": _detoxify,
+}
+# prefix -> builder, for names of the form "prefix:<argument>"
+_PREFIXED: dict[str, Callable[[str | None], Scorer]] = {"hf": _hf, "detoxify": _detoxify}
+_PATTERNS = ["hf:<model-id-or-folder>", "detoxify:<variant>"]
+
+
+def available_scorers() -> list[str]:
+    """Fixed scorer names, default first; ``hf:<model-id-or-folder>`` and ``detoxify:<variant>`` also work."""
+    return list(_REGISTRY)
+
+
+def get_scorer(name: str = DEFAULT) -> Scorer:
+    """The scorer called ``name``, built on first use and reused afterwards in this process."""
+    return _build(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _build(name: str) -> Scorer:
+    if name in _REGISTRY:
+        return _REGISTRY[name](None)
+    prefix, sep, arg = name.partition(":")
+    if sep and prefix in _PREFIXED:
+        return _PREFIXED[prefix](arg)
+    valid = ", ".join(available_scorers() + _PATTERNS)
+    raise UserError(f"unknown scorer '{name}'; valid names: {valid}")
+
+
+__all__ = ["DEFAULT", "Scorer", "available_scorers", "get_scorer"]
