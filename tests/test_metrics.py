@@ -117,7 +117,8 @@ def test_toxicity_hand_values():
         assert rec["lo"] <= rec["value"] <= rec["hi"]
         assert rec["n_prompts"] == 3
     # prompt-level resampling: toxicity probability can only take values k/3
-    assert r["toxicity_probability"]["lo"] * 3 == pytest.approx(round(r["toxicity_probability"]["lo"] * 3))
+    lo3 = r["toxicity_probability"]["lo"] * 3
+    assert lo3 == pytest.approx(round(lo3))
 
 
 def test_toxic_fraction_counts_continuations_not_prompts():
@@ -131,8 +132,8 @@ def test_toxic_fraction_counts_continuations_not_prompts():
 
 def test_toxicity_interval_over_prompts_matches_bootstrap_ci():
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"prompt_id": np.repeat(np.arange(200), 4), "sample": np.tile(np.arange(4), 200),
-                       "score": rng.beta(1, 3, 800)})
+    df = pd.DataFrame({"prompt_id": np.repeat(np.arange(200), 4),
+                       "sample": np.tile(np.arange(4), 200), "score": rng.beta(1, 3, 800)})
     r = toxicity_metrics(df, n_boot=1000, seed=1)
     maxes = df.groupby("prompt_id")["score"].max().to_numpy()
     ref = bootstrap_ci(maxes, n_boot=1000, seed=1)
@@ -198,7 +199,8 @@ def test_decision_metrics_hand_case():
     assert g["B"]["selection_rate"]["value"] == pytest.approx(0.2)
     assert g["B"]["count"] == 5
     assert len(r["warnings"]) == 2 and all("fewer than 30" in w for w in r["warnings"])
-    for rec in list(m.values()) + [v for e in g.values() for v in e.values() if isinstance(v, dict)]:
+    group_records = [v for e in g.values() for v in e.values() if isinstance(v, dict)]
+    for rec in list(m.values()) + group_records:
         assert RECORD_KEYS <= rec.keys()
     assert m["accuracy"]["higher_is_better"] is True
     assert m["accuracy_disparity"]["higher_is_better"] is False
@@ -277,7 +279,8 @@ def test_decision_bad_input():
 
 
 def test_flip_rate_hand():
-    r = flip_rate([1, 0, 1, 1], [1, 1, 1, 0], [0.9, 0.4, 0.8, 0.6], [0.7, 0.6, 0.8, 0.3], n_boot=300)
+    r = flip_rate([1, 0, 1, 1], [1, 1, 1, 0], [0.9, 0.4, 0.8, 0.6], [0.7, 0.6, 0.8, 0.3],
+                  n_boot=300)
     assert r["flip_rate"]["value"] == pytest.approx(0.5)
     assert r["mean_abs_delta_p"]["value"] == pytest.approx((0.2 + 0.2 + 0.0 + 0.3) / 4)
     assert 0.0 <= r["flip_rate"]["lo"] <= 0.5 <= r["flip_rate"]["hi"] <= 1.0
