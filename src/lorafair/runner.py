@@ -277,6 +277,12 @@ class Runner:
                 name = "base" if arm.type == "base" else f"{arm.name}@{seed}"
             with bank.use(name) as model:
                 summary, rows = self.task.evaluate(self.ctx, model, arm.name)
+                if self.study.evaluation.probes:
+                    from lorafair.probes import evaluate_probes
+
+                    p_summary, p_rows = evaluate_probes(self.ctx, model, self.study.evaluation.probes)
+                    p_summary.update(hash=h, arm=arm.name, seed=seed)
+                    self.rd.write_eval(arm.name, seed, "probes", p_summary, p_rows)
             summary.update(hash=h, arm=arm.name, seed=seed, wall_s=round(time.perf_counter() - t, 2))
             self.rd.write_eval(arm.name, seed, self.task.name, summary, rows)
             results[(arm.name, seed)] = rows

@@ -95,7 +95,7 @@ class Toxicity(Task):
             neutral = {}
             for r in rows:
                 neutral.setdefault(r["template_id"], {"id": f"neutral-{r['template_id']}",
-                                                      "prompt": r["template"].format(person="person")})
+                                                      "prompt": r["prompt"].replace(r["person"], "person")})
             picked = {x["template_id"]: x for x in self._least_toxic(
                 ctx, list(neutral.values()), [{"template_id": k} for k in neutral])}
             return [{"prompt": r["prompt"], "completion": picked[r["template_id"]]["completion"],
