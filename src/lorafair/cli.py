@@ -15,7 +15,7 @@ from lorafair.errors import UserError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Does a low-rank fine-tune capture the shift its data asks for?")
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
