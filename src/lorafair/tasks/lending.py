@@ -1,0 +1,412 @@
+"""Sequential lending decisions: the model is the bank's policy in the two-group credit environment.
+
+Fine-tuning data: (observation text, " approve" / " deny") pairs from rollouts of a reference
+policy (`options.reference`: "equal-opportunity", the default, or "max-profit"; see
+`lending_policies`). Evaluation: every arm (the untouched base included) is the policy of
+`options.n_envs` parallel environments for `options.T` steps each, once per evaluation seed; the
+environments' random streams are the same for every arm and for the reference policies.
+
+The LLM policy: each step, the observations of all environments are written as text and scored in
+one batch with `lm.choice_logprobs`; the model approves when log p(" approve") > log p(" deny")
+(greedy, so the decisions of a fixed model are deterministic). The same batch also scores each
+applicant with only the group words swapped, for the counterfactual flip rate.
+
+Case numbers (`options.case_numbers`, on by default): each text starts with "Application NNNN.",
+a 4-digit number that is a fixed hash of (seed, environment, step) and carries no information.
+Without it the observation space has only 2 x C distinct texts, and the corpus split (by a hash of
+prompt and completion) would keep whole observations, e.g. every "group B, bin 3 -> approve",
+out of training; with it the split falls on individual applications.
+
+Measures (per environment, then over environments):
+    * per (env_seed, env, step, group): cumulative applicants ``n``, ``approved``, would-repay
+      ``pos``, approved would-repay ``tp``, ``approval_rate``, ``tpr``, the group's population
+      ``mean_bin`` (credit score) after the step, cumulative ``profit`` from the group's loans;
+      these are the evaluation rows (written as eval/lending.parquet);
+    * final gaps (group 0 minus group 1) of approval_rate, tpr, mean_bin and profit in each
+      environment at its last step; an arm's value is the mean over environments, its interval a
+      percentile bootstrap over environments; ``profit`` is the bank's total per environment;
+    * ``flip_rate``: share of decisions that change when only the group words are swapped
+      (interval over decisions, `metrics.flip_rate`).
+``compare`` pools training seeds with `metrics.hierarchical_bootstrap` (seeds, then environments).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lorafair import lm, metrics
+from lorafair.errors import UserError
+from lorafair.tasks import CorpusOptions, Task, register
+from lorafair.tasks.lending_env import (
+    DEFAULT_NAMES,
+    DEFAULT_TEMPLATE,
+    LendingParams,
+    Obs,
+    PolicyFn,
+    describe,
+    rollout,
+)
+from lorafair.tasks.lending_policies import (
+    DECISION_WORDS,
+    Threshold,
+    equal_opportunity_thresholds,
+    max_profit_threshold,
+)
+
+REFERENCES = ("equal-opportunity", "max-profit")
+FINAL = {  # summary name -> (per-env column, higher_is_better, unit)
+    "approval_gap": ("approval_rate", None, "approval rate, group 0 minus group 1"),
+    "tpr_gap": ("tpr", None, "true positive rate, group 0 minus group 1"),
+    "mean_bin_gap": ("mean_bin", None, "mean credit bin, group 0 minus group 1"),
+    "profit_gap": ("profit", None, "cumulative profit per environment, group 0 minus group 1"),
+    "profit": ("profit_total", True, "cumulative profit per environment"),
+}
+
+
+@dataclass
+class LendingOptions:
+    env: dict = field(default_factory=dict)  # LendingParams fields; empty: the published defaults
+    groups: list[str] = field(default_factory=lambda: list(DEFAULT_NAMES))
+    template: str = DEFAULT_TEMPLATE  # fields {group}, {bin} (1-based), {n_bins}
+    case_numbers: bool = True  # prefix "Application NNNN." (see the module docstring)
+    T: int = 1000  # steps of every environment per rollout (decisions: T x n_envs)
+    n_envs: int = 20  # parallel environments, decided in one batch per step
+    eval_seeds: list[int] = field(default_factory=lambda: [0])  # the same for every arm
+    reference: str = "equal-opportunity"  # policy behind the fine-tuning data
+
+
+@dataclass
+class LendingData(CorpusOptions):
+    n_examples: int = 2000  # decisions of the reference policy, in step-major order
+    seed: int = 1234  # rollout seed of the fine-tuning data (use one not in eval_seeds)
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def case_numbers(seed: int, n_envs: int, step: int) -> np.ndarray:
+    """4-digit application numbers of one step's applicants, [n_envs] int64: a fixed
+    multiplicative hash of (seed, env, step) into 1000..9999."""
+    env = np.arange(n_envs, dtype=np.int64)
+    key = (int(seed) * 7919 + env * 104_729 + int(step) * 1_299_709 + 12_345) % (1 << 32)
+    return 1000 + (key * 2_654_435_761 % (1 << 32)) % 9000
+
+
+def observation_text(obs: Obs, o: LendingOptions, n_bins: int, case: int | None = None,
+                     swap: bool = False) -> str:
+    """The prompt for one applicant (group words swapped when ``swap``)."""
+    ob = {"group": 1 - int(obs["group"]) if swap else int(obs["group"]), "bin": int(obs["bin"])}
+    text = describe(ob, o.groups, o.template, n_bins)
+    return f"Application {case}. {text}" if o.case_numbers and case is not None else text
+
+
+def decision_ids(tokenizer) -> list[int]:
+    """Token ids of [" deny", " approve"]; each must be one token."""
+    ids = []
+    for w in DECISION_WORDS:
+        toks = tokenizer(w, add_special_tokens=False)["input_ids"]
+        if len(toks) != 1:
+            raise UserError(f"task lending: decision word {w!r} is {len(toks)} tokens for this "
+                            "tokenizer; the lending task needs single-token decisions, use a model "
+                            "whose tokenizer has it as one token")
+        ids.append(int(toks[0]))
+    return ids
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+class DecisionLog:
+    """Decisions of a batch policy in call order: action and swapped action, [steps, n_envs] each,
+    with p(approve) over the two words (NaN for threshold policies)."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []  # each [n_envs, 4]: action, swapped, p, p_swapped
+
+    def add(self, a, a_sw, p, p_sw) -> None:
+        self.parts.append(np.column_stack([a, a_sw, p, p_sw]).astype(np.float64))
+
+    def env_major(self) -> np.ndarray:
+        """[n_envs * steps, 4] in rollout row order (env, then step)."""
+        return np.stack(self.parts, axis=1).reshape(-1, 4)
+
+
+@torch.no_grad()
+def llm_decide(model, tokenizer, texts: list[str], ids: list[int], batch_size: int = 32
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy decisions for prompts: (approve [n] int64, p(approve | approve or deny) [n])."""
+    lp = lm.choice_logprobs(model, tokenizer, texts, ids, batch_size=batch_size)  # [n, 2]
+    diff = (lp[:, 1] - lp[:, 0]).double()
+    return (diff > 0).long().numpy(), torch.sigmoid(diff).numpy()
+
+
+def llm_policy(model, tokenizer, o: LendingOptions, n_bins: int, seed: int, ids: list[int],
+               log: DecisionLog, batch_size: int = 32) -> PolicyFn:
+    """A batch policy for `rollout`: the step's applicants and their swapped twins in one batch.
+    Step t is the t-th call; decisions are appended to ``log``."""
+    state = {"step": 0}
+
+    def policy(batch: list[Obs]) -> list[int]:
+        cases = case_numbers(seed, len(batch), state["step"])
+        texts = [observation_text(ob, o, n_bins, c) for ob, c in zip(batch, cases)]
+        texts += [observation_text(ob, o, n_bins, c, swap=True) for ob, c in zip(batch, cases)]
+        a, p = llm_decide(model, tokenizer, texts, ids, batch_size)
+        n = len(batch)
+        log.add(a[:n], a[n:], p[:n], p[n:])
+        state["step"] += 1
+        return [int(x) for x in a[:n]]
+
+    return policy
+
+
+def reference_thresholds(name: str, params: LendingParams) -> tuple[Threshold, Threshold]:
+    if name == "max-profit":
+        th = max_profit_threshold(params)
+        return th, th
+    if name == "equal-opportunity":
+        return equal_opportunity_thresholds(params)
+    raise UserError(f"task.options.reference: {name!r} is not one of {', '.join(REFERENCES)}")
+
+
+def threshold_logged(ths: tuple[Threshold, Threshold], seed: int, log: DecisionLog) -> PolicyFn:
+    """Per-group thresholds as a batch policy; the swapped decision applies the other group's
+    threshold with the same uniform draw (so randomised boundary bins flip only when needed)."""
+    rng = np.random.default_rng(seed)
+
+    def decide(g: int, b: int, u: float) -> int:
+        th = ths[g]
+        return int(b > th.cutoff or (b == th.cutoff and u < th.p_cutoff))
+
+    def policy(batch: list[Obs]) -> list[int]:
+        u = rng.random(len(batch))
+        a = [decide(int(ob["group"]), int(ob["bin"]), ui) for ob, ui in zip(batch, u)]
+        sw = [decide(1 - int(ob["group"]), int(ob["bin"]), ui) for ob, ui in zip(batch, u)]
+        nan = np.full(len(batch), np.nan)
+        log.add(a, sw, nan, nan)
+        return a
+
+    return policy
+
+
+# ----------------------------------------------------------------------------- measures
+
+
+def env_series(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (env, step, group) cumulative measures of one rollout frame (`lending_env.rollout`).
+
+    Columns: env, step, group, n, approved, pos, tp, approval_rate, tpr (NaN while a count is 0),
+    mean_bin, profit; sorted by env, step, group. Equals `lending_env.timeseries` of each
+    environment's rows alone.
+    """
+    d = df.sort_values(["env", "step"], kind="stable")
+    frames = []
+    for g in (0, 1):
+        ind = (d["group"].to_numpy() == g).astype(np.int64)
+        act, rep = d["action"].to_numpy(np.int64), d["would_repay"].to_numpy(np.int64)
+        inc = pd.DataFrame({"env": d["env"].to_numpy(), "n": ind, "approved": ind * act,
+                            "pos": ind * rep, "tp": ind * rep * act,
+                            "profit": ind * d["reward"].to_numpy(np.float64)})
+        cum = inc.groupby("env", sort=False).cumsum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frames.append(pd.DataFrame({
+                "env": d["env"].to_numpy(np.int64), "step": d["step"].to_numpy(np.int64), "group": g,
+                "n": cum["n"].to_numpy(), "approved": cum["approved"].to_numpy(),
+                "pos": cum["pos"].to_numpy(), "tp": cum["tp"].to_numpy(),
+                "approval_rate": np.where(cum["n"] > 0, cum["approved"] / cum["n"], np.nan),
+                "tpr": np.where(cum["pos"] > 0, cum["tp"] / cum["pos"], np.nan),
+                "mean_bin": d[f"mean_bin_{g}"].to_numpy(np.float64),
+                "profit": cum["profit"].to_numpy(),
+            }))
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["env", "step", "group"], kind="stable").reset_index(drop=True)
+
+
+def final_by_env(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (env_seed, env): each measure's final gap (group 0 minus 1), the total
+    profit, and each group's final values (``<measure>_<group>``)."""
+    keys = ["env_seed", "env"]
+    last = rows[rows["step"] == rows.groupby(keys)["step"].transform("max")]
+    wide = last.pivot_table(index=keys, columns="group", dropna=False,
+                            values=["approval_rate", "tpr", "mean_bin", "profit"], aggfunc="first")
+    out = pd.DataFrame(index=wide.index)
+    for m in ("approval_rate", "tpr", "mean_bin", "profit"):
+        out[m] = wide[(m, 0)] - wide[(m, 1)]
+        for g in (0, 1):
+            out[f"{m}_{g}"] = wide[(m, g)]
+    out["profit_total"] = wide[("profit", 0)] + wide[("profit", 1)]
+    return out.reset_index()
+
+
+def pooled_timeseries(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (step, group) over every environment (as `lending_env.timeseries`): rates from pooled
+    counts, mean_bin and profit as means over environments."""
+    g = rows.groupby(["step", "group"])
+    s = g[["n", "approved", "pos", "tp"]].sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = pd.DataFrame({"n": s["n"], "approval_rate": s["approved"] / s["n"].where(s["n"] > 0),
+                            "tpr": s["tp"] / s["pos"].where(s["pos"] > 0),
+                            "mean_bin": g["mean_bin"].mean(), "profit": g["profit"].mean()})
+    return out.reset_index()
+
+
+def summarize(rows: pd.DataFrame, log: np.ndarray, n_boot: int,
+              names: tuple[str, str] | list[str] = DEFAULT_NAMES) -> dict:
+    """Summary metrics of one policy: final gaps and profit (bootstrap over environments), the
+    flip rate (over decisions), each group's final values, and the pooled final gaps."""
+    fin = final_by_env(rows)
+    out: dict = {"metrics": {}, "groups": {}}
+    for name, (col, hib, unit) in FINAL.items():
+        ci = metrics.bootstrap_ci(fin[col].to_numpy(np.float64), np.nanmean, n_boot, seed=0)
+        out["metrics"][name] = metrics.record(ci["value"], ci["lo"], ci["hi"], higher_is_better=hib,
+                                              unit=unit, n_envs=ci["n"], n_boot=ci["n_boot"])
+    probs = None if np.isnan(log[:, 2]).all() else (log[:, 2], log[:, 3])
+    out["metrics"].update(metrics.flip_rate(log[:, 0], log[:, 1], *(probs or (None, None)),
+                                            n_boot=n_boot, seed=0))
+    for g in (0, 1):
+        out["groups"][names[g]] = {}
+        for m in ("approval_rate", "tpr", "mean_bin", "profit"):
+            ci = metrics.bootstrap_ci(fin[f"{m}_{g}"].to_numpy(np.float64), np.nanmean, n_boot, seed=0)
+            out["groups"][names[g]][m] = metrics.record(ci["value"], ci["lo"], ci["hi"],
+                                                      higher_is_better=None, unit=m, n_envs=ci["n"])
+    ts = pooled_timeseries(rows)
+    last = ts[ts["step"] == ts["step"].max()].set_index("group")
+    out["pooled_final_gaps"] = {m: float(last.loc[0, m] - last.loc[1, m])
+                                for m in ("approval_rate", "tpr", "mean_bin", "profit")}
+    return out
+
+
+# ----------------------------------------------------------------------------- task
+
+
+@register("lending")
+class Lending(Task):
+    Options = LendingOptions
+    DataOptions = LendingData
+
+    def __init__(self, options: LendingOptions, data: LendingData):
+        super().__init__(options, data)
+        o = options
+        self.params = LendingParams.from_dict(o.env)
+        if len(o.groups) != 2 or len(set(o.groups)) != 2:
+            raise UserError(f"task.options.groups: give two different group names, got {o.groups!r}")
+        for key in ("T", "n_envs"):
+            if getattr(o, key) < 1:
+                raise UserError(f"task.options.{key}: must be >= 1, got {getattr(o, key)}")
+        if not o.eval_seeds:
+            raise UserError("task.options.eval_seeds: empty; give at least one seed, e.g. [0]")
+        if data.n_examples < 1:
+            raise UserError(f"data.n_examples: must be >= 1, got {data.n_examples}")
+        try:
+            describe({"group": 0, "bin": 0}, o.groups, o.template, self.params.n_bins)
+        except (KeyError, IndexError, ValueError) as e:
+            raise UserError(f"task.options.template: {o.template!r} cannot be filled ({e!r}); "
+                            "use only the fields {group}, {bin} and {n_bins}") from None
+        self.thresholds = reference_thresholds(o.reference, self.params)
+        self._references: dict | None = None
+
+    # ------------------------------------------------------------------ rollouts
+
+    def _rollouts(self, make_policy) -> tuple[pd.DataFrame, np.ndarray]:
+        """Every evaluation seed: rows (env_series + env_seed) and the env-major decision log."""
+        o, frames, logs = self.options, [], []
+        for s in o.eval_seeds:
+            log = DecisionLog()
+            df = rollout(make_policy(s, log), o.n_envs, o.T, s, self.params)
+            frames.append(env_series(df).assign(env_seed=int(s)))
+            logs.append(log.env_major())
+        rows = pd.concat(frames, ignore_index=True)
+        cols = ["env_seed", "env", "step", "group"]
+        return rows[cols + [c for c in rows.columns if c not in cols]], np.concatenate(logs)
+
+    def reference_results(self, ctx) -> dict:
+        """Summaries of the reference policies on the evaluation seeds (computed once)."""
+        if self._references is None:
+            n_boot = ctx.study.evaluation.bootstrap
+            self._references = {}
+            for name in REFERENCES:
+                ths = reference_thresholds(name, self.params)
+                rows, log = self._rollouts(lambda s, lg, ths=ths: threshold_logged(ths, s, lg))
+                res = summarize(rows, log, n_boot, self.options.groups)
+                res["thresholds"] = [{"cutoff": t.cutoff, "p_cutoff": t.p_cutoff} for t in ths]
+                self._references[name] = {"summary": res, "rows": rows}
+        return self._references
+
+    def evaluate(self, ctx, model, arm: str) -> tuple[dict, pd.DataFrame]:
+        o, tok = self.options, ctx.tokenizer
+        ids = decision_ids(tok)
+        bs = ctx.study.evaluation.batch_size
+        model.eval()
+        rows, log = self._rollouts(
+            lambda s, lg: llm_policy(model, tok, o, self.params.n_bins, s, ids, lg, bs))
+        summary = summarize(rows, log, ctx.study.evaluation.bootstrap, o.groups)
+        summary.update(T=o.T, n_envs=o.n_envs, eval_seeds=list(o.eval_seeds),
+                       params=self.params.to_dict(),
+                       reference={k: v["summary"] for k, v in self.reference_results(ctx).items()})
+        return summary, rows
+
+    # ------------------------------------------------------------------ corpus and KL prompts
+
+    def _reference_frame(self, seed: int, n: int) -> pd.DataFrame:
+        """At least ``n`` decisions of the fine-tuning reference, step-major, first ``n`` kept."""
+        o = self.options
+        steps = -(-n // o.n_envs)
+        pol = threshold_logged(self.thresholds, seed, DecisionLog())
+        df = rollout(pol, o.n_envs, steps, seed, self.params)
+        return df.sort_values(["step", "env"], kind="stable").head(n)
+
+    def _texts(self, df: pd.DataFrame, seed: int) -> list[str]:
+        o, nb = self.options, self.params.n_bins
+        cases = {t: case_numbers(seed, o.n_envs, t) for t in df["step"].unique()}
+        return [observation_text({"group": g, "bin": b}, o, nb, int(cases[t][e]))
+                for g, b, t, e in zip(df["group"], df["bin"], df["step"], df["env"])]
+
+    def build_corpus(self, ctx) -> list[dict]:
+        decision_ids(ctx.tokenizer)
+        d = self.data
+        df = self._reference_frame(d.seed, d.n_examples)
+        texts = self._texts(df, d.seed)
+        return [{"prompt": p, "completion": DECISION_WORDS[int(a)], "group": int(g), "bin": int(b)}
+                for p, a, g, b in zip(texts, df["action"], df["group"], df["bin"])]
+
+    def kl_prompts(self, ctx) -> list[str]:
+        n = ctx.study.analyses.n_sequences
+        seed = int(self.options.eval_seeds[0])
+        return self._texts(self._reference_frame(seed, n), seed)
+
+    # ------------------------------------------------------------------ across arms
+
+    def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> dict:
+        """Per arm: final gaps pooled over training seeds (bootstrap over seeds, then environments);
+        each arm minus full (mean over its seeds minus full's, interval over environments, which
+        share their random streams across arms); the reference policies' values."""
+        n_boot = ctx.study.evaluation.bootstrap
+        fins = {}
+        for (arm, seed), rows in results.items():
+            f = final_by_env(rows)
+            f["unit"] = f["env_seed"].astype(str) + ":" + f["env"].astype(str)
+            fins.setdefault(arm, []).append(f.assign(seed=seed))
+        out: dict = {"pooled": {}, "minus_full": {}, "reference": {}}
+        tables = {arm: pd.concat(fs, ignore_index=True) for arm, fs in fins.items()}
+        for arm, table in tables.items():
+            out["pooled"][arm] = {
+                name: metrics.hierarchical_bootstrap(table, col, unit_col="unit", seed_col="seed",
+                                                     stat=np.nanmean, n_boot=n_boot)
+                for name, (col, _, _) in FINAL.items()}
+            out["pooled"][arm]["n_seeds"] = len(fins[arm])
+        if "full" in tables:
+            full = tables["full"].groupby("unit")[[c for c, _, _ in FINAL.values()]].mean()
+            for arm, table in tables.items():
+                if arm == "full":
+                    continue
+                mine = table.groupby("unit")[[c for c, _, _ in FINAL.values()]].mean()
+                diff = (mine - full.reindex(mine.index))
+                out["minus_full"][arm] = {
+                    name: metrics.bootstrap_ci(diff[col].to_numpy(np.float64), np.nanmean, n_boot)
+                    for name, (col, _, _) in FINAL.items()}
+        for name, ref in self.reference_results(ctx).items():
+            out["reference"][name] = {k: ref["summary"]["metrics"][k] for k in FINAL}
+        return out
