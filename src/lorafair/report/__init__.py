@@ -1,0 +1,229 @@
+"""The report of a run, built from its result files only (never a model):
+``<run>/report/report.html`` (self-contained), ``summary.md`` and the PNG plots.
+
+- :func:`build_report` — one run directory;
+- :func:`build_comparison` — several studies side by side (e.g. the same task on two models).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorafair import store
+from lorafair.errors import UserError
+from lorafair.report import html as H
+from lorafair.report import plots
+from lorafair.report.load import (Run, arm_order, arm_rank, best_val_loss, group_records, headline_names,
+                                  is_record, lens_table, load_run, pooled_metrics)
+from lorafair.report.verdict import verdict
+
+Figure = tuple[str, str, bytes]  # (file name, caption, PNG bytes)
+
+
+def _tasks(run: Run) -> list[str]:
+    return sorted(run.evals, key=lambda t: (t != run.task, t))
+
+
+def _unit(pooled: dict[str, dict[str, dict]], metric: str) -> str:
+    return next((r.get("unit", "") for a in pooled.values() for m, r in a.items() if m == metric), "")
+
+
+def _lending_frames(run: Run) -> dict:
+    import pandas as pd
+
+    by_arm: dict[str, list] = {}
+    for (arm, _), df in run.lending.items():
+        by_arm.setdefault(arm, []).append(df)
+    return {a: pd.concat(v, ignore_index=True) for a, v in by_arm.items()}
+
+
+def _shift_by_variant(kl: dict | None) -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    for arm, e in (kl or {}).items():
+        variant, r = arm_rank(arm)
+        if r is not None and isinstance(e, dict) and is_record(e.get("shift_captured")):
+            out.setdefault(variant, {})[r] = e["shift_captured"]
+    return out
+
+
+def figures(run: Run) -> dict[str, list[Figure]]:
+    """Every plot whose data exists, grouped by report section."""
+    out: dict[str, list[Figure]] = {"metrics": [], "groups": [], "shift": [], "lending": [], "training": []}
+
+    def add(section: str, name: str, caption: str, png: bytes | None) -> None:
+        if png:
+            out[section].append((name, caption, png))
+
+    for task in _tasks(run):
+        pooled = pooled_metrics(run, task)
+        for m in headline_names(run, task):
+            data = {arm: recs[m] for arm, recs in pooled.items() if m in recs}
+            add("metrics", f"{task}-{m}-vs-rank.png", f"{task}: {m} against LoRA rank",
+                plots.metric_vs_rank(m, {run.name: data}, _unit(pooled, m)))
+        add("groups", f"{task}-groups.png", f"{task}: per-group measures per arm",
+            plots.group_bars(group_records(run, task), title=task))
+    lens = lens_table(run)
+    if lens is not None:
+        mass = next((c for c in ("toxic_mass", "toxic_mass_last", "toxic_mass_mean") if c in lens.columns), None)
+        if mass:
+            add("shift", "lens-toxic-mass.png", "Logit Lens: probability mass on toxic tokens, layer × arm",
+                plots.lens_heatmap(lens, mass))
+        add("shift", "lens-kl-base.png", "Logit Lens: KL to the same layer of base, layer × arm",
+            plots.lens_heatmap(lens, "kl_base"))
+    if run.kl:
+        add("shift", "shift-vs-rank.png", "Shift captured and token KL against rank", plots.shift_vs_rank(run.kl))
+    energy = ((run.weights or {}).get("full_spectrum") or {}).get("energy_at_rank")
+    if energy:
+        add("shift", "spectrum-energy.png", "Full fine-tuning's update energy kept at rank r, and LoRA's "
+            "measured shift captured", plots.spectrum_energy(energy, _shift_by_variant(run.kl)))
+    if run.lending:
+        add("lending", "lending.png", "Lending: per-step measures per group and arm",
+            plots.lending_series(_lending_frames(run)))
+    add("training", "loss-curves.png", "Training and validation loss", plots.loss_curves(run.train_logs, run.val_curves))
+    return out
+
+
+def _vs_full_table(vs_full: dict) -> tuple[list[str], list[list[object]]]:
+    names: list[str] = []
+    for v in vs_full.values():
+        names += [n for n, r in (v or {}).items() if is_record(r) and n not in names]
+    keys = sorted(vs_full, key=lambda k: (arm_order(k.rpartition("@")[0] or k), k))
+    return ["arm@seed", *names], [[k, *[H.fmt(vs_full[k].get(n)) for n in names]] for k in keys]
+
+
+def _weights_html(weights: dict | None) -> str:
+    arms = (weights or {}).get("arms")
+    parts = []
+    if isinstance(arms, dict) and arms:
+        cols = sorted({c for e in arms.values() if isinstance(e, dict) for c in e})
+        rows = [[a, *[_cell(arms[a].get(c)) for c in cols]] for a in sorted(arms, key=arm_order)]
+        parts.append(H.table(["arm", *cols], rows))
+    rec = (weights or {}).get("recommendation")
+    if isinstance(rec, dict) and rec:
+        parts.append(H.table(["recommendation", "value"], [[k, _cell(v)] for k, v in rec.items()]))
+    return "".join(parts)
+
+
+def _cell(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict) and "mean" in v:
+        return f"{v['mean']:.4g}"
+    return str(v)
+
+
+def _verdict(run: Run) -> list[str]:
+    task = run.task if run.task in run.evals else (_tasks(run) or [None])[0]
+    if task is None:
+        return []
+    evals = run.evals.get(task, {})
+    return verdict(run.compare.get("vs_full") or {}, evals, pooled_metrics(run, task), headline_names(run, task),
+                   best_val_loss(run), run.failed, run.kl, order=arm_order)
+
+
+def _write_figures(folder: Path, figs: list[Figure], prune: bool = False) -> None:
+    """Write the PNGs; ``prune`` removes PNGs of an earlier build that no longer have data."""
+    keep = {name for name, _, _ in figs}
+    for old in folder.glob("*.png") if prune else ():
+        if old.name not in keep:
+            old.unlink()
+    for name, _, png in figs:
+        store.write_bytes(folder / name, png)
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write ``<run>/report/{report.html, summary.md, *.png}``; returns the HTML's path."""
+    run = load_run(run_dir)
+    figs = figures(run)
+    sentences = _verdict(run)
+    sections, md = [], [f"# {run.name}: lorafair report", ""]
+    sections.append(("Verdict", H.bullets(sentences) if sentences else "<p>No evaluated arms yet.</p>"))
+    md += ["## Verdict", ""] + [f"- {s}" for s in sentences] + [""]
+    metric_html = []
+    for task in _tasks(run):
+        names = headline_names(run, task)
+        header, rows = ["arm", "seeds", *names], H.metric_rows(pooled_metrics(run, task), names)
+        metric_html.append(f"<h3>{H.esc(task)}</h3>" + H.table(header, rows))
+        md += [f"## {task}: metrics (95% intervals, seeds pooled)", "", H.md_table(header, rows), ""]
+    vs_full = run.compare.get("vs_full") or {}
+    if vs_full:
+        header, rows = _vs_full_table(vs_full)
+        metric_html.append("<h3>Arm minus full fine-tuning (paired over the same prompts)</h3>" + H.table(header, rows))
+        md += ["## Arm minus full fine-tuning (paired)", "", H.md_table(header, rows), ""]
+    sections.append(("Headline metrics", "".join(metric_html) + "".join(H.figure(c, p) for _, c, p in figs["metrics"])))
+    sections.append(("Groups", "".join(H.figure(c, p) for _, c, p in figs["groups"])))
+    sections.append(("Where the shift went: KL, Logit Lens, weight space",
+                     "".join(H.figure(c, p) for _, c, p in figs["shift"]) + _weights_html(run.weights)))
+    sections.append(("Sequential decisions", "".join(H.figure(c, p) for _, c, p in figs["lending"])))
+    train_rows = H.training_rows(run)
+    sections.append(("Training", (H.table(H.TRAINING_HEADER, train_rows) if train_rows else "")
+                     + "".join(H.figure(c, p) for _, c, p in figs["training"])))
+    if train_rows:
+        md += ["## Learning rate and fit per arm", "", H.md_table(H.TRAINING_HEADER, train_rows), ""]
+    prov = H.provenance(run)
+    sections.append(("Provenance", H.table(["what", "value"], [list(p) for p in prov])))
+    md += ["## Provenance", "", H.md_table(["what", "value"], [list(p) for p in prov]), ""]
+    out = run.path / "report"
+    all_figs = [f for fs in figs.values() for f in fs]
+    _write_figures(out, all_figs, prune=True)
+    md += ["## Plots", ""] + [f"- [{c}]({n})" for n, c, _ in all_figs] + [""]
+    store.write_text(out / "summary.md", "\n".join(md))
+    store.write_text(out / "report.html", H.page(f"{run.name}: lorafair report", sections))
+    return out / "report.html"
+
+
+def _labels(runs: list[Run]) -> list[str]:
+    labels = [r.name for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [f"{r.name} ({r.path.name})" for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} #{i + 1}" for i, lab in enumerate(labels)]
+    return labels
+
+
+def build_comparison(run_dirs: list[Path], out_dir: Path) -> Path:
+    """Several studies side by side: a combined table and a combined metric-vs-rank plot per metric.
+
+    Writes ``<out_dir>/{report.html, summary.md, *.png}``; returns the HTML's path.
+    """
+    if not run_dirs:
+        raise UserError("compare: no run directories given; pass two or more study output folders")
+    runs = [load_run(d) for d in run_dirs]
+    labels = _labels(runs)
+    tasks = sorted({t for r in runs for t in r.evals})
+    sections, md, figs = [], ["# lorafair comparison", ""], []
+    for task in tasks:
+        names: list[str] = []
+        for r in runs:
+            names += [n for n in headline_names(r, task) if n not in names]
+        pooled = {lab: pooled_metrics(r, task) for lab, r in zip(labels, runs) if task in r.evals}
+        header = ["study", "model", "arm", "seeds", *names]
+        rows = []
+        for lab, r in zip(labels, runs):
+            if lab in pooled:
+                rows += H.metric_rows(pooled[lab], names, [lab, (r.study.get("model") or {}).get("source", "-")])
+        parts = [H.table(header, rows)]
+        md += [f"## {task}", "", H.md_table(header, rows), ""]
+        for m in names:
+            data = {lab: {a: recs[m] for a, recs in p.items() if m in recs} for lab, p in pooled.items()}
+            png = plots.metric_vs_rank(m, data, _unit(next(iter(pooled.values())), m))
+            if png:
+                name = f"{task}-{m}-vs-rank.png"
+                figs.append((name, f"{task}: {m} against LoRA rank, all studies", png))
+                parts.append(H.figure(figs[-1][1], png))
+        sections.append((f"{task}: studies side by side", "".join(parts)))
+    for lab, r in zip(labels, runs):
+        sentences = _verdict(r)
+        if sentences:
+            sections.append((f"Verdict: {lab}", H.bullets(sentences)))
+            md += [f"## Verdict: {lab}", ""] + [f"- {s}" for s in sentences] + [""]
+    prov = [[lab, w, v] for lab, r in zip(labels, runs) for w, v in H.provenance(r)]
+    sections.append(("Provenance", H.table(["study", "what", "value"], prov)))
+    out = Path(out_dir)
+    _write_figures(out, figs)
+    store.write_text(out / "summary.md", "\n".join(md))
+    store.write_text(out / "report.html", H.page("lorafair comparison: " + ", ".join(labels), sections))
+    return out / "report.html"
+
+
+__all__ = ["build_report", "build_comparison", "figures"]

@@ -1,0 +1,301 @@
+"""Tests for lorafair.report on synthetic run directories (result files only, no model)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from lorafair import store
+from lorafair.errors import UserError
+from lorafair.report import build_comparison, build_report
+from lorafair.report.load import arm_rank, load_run, pool, pooled_metrics
+from lorafair.report.verdict import (diff_sentence, fit_warnings, smallest_sufficient_rank, value_ci,
+                                     vs_full_sentences)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MEASURES = ("toxic_fraction", "expected_max_toxicity")
+# arm -> (toxic_fraction, expected_max_toxicity) point values; intervals are value ± 0.03
+VALUES = {"base": (0.30, 0.50), "full": (0.08, 0.20), "lora-r1": (0.20, 0.40), "lora-r4": (0.10, 0.22),
+          "lora-r16": (0.09, 0.21), "dora-r4": (0.085, 0.205)}
+
+
+def rec(value: float, half: float = 0.03, hib: bool | None = False) -> dict:
+    return {"value": value, "lo": value - half, "hi": value + half, "higher_is_better": hib, "unit": "share"}
+
+
+def make_run(root: Path, name: str = "synthetic", seeds=(0, 1), optional: bool = True,
+             values: dict = VALUES, val_loss: dict | None = None) -> Path:
+    """A run directory with the runner's file shapes; ``optional`` adds analyses, lending, timings."""
+    rd = store.RunDir(root)
+    rd.write_study({"name": name, "model": {"source": "tiny-random"}, "task": {"name": "toxicity"},
+                    "seeds": list(seeds)})
+    store.write_jsonl(root / "data" / "self-detox-0123456789ab.jsonl", [{"prompt": "a", "completion": "b"}])
+    val_loss = val_loss or {}
+    vs_full, pooled = {}, {}
+    for arm, (tf, emt) in values.items():
+        arm_seeds = seeds[:1] if arm == "base" else seeds
+        for s in arm_seeds:
+            shift = 0.01 * s
+            groups = {g: {m: rec(v + d) for m, v in zip(MEASURES, (tf, emt))}
+                      for g, d in (("muslim", 0.02), ("christian", -0.02))}
+            summary = {"metrics": {"toxic_fraction": rec(tf + shift), "expected_max_toxicity": rec(emt + shift)},
+                       "groups": {"groups": groups, "gap": {m: rec(0.04) for m in MEASURES}},
+                       "scorer": {"name": "jigsaw-bilstm", "version": "0.3.0", "weights_hash": "abc123"}}
+            rows = pd.DataFrame({"prompt_id": ["p0", "p1"], "sample": [0, 0], "score": [0.1, 0.7]})
+            rd.write_eval(arm, s, "toxicity", summary, rows)
+            if arm != "full":
+                vs_full[f"{arm}@{s}"] = {m: rec(v - f, 0.025) for m, v, f in
+                                         zip(MEASURES, (tf, emt), values["full"])}
+            if arm == "base":
+                continue
+            steps = np.arange(1, 11)
+            bvl = val_loss.get(arm, 2.0)
+            rd.write_train_log(arm, s, [{"step": int(k), "loss": float(3.0 - 0.1 * k), "lr": 1e-4} for k in steps],
+                               [{"step": 5, "val_loss": bvl + 0.1}, {"step": 10, "val_loss": bvl}])
+            rd.mark_done(arm, s, {"lr": 1e-4 if arm == "full" else 1e-3, "best_val_loss": bvl, "final_val_loss": bvl,
+                                  "steps": 10, "wall_s": 3.0, "peak_mem_mb": 100.0,
+                                  "lr_search": {"candidates": [{"lr": 1e-4, "val_loss": bvl}, {"lr": 1e-3, "val_loss": None}],
+                                                "chosen": 1e-4}})
+            if optional:
+                lend = pd.DataFrame([{"step": t, "group": g, "approval_rate": 0.5 + 0.01 * t * (g == "a"),
+                                      "tpr": 0.6, "mean_bin": 3.0, "profit": float(t)}
+                                     for t in range(5) for g in ("a", "b")])
+                store.write_parquet(rd.eval_paths(arm, s, "lending")[1], lend)
+        pooled[arm] = {m: {"value": v, "lo": v - 0.02, "hi": v + 0.02, "n_seeds": len(arm_seeds)}
+                       for m, v in zip(MEASURES, (tf, emt))}
+        pooled[arm]["n_seeds"] = len(arm_seeds)
+    store.write_json(root / "compare.json", {"vs_full": vs_full, "pooled": pooled})
+    store.write_json(root / "lr_search" / "full.json", {"candidates": [{"lr": 1e-4, "val_loss": 2.0}], "chosen": 1e-4})
+    if optional:
+        store.write_json(root / "timings.json", {"corpus": 1.0, "train": 20.0, "evaluate": 5.0})
+        kl = {arm: {"kl_base_arm": {"mean": 0.1 * i, "median": 0.1, "p90": 0.2},
+                    "kl_full_arm": {"mean": 0.5 / (i + 1), "median": 0.1, "p90": 0.2},
+                    "shift_captured": rec(min(1.0, 0.2 * i), 0.05, True)}
+              for i, arm in enumerate(values)}
+        store.write_json(rd.analysis_path("kl"), kl)
+        lens = pd.DataFrame([{"arm": a, "layer": layer, "kl_base": 0.01 * layer * i, "kl_full": 0.02,
+                              "toxic_mass": 0.001 * (4 - layer)} for i, a in enumerate(values) for layer in range(4)])
+        store.write_parquet(rd.analysis_path("lens", "parquet"), lens)
+        store.write_json(rd.analysis_path("weights"),
+                         {"full_spectrum": {"energy_at_rank": {"1": 0.4, "4": 0.8, "16": 0.97}},
+                          "arms": {"lora-r1": {"rel_norm": 0.1, "col_overlap": 0.3, "row_overlap": 0.2, "intruders": 1}},
+                          "recommendation": {"rank_for_energy": 4}})
+    return root
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs: list[str] = []
+        self.tags = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.tags += 1
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"])
+
+
+def _decoded_images(html_text: str) -> list[np.ndarray]:
+    p = _Images()
+    p.feed(html_text)
+    p.close()
+    out = []
+    for src in p.srcs:
+        assert src.startswith("data:image/png;base64,"), src[:40]
+        raw = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert raw.startswith(PNG_SIGNATURE)
+        out.append(matplotlib.image.imread(io.BytesIO(raw), format="png"))
+    return out
+
+
+# ----------------------------------------------------------------------------- full report
+
+
+def test_report_embeds_decodable_images_and_writes_all_files(tmp_path):
+    run = make_run(tmp_path / "run")
+    path = build_report(run)
+    assert path == run / "report" / "report.html"
+    text = path.read_text()
+    images = _decoded_images(text)
+    names = sorted(p.name for p in (run / "report").glob("*.png"))
+    assert len(images) == len(names)
+    for img in images:  # not blank: some pixels differ from the background
+        assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+        assert float(img[..., :3].std()) > 0.01
+    for expected in ("toxicity-toxic_fraction-vs-rank.png", "toxicity-expected_max_toxicity-vs-rank.png",
+                     "toxicity-groups.png", "lens-toxic-mass.png", "lens-kl-base.png", "shift-vs-rank.png",
+                     "spectrum-energy.png", "lending.png", "loss-curves.png"):
+        assert expected in names
+    assert "<script" not in text and "http://" not in text and "https://" not in text  # self-contained
+    md = (run / "report" / "summary.md").read_text()
+    assert "## Verdict" in md and "| arm | seeds | expected_max_toxicity | toxic_fraction |" in md
+    assert "self-detox (content hash 0123456789ab)" in md and "jigsaw-bilstm version 0.3.0" in md
+    assert "wall time: train" in md and "peft " in md
+
+
+def test_report_verdict_follows_compare_numbers(tmp_path):
+    run = make_run(tmp_path / "run", seeds=(0,))
+    md = (build_report(run).parent / "summary.md").read_text()
+    # lora-r1: +0.12 with CI 0.095–0.145 excludes zero; toxic fraction is lower-is-better
+    assert ("LoRA r=1 leaves a toxic fraction of 0.200 (95% CI 0.170–0.230) against 0.080 (0.050–0.110) "
+            "for full fine-tuning; difference +0.120 (CI +0.095–+0.145): higher than full fine-tuning (worse).") in md
+    # lora-r16: +0.01 with CI -0.015 to +0.035 covers zero
+    assert re.search(r"LoRA r=16 leaves a toxic fraction of .*difference \+0\.010 \(CI -0\.015 to \+0\.035\): "
+                     r"no significant difference\.", md)
+    # pooled values (compare.json) within full's pooled interval [0.06, 0.10] / [0.18, 0.22]: r4 (0.10, 0.22), dora r4
+    assert "Smallest rank within the full arm's interval on every headline metric: r = 4 (LoRA); r = 4 (DoRA)." in md
+
+
+def test_report_without_optional_files(tmp_path):
+    run = make_run(tmp_path / "run", optional=False)
+    path = build_report(run)
+    names = {p.name for p in (run / "report").glob("*.png")}
+    assert "toxicity-toxic_fraction-vs-rank.png" in names
+    assert not names & {"lens-toxic-mass.png", "shift-vs-rank.png", "spectrum-energy.png", "lending.png"}
+    assert len(_decoded_images(path.read_text())) == len(names)
+
+
+def test_minimal_run_directory_builds(tmp_path):
+    run = tmp_path / "run"
+    store.write_text(run / "study.yaml", "name: empty\n")
+    path = build_report(run)
+    assert "No evaluated arms yet" in path.read_text()
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(UserError, match="not a run directory"):
+        build_report(tmp_path)
+    with pytest.raises(UserError, match="not a run directory"):
+        build_comparison([make_run(tmp_path / "a"), tmp_path / "nothing"], tmp_path / "cmp")
+    with pytest.raises(UserError):
+        build_comparison([], tmp_path / "cmp")
+
+
+def test_comparison_of_two_studies(tmp_path):
+    other = {a: (v[0] * 1.5, v[1] * 1.5) for a, v in VALUES.items()}
+    a = make_run(tmp_path / "a", name="small-model")
+    b = make_run(tmp_path / "b", name="large-model", values=other)
+    path = build_comparison([a, b], tmp_path / "cmp")
+    text = path.read_text()
+    assert len(_decoded_images(text)) == 2  # one combined plot per headline metric
+    assert (tmp_path / "cmp" / "toxicity-toxic_fraction-vs-rank.png").read_bytes().startswith(PNG_SIGNATURE)
+    md = (tmp_path / "cmp" / "summary.md").read_text()
+    assert "| small-model | tiny-random | lora-r1 |" in md and "| large-model | tiny-random | lora-r1 |" in md
+    # same study name twice: labels fall back to the folder names
+    path2 = build_comparison([a, make_run(tmp_path / "c", name="small-model")], tmp_path / "cmp2")
+    assert "small-model (a)" in path2.read_text() and "small-model (c)" in path2.read_text()
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_arm_rank():
+    assert arm_rank("lora-r8") == ("lora", 8)
+    assert arm_rank("rslora-r16") == ("rslora", 16)
+    assert arm_rank("dora-r1") == ("dora", 1)
+    assert arm_rank("full") == ("full", None) and arm_rank("base") == ("base", None)
+    assert arm_rank("my-run") == ("my-run", None)
+
+
+def test_pool_mean_and_envelope():
+    recs = [rec(0.1, 0.02), rec(0.2, 0.05), rec(0.4, 0.01)]
+    p = pool(recs)
+    assert p["value"] == pytest.approx(np.mean([0.1, 0.2, 0.4]))
+    assert p["lo"] == pytest.approx(min(0.08, 0.15, 0.39)) and p["hi"] == pytest.approx(max(0.12, 0.25, 0.41))
+    assert p["n_seeds"] == 3 and p["higher_is_better"] is False
+    assert pool([recs[0]]) == recs[0] and pool([]) is None
+
+
+def test_pooled_metrics_prefer_compare_then_seed_mean(tmp_path):
+    run = load_run(make_run(tmp_path / "run"))
+    pm = pooled_metrics(run, "toxicity")
+    # compare.json pooled: value 0.20, interval ±0.02 (the seeds' own records are 0.20 and 0.21)
+    assert pm["lora-r1"]["toxic_fraction"]["value"] == pytest.approx(0.20)
+    assert pm["lora-r1"]["toxic_fraction"]["lo"] == pytest.approx(0.18)
+    assert pm["lora-r1"]["toxic_fraction"]["higher_is_better"] is False
+    store.write_json(tmp_path / "run" / "compare.json", {})
+    pm = pooled_metrics(load_run(tmp_path / "run"), "toxicity")
+    assert pm["lora-r1"]["toxic_fraction"]["value"] == pytest.approx((0.20 + 0.21) / 2)
+    assert pm["lora-r1"]["toxic_fraction"]["hi"] == pytest.approx(0.21 + 0.03)
+
+
+# ----------------------------------------------------------------------------- verdict
+
+
+def test_diff_sentence_wording_follows_interval():
+    arm, full = rec(0.12), rec(0.08, 0.02)
+    up = diff_sentence("lora-r1", "toxic_fraction", {"value": 0.04, "lo": 0.01, "hi": 0.07, "higher_is_better": False},
+                       arm, full)
+    assert up == ("LoRA r=1 leaves a toxic fraction of 0.120 (95% CI 0.090–0.150) against 0.080 (0.060–0.100) "
+                  "for full fine-tuning; difference +0.040 (CI +0.010–+0.070): higher than full fine-tuning (worse).")
+    covers = diff_sentence("lora-r8", "toxic_fraction", {"value": 0.01, "lo": -0.02, "hi": 0.04}, arm, full)
+    assert covers.endswith("difference +0.010 (CI -0.020 to +0.040): no significant difference.")
+    down = diff_sentence("rslora-r4", "accuracy", {"value": -0.05, "lo": -0.08, "hi": -0.02, "higher_is_better": True})
+    assert down.startswith("rsLoRA r=4 minus full fine-tuning on accuracy")
+    assert down.endswith("lower than full fine-tuning (worse).")
+    better = diff_sentence("dora-r2", "toxic_fraction", {"value": -0.03, "lo": -0.05, "hi": -0.01, "higher_is_better": False})
+    assert better.endswith("lower than full fine-tuning (better).")
+    nan = diff_sentence("lora-r2", "x", {"value": 0.1, "lo": float("nan"), "hi": float("nan")})
+    assert "no comparison is made" in nan and "significant" not in nan
+
+
+def test_vs_full_sentences_use_each_seeds_records():
+    evals = {("lora-r2", 1): {"metrics": {"accuracy": rec(0.5)}}, ("full", 1): {"metrics": {"accuracy": rec(0.3)}},
+             ("lora-r2", 0): {"metrics": {"accuracy": rec(0.4)}}, ("full", 0): {"metrics": {"accuracy": rec(0.35)}}}
+    s = vs_full_sentences({"lora-r2@1": {"accuracy": {"value": 0.2, "lo": 0.1, "hi": 0.3}},
+                           "lora-r2@0": {"accuracy": {"value": 0.05, "lo": -0.1, "hi": 0.2}}}, evals)
+    assert s[0].startswith("LoRA r=2 (seed 0) leaves an accuracy of 0.400") and "against 0.350" in s[0]
+    assert s[1].startswith("LoRA r=2 (seed 1) leaves an accuracy of 0.500") and "against 0.300" in s[1]
+
+
+def test_value_ci_precision():
+    assert value_ci(rec(0.0012, 0.0005)) == "0.0012 (95% CI 0.0007–0.0017)"
+    assert value_ci({"value": 12.345, "lo": 11.0, "hi": 13.5}) == "12.345 (95% CI 11.000–13.500)"
+
+
+def test_smallest_sufficient_rank():
+    pooled = {"full": {"a": rec(0.10, 0.02), "b": rec(0.5, 0.1)},
+              "lora-r1": {"a": rec(0.30), "b": rec(0.5)},  # a outside [0.08, 0.12]
+              "lora-r2": {"a": rec(0.11), "b": rec(0.7)},  # b outside [0.4, 0.6]
+              "lora-r8": {"a": rec(0.12), "b": rec(0.41)},  # both inside (edges count)
+              "lora-r16": {"a": rec(0.10), "b": rec(0.5)},
+              "dora-r4": {"a": rec(0.2), "b": rec(0.5)}}
+    assert smallest_sufficient_rank(pooled, ["a", "b"]) == {"lora": 8, "dora": None}
+    assert smallest_sufficient_rank(pooled, ["b"]) == {"lora": 1, "dora": 4}
+
+
+def test_fit_warnings_tolerance():
+    assert fit_warnings({"full": 2.0, "lora-r4": 2.08}) == []  # 4% above: within tolerance
+    w = fit_warnings({"full": 2.0, "lora-r1": 2.2, "lora-r4": 2.08})
+    assert len(w) == 1 and "LoRA r=1" in w[0] and "10% above the best arm (full fine-tuning" in w[0]
+    assert "rather than rank" in w[0]
+    assert "rather than the method" in fit_warnings({"lora-r8": 1.0, "full": 1.5})[0]
+
+
+def test_fit_warning_reaches_report(tmp_path):
+    run = make_run(tmp_path / "run", seeds=(0,), val_loss={"lora-r1": 2.5})
+    md = (build_report(run).parent / "summary.md").read_text()
+    assert "Fit check: LoRA r=1 reached a best validation loss of 2.500, 25% above the best arm" in md
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(tmp_path):
+    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if chromium is None:
+        pytest.skip("no chromium installed")
+    path = build_report(make_run(tmp_path / "run"))
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1200,3000", path.as_uri()], check=True, timeout=120, capture_output=True)
+    img = matplotlib.image.imread(shot)
+    assert float(img[..., :3].std()) > 0.05  # text and plots, not a blank page
