@@ -84,11 +84,12 @@ def demo(force: bool = typer.Option(False, "--force")):
 def validate(study: Path):
     """Check a study file without running it."""
     from lorafair.config import expand_arms, load_study
-    from lorafair.runner import make_task
+    from lorafair.runner import check_model, make_task
 
     try:
         s = load_study(study)
         make_task(s)
+        check_model(s)
     except UserError as e:
         _fail(e)
     arms = expand_arms(s)

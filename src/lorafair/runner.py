@@ -63,6 +63,32 @@ def make_task(study: Study) -> Task:
                build_options(cls.DataOptions, study.data, src, "data"))
 
 
+def check_model(study: Study, arms: list[Arm] | None = None) -> None:
+    """Check every LoRA arm's rank and target modules against the model's layers.
+
+    Builds the model on the meta device (no weights read), so it is cheap even for large models.
+    """
+    lora = [a for a in (arms if arms is not None else expand_arms(study)) if a.type == "lora"]
+    if not lora:
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source, trc = study.model.source, study.model.trust_remote_code
+    path = models.resolve(source)
+    try:
+        cfg = models.tiny_config() if path == models.TINY else AutoConfig.from_pretrained(path, trust_remote_code=trc)
+    except OSError as e:
+        raise models._hub_error(source, e) from None
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trc)
+    src = study.source_path or "<study>"
+    for arm in lora:
+        try:
+            check_arm(skeleton, arm)
+        except UserError as e:
+            raise UserError(f"{src}: arms: {e}") from None
+
+
 def split_corpus(rows: list[dict], val_fraction: float, heldout_fraction: float) -> dict[str, list[dict]]:
     """Deterministic split by a hash of each example, independent of corpus order."""
     out = {"train": [], "val": [], "heldout": []}
@@ -86,9 +112,10 @@ class Runner:
     # ------------------------------------------------------------------ stages
 
     def run(self, only: list[str] | None = None, force: bool = False, analyses: bool = True, report: bool = True):
-        self.rd.check_writable()
         arms = self._select(only)
         self.ctx = Context(self.study, self.log)
+        check_model(self.study, arms)  # before anything is written: a bad arm fails now, not after hours
+        self.rd.check_writable()
         self.rd.write_study(resolved_dict(self.study))
         splits = self._stage("corpus", self.corpus)
         self._stage("train", lambda: self.train_all(arms, splits, force))
