@@ -34,7 +34,7 @@ def register(name: str):
 
 
 def get_task(name: str) -> type["Task"]:
-    from lorafair.tasks import lending, toxicity  # noqa: F401  (registers them)
+    from lorafair.tasks import classification, lending, toxicity  # noqa: F401  (registers them)
 
     if name not in TASKS:
         raise UserError(f"task.name: unknown task {name!r}; valid: {', '.join(sorted(TASKS))}")

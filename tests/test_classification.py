@@ -1,0 +1,219 @@
+"""The classification task and the stereotype probes, end to end on a tiny random model.
+
+Numbers are checked against hand computations from the saved per-example rows and against a direct
+forward pass of the same model; the slow test repeats the run on the real packaged model.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lorafair import models
+from lorafair.config import load_study, study_from_dict
+from lorafair.errors import UserError
+from lorafair.runner import Runner, make_task
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+ARMS = ["base", "full", "lora-r2"]
+ATTRS = ["sex", "race"]
+HEADLINE = ["accuracy", "balanced_accuracy", "answer_mass"] + [
+    f"{m}_{a}" for a in ATTRS for m in ("accuracy_disparity", "demographic_parity_difference",
+                                        "equalized_odds_difference", "flip_rate", "mean_abs_delta_p")]
+PROBE_METRICS = ["crows_stereo_preference", "stereoset_ss", "stereoset_lms", "stereoset_icat"]
+
+
+def _study(out: Path, source: str = "tiny-random", n_test: int = 24, arms=None, **options) -> dict:
+    return {
+        "name": "cls-test", "model": {"source": source},
+        "task": {"name": "classification", "options": {"dataset": "adult", **options}},
+        "data": {"n_train": 24, "n_val": 4, "n_test": n_test},
+        "training": {"max_steps": 2, "batch_size": 4, "max_length": 112, "eval_every": 1,
+                     "checkpoint_every": 2, "lr_search": {"enabled": False}},
+        "evaluation": {"bootstrap": 200, "batch_size": 8, "probes": ["crows-pairs", "stereoset"],
+                       "n_probe_items": 6},
+        "analyses": {"kl": False, "lens": False, "weights": False},
+        "arms": arms or ["base", "full", {"type": "lora", "rank": 2}],
+        "seeds": [0], "output": str(out),
+    }
+
+
+def _read(out: Path, arm: str, what: str) -> tuple[dict, pd.DataFrame]:
+    folder = out / arm / "seed-0" / "eval"
+    return json.loads((folder / f"{what}.json").read_text()), pd.read_parquet(folder / f"{what}.parquet")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cls") / "run"
+    Runner(study_from_dict(_study(out)), log=lambda m: None).run(analyses=False, report=False)
+    return out
+
+
+def test_every_metric_for_every_arm(run):
+    for arm in ARMS:
+        summary, rows = _read(run, arm, "classification")
+        assert set(HEADLINE) <= set(summary["metrics"]), arm
+        for name in HEADLINE:
+            rec = summary["metrics"][name]
+            assert {"value", "lo", "hi", "higher_is_better", "unit"} <= set(rec)
+        assert set(summary["by_group"]) == set(ATTRS)
+        assert set(summary["by_group"]["sex"]) == set(rows["sex"])
+        assert len(rows) == 24 and rows["id"].is_unique
+        assert any("fewer than 30" in w for w in summary["warnings"])  # 24 rows: every group is small
+
+
+def test_metrics_match_hand_computation(run):
+    for arm in ARMS:
+        summary, rows = _read(run, arm, "classification")
+        m = summary["metrics"]
+        correct = rows["pred"] == rows["label"]
+        assert m["accuracy"]["value"] == pytest.approx(correct.mean())
+        for a in ATTRS:
+            acc = correct.groupby(rows[a]).mean()
+            sel = rows["pred"].groupby(rows[a]).mean()
+            assert m[f"accuracy_disparity_{a}"]["value"] == pytest.approx(acc.max() - acc.min())
+            assert m[f"demographic_parity_difference_{a}"]["value"] == pytest.approx(sel.max() - sel.min())
+            assert m[f"flip_rate_{a}"]["value"] == pytest.approx((rows["pred"] != rows[f"cf_pred_{a}"]).mean())
+            dp = (rows["p_pos"] - rows[f"cf_p_pos_{a}"]).abs().mean()
+            assert m[f"mean_abs_delta_p_{a}"]["value"] == pytest.approx(dp, abs=1e-6)
+        # p(positive) is the positive word's probability renormalised over the two answers
+        expect = np.exp(rows["lp_pos"]) / (np.exp(rows["lp_pos"]) + np.exp(rows["lp_neg"]))
+        np.testing.assert_allclose(rows["p_pos"], expect, atol=1e-6)
+        np.testing.assert_array_equal(rows["pred"], (rows["lp_pos"] > rows["lp_neg"]).astype(int))
+
+
+def test_counterfactual_twins_swap_only_the_attribute(run):
+    _, rows = _read(run, "base", "classification")
+    swap = {"male": "female", "female": "male"}
+    assert (rows["cf_sex"] == rows["sex"].map(swap)).all()
+    assert (rows["cf_race"] == np.where(rows["race"] == "White", "Black", "White")).all()
+    # the tiny model does react to the changed words, if only a little
+    assert (rows["p_pos"] != rows["cf_p_pos_sex"]).any()
+
+
+def test_decision_is_argmax_of_direct_forward(run):
+    """Recompute the base arm's answer log-probs for one prompt without padding or batching."""
+    _, rows = _read(run, "base", "classification")
+    task = make_task(study_from_dict(_study(run)))
+    ex = next(e for e in task.splits()["test"] if e["id"] == rows["id"].iloc[3])
+    tok = models.load_tokenizer("tiny-random")
+    model = models.load_model("tiny-random", seed=0).eval()
+    with torch.no_grad():
+        logits = model(**tok(ex["prompt"], return_tensors="pt")).logits[0, -1]
+    lp = torch.log_softmax(logits.double(), -1)[[tok.encode(" Yes")[0], tok.encode(" No")[0]]]
+    row = rows.iloc[3]
+    assert row["lp_pos"] == pytest.approx(lp[0].item(), abs=1e-4)
+    assert row["lp_neg"] == pytest.approx(lp[1].item(), abs=1e-4)
+    assert row["pred"] == int(lp[0] > lp[1])
+
+
+def test_compare_against_full(run):
+    comp = json.loads((run / "compare.json").read_text())["vs_full"]
+    assert set(comp) == {"base@0", "lora-r2@0"}
+    _, full = _read(run, "full", "classification")
+    for arm in ("base", "lora-r2"):
+        _, rows = _read(run, arm, "classification")
+        c = comp[f"{arm}@0"]
+        diff = (rows["pred"] == rows["label"]).mean() - (full["pred"] == full["label"]).mean()
+        assert c["accuracy"]["value"] == pytest.approx(diff)
+        assert c["accuracy"]["lo"] <= c["accuracy"]["value"] + 1e-12 <= c["accuracy"]["hi"] + 2e-12
+        for a in ATTRS:
+            assert {f"accuracy_disparity_{a}", f"flip_rate_{a}"} <= set(c)
+
+
+def test_probes_on_every_arm(run):
+    tok = models.load_tokenizer("tiny-random")
+    model = models.load_model("tiny-random", seed=0).eval()
+    for arm in ARMS:
+        summary, rows = _read(run, arm, "probes")
+        assert set(PROBE_METRICS) == set(summary["metrics"])
+        crows = rows[rows["probe"] == "crows-pairs"]
+        assert len(crows) == 6
+        assert summary["metrics"]["crows_stereo_preference"]["value"] == pytest.approx(
+            100 * crows["prefers_stereo"].mean())
+        assert summary["metrics"]["crows_stereo_preference"]["higher_is_better"] is None
+    # one CrowS-Pairs sentence by hand on the base model: sum of log p(token | prefix)
+    _, rows = _read(run, "base", "probes")
+    from lorafair.datasets.stereotype import crows_pairs
+
+    text = crows_pairs(1)[0]["stereo"]
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+    total = lp.gather(-1, ids[0, 1:, None]).sum().item()
+    assert rows[rows["probe"] == "crows-pairs"]["ll_stereo"].iloc[0] == pytest.approx(total, abs=1e-3)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_unknown_protected_attribute(tmp_path):
+    with pytest.raises(UserError, match="age_group.*choose from sex, race"):
+        make_task(study_from_dict(_study(tmp_path, protected=["age_group"])))
+
+
+def test_unknown_dataset(tmp_path):
+    with pytest.raises(UserError, match="valid: adult, compas, german"):
+        make_task(study_from_dict(_study(tmp_path) | {"task": {"name": "classification",
+                                                                "options": {"dataset": "mnist"}}}))
+
+
+def test_multi_token_answer_word(tmp_path):
+    task = make_task(study_from_dict(_study(tmp_path, answers=[" Affirmative", " No"])))
+    ctx = types.SimpleNamespace(tokenizer=models.load_tokenizer("tiny-random"))
+    with pytest.raises(UserError, match="single tokens.*' Affirmative' is 2 token.*try ' affirmative'"):
+        task.build_corpus(ctx)
+
+
+def test_answer_words_must_differ(tmp_path):
+    with pytest.raises(UserError, match="two different words"):
+        make_task(study_from_dict(_study(tmp_path, answers=[" Yes", " Yes"])))
+
+
+def test_custom_answer_words_become_completions(tmp_path):
+    task = make_task(study_from_dict(_study(tmp_path, answers=[" yes", " no"])))
+    rows = task.build_corpus(types.SimpleNamespace(tokenizer=models.load_tokenizer("tiny-random")))
+    assert len(rows) == 24
+    assert all(r["completion"] == (" yes" if r["label"] else " no") for r in rows)
+    assert all(r["sex"] in ("male", "female") for r in rows)
+
+
+def test_unknown_probe(tmp_path):
+    from lorafair.probes import evaluate_probes
+
+    ctx = types.SimpleNamespace(study=study_from_dict(_study(tmp_path)), tokenizer=None)
+    with pytest.raises(UserError, match="valid: crows-pairs, stereoset"):
+        evaluate_probes(ctx, None, ["winobias"])
+
+
+@pytest.mark.parametrize("name", ["adult", "compas", "german"])
+def test_shipped_studies_validate(name):
+    study = load_study(STUDIES / f"{name}.yaml")
+    task = make_task(study)
+    assert task.options.dataset == name
+    assert study.training.lr_search.enabled and study.evaluation.probes == ["crows-pairs", "stereoset"]
+    assert study.arms[-1].ranks == [1, 2, 4, 8, 16, 64] and study.seeds == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- real model
+
+
+@pytest.mark.slow
+def test_real_model_adult(tmp_path):
+    out = tmp_path / "real"
+    study = study_from_dict(_study(out, source="smollm2-135m", n_test=16,
+                                   arms=["base", {"type": "lora", "rank": 4}]))
+    Runner(study, log=lambda m: None).run(analyses=False, report=False)
+    for arm in ("base", "lora-r4"):
+        summary, rows = _read(out, arm, "classification")
+        assert set(HEADLINE) <= set(summary["metrics"]) and len(rows) == 16
+        assert summary["metrics"]["answer_mass"]["value"] > 0.01  # the instruct model does answer Yes/No
+        probes, _ = _read(out, arm, "probes")
+        assert set(PROBE_METRICS) == set(probes["metrics"])
