@@ -17,7 +17,7 @@ import pytest
 
 from lorafair import store
 from lorafair.errors import UserError
-from lorafair.report import build_comparison, build_report
+from lorafair.report import build_comparison, build_report, run_verdict
 from lorafair.report.load import arm_rank, load_run, pool, pooled_metrics
 from lorafair.report.verdict import (diff_sentence, fit_warnings, smallest_sufficient_rank, value_ci,
                                      vs_full_sentences)
@@ -67,10 +67,7 @@ def make_run(root: Path, name: str = "synthetic", seeds=(0, 1), optional: bool =
                                   "lr_search": {"candidates": [{"lr": 1e-4, "val_loss": bvl}, {"lr": 1e-3, "val_loss": None}],
                                                 "chosen": 1e-4}})
             if optional:
-                lend = pd.DataFrame([{"step": t, "group": g, "approval_rate": 0.5 + 0.01 * t * (g == "a"),
-                                      "tpr": 0.6, "mean_bin": 3.0, "profit": float(t)}
-                                     for t in range(5) for g in ("a", "b")])
-                store.write_parquet(rd.eval_paths(arm, s, "lending")[1], lend)
+                store.write_parquet(rd.eval_paths(arm, s, "lending")[1], lending_rows(s))
         pooled[arm] = {m: {"value": v, "lo": v - 0.02, "hi": v + 0.02, "n_seeds": len(arm_seeds)}
                        for m, v in zip(MEASURES, (tf, emt))}
         pooled[arm]["n_seeds"] = len(arm_seeds)
@@ -91,6 +88,25 @@ def make_run(root: Path, name: str = "synthetic", seeds=(0, 1), optional: bool =
                           "arms": {"lora-r1": {"rel_norm": 0.1, "col_overlap": 0.3, "row_overlap": 0.2, "intruders": 1}},
                           "recommendation": {"rank_for_energy": 4}})
     return root
+
+
+def lending_rows(seed: int, n_envs: int = 3, steps: int = 12) -> pd.DataFrame:
+    """Per (env, step, group) cumulative rows as the lending task stores them."""
+    from lorafair.tasks.lending_env import rollout
+
+    rng = np.random.default_rng(seed)
+    df = rollout(lambda b: rng.integers(0, 2, len(b)).tolist(), n_envs, steps, seed)
+    out = []
+    for g in (0, 1):
+        d = df.assign(ind=(df["group"] == g).astype(int)).sort_values(["env", "step"])
+        c = d.assign(n=d["ind"], approved=d["ind"] * d["action"], pos=d["ind"] * d["would_repay"],
+                     tp=d["ind"] * d["would_repay"] * d["action"], profit=d["ind"] * d["reward"])
+        cum = c.groupby("env")[["n", "approved", "pos", "tp", "profit"]].cumsum()
+        out.append(pd.DataFrame({"env_seed": seed, "env": d["env"], "step": d["step"], "group": g, **cum,
+                                 "approval_rate": cum["approved"] / cum["n"].where(cum["n"] > 0),
+                                 "tpr": cum["tp"] / cum["pos"].where(cum["pos"] > 0),
+                                 "mean_bin": d[f"mean_bin_{g}"]}))
+    return pd.concat(out, ignore_index=True)
 
 
 class _Images(HTMLParser):
@@ -144,8 +160,7 @@ def test_report_embeds_decodable_images_and_writes_all_files(tmp_path):
 
 
 def test_report_verdict_follows_compare_numbers(tmp_path):
-    run = make_run(tmp_path / "run", seeds=(0,))
-    md = (build_report(run).parent / "summary.md").read_text()
+    md = "\n".join(run_verdict(load_run(make_run(tmp_path / "run", seeds=(0,), optional=False))))
     # lora-r1: +0.12 with CI 0.095–0.145 excludes zero; toxic fraction is lower-is-better
     assert ("LoRA r=1 leaves a toxic fraction of 0.200 (95% CI 0.170–0.230) against 0.080 (0.050–0.110) "
             "for full fine-tuning; difference +0.120 (CI +0.095–+0.145): higher than full fine-tuning (worse).") in md
@@ -229,6 +244,42 @@ def test_pooled_metrics_prefer_compare_then_seed_mean(tmp_path):
     assert pm["lora-r1"]["toxic_fraction"]["hi"] == pytest.approx(0.21 + 0.03)
 
 
+def test_lending_per_step_pools_counts():
+    from lorafair.report.plots import _per_step
+
+    rows = pd.concat([lending_rows(0), lending_rows(1)], ignore_index=True)
+    got = _per_step(rows, ["approval_rate", "tpr", "mean_bin", "profit"]).set_index(["group", "step"])
+    for (g, t), d in rows.groupby(["group", "step"]):  # hand computation: pooled counts
+        assert got.loc[(g, t), "approval_rate"] == pytest.approx(d["approved"].sum() / d["n"].sum(), nan_ok=True)
+        if d["pos"].sum() > 0:
+            assert got.loc[(g, t), "tpr"] == pytest.approx(d["tp"].sum() / d["pos"].sum())
+        assert got.loc[(g, t), "profit"] == pytest.approx(d["profit"].mean())
+
+
+def test_group_records_read_every_summary_shape(tmp_path):
+    root = make_run(tmp_path / "run", seeds=(0,), optional=False)
+    rd = store.RunDir(root)
+    rows = pd.DataFrame({"x": [0]})
+    rd.write_eval("full", 0, "lending", {"metrics": {"profit": rec(5.0)},
+                                         "groups": {"a": {"tpr": rec(0.6)}, "b": {"tpr": rec(0.4)}}}, rows)
+    rd.write_eval("full", 0, "adult", {"metrics": {"accuracy": rec(0.8)},
+                                       "by_group": {"sex": {"F": {"count": 10, "accuracy": rec(0.7)},
+                                                            "M": {"count": 12, "accuracy": rec(0.9)}}},
+                                       "warnings": ["group F has 10 examples (fewer than 30)"]}, rows)
+    run = load_run(root)
+    from lorafair.report.load import group_records
+
+    assert group_records(run, "lending")["full"]["b"]["tpr"]["value"] == 0.4
+    assert group_records(run, "adult")["full"]["sex: F"]["accuracy"]["value"] == 0.7
+    tox = group_records(run, "toxicity")["lora-r1"]
+    assert tox["muslim"]["toxic_fraction"]["value"] == pytest.approx(0.22)
+    assert "gap" not in tox
+    build_report(root)
+    names = {p.name for p in (root / "report").glob("*.png")}
+    assert {"lending-groups.png", "adult-groups.png", "adult-accuracy-vs-rank.png"} <= names
+    assert "adult, full seed 0: group F has 10 examples" in (root / "report" / "summary.md").read_text()
+
+
 # ----------------------------------------------------------------------------- verdict
 
 
@@ -258,6 +309,13 @@ def test_vs_full_sentences_use_each_seeds_records():
     assert s[1].startswith("LoRA r=2 (seed 1) leaves an accuracy of 0.500") and "against 0.300" in s[1]
 
 
+def test_pooled_minus_full_sentences():
+    pooled = {"lora-r2": {"profit": rec(4.0, 0.5, True)}, "full": {"profit": rec(5.0, 0.5, True)}}
+    s = vs_full_sentences({"lora-r2": {"profit": {"value": -1.0, "lo": -1.6, "hi": -0.4}}}, {}, pooled)
+    assert s == ["LoRA r=2 leaves a profit of 4.000 (95% CI 3.500–4.500) against 5.000 (4.500–5.500) for full "
+                 "fine-tuning; difference -1.000 (CI -1.600 to -0.400): lower than full fine-tuning (worse)."]
+
+
 def test_value_ci_precision():
     assert value_ci(rec(0.0012, 0.0005)) == "0.0012 (95% CI 0.0007–0.0017)"
     assert value_ci({"value": 12.345, "lo": 11.0, "hi": 13.5}) == "12.345 (95% CI 11.000–13.500)"
@@ -282,9 +340,9 @@ def test_fit_warnings_tolerance():
     assert "rather than the method" in fit_warnings({"lora-r8": 1.0, "full": 1.5})[0]
 
 
-def test_fit_warning_reaches_report(tmp_path):
-    run = make_run(tmp_path / "run", seeds=(0,), val_loss={"lora-r1": 2.5})
-    md = (build_report(run).parent / "summary.md").read_text()
+def test_fit_warning_in_run_verdict(tmp_path):
+    md = "\n".join(run_verdict(load_run(make_run(tmp_path / "run", seeds=(0,), optional=False,
+                                                  val_loss={"lora-r1": 2.5}))))
     assert "Fit check: LoRA r=1 reached a best validation loss of 2.500, 25% above the best arm" in md
 
 

@@ -29,10 +29,14 @@ def _unit(pooled: dict[str, dict[str, dict]], metric: str) -> str:
 
 
 def _lending_frames(run: Run) -> dict:
+    """arm -> per-step rows of every seed, groups named as in the study (task.options.groups)."""
     import pandas as pd
 
+    names = ((run.study.get("task") or {}).get("options") or {}).get("groups")
     by_arm: dict[str, list] = {}
     for (arm, _), df in run.lending.items():
+        if isinstance(names, list) and pd.api.types.is_integer_dtype(df["group"]):
+            df = df.assign(group=[names[g] if 0 <= g < len(names) else g for g in df["group"]])
         by_arm.setdefault(arm, []).append(df)
     return {a: pd.concat(v, ignore_index=True) for a, v in by_arm.items()}
 
@@ -112,13 +116,34 @@ def _cell(v: object) -> str:
     return str(v)
 
 
-def _verdict(run: Run) -> list[str]:
+def _vs_full(run: Run) -> dict:
+    """Arm-minus-full differences of compare.json ("vs_full" per seed, or "minus_full" pooled)."""
+    for key in ("vs_full", "minus_full"):
+        if isinstance(run.compare.get(key), dict) and run.compare[key]:
+            return run.compare[key]
+    return {}
+
+
+def run_verdict(run: Run) -> list[str]:
+    """The verdict sentences of a loaded run (its study's task, or the first task evaluated)."""
     task = run.task if run.task in run.evals else (_tasks(run) or [None])[0]
     if task is None:
         return []
     evals = run.evals.get(task, {})
-    return verdict(run.compare.get("vs_full") or {}, evals, pooled_metrics(run, task), headline_names(run, task),
+    return verdict(_vs_full(run), evals, pooled_metrics(run, task), headline_names(run, task),
                    best_val_loss(run), run.failed, run.kl, order=arm_order)
+
+
+def _eval_warnings(run: Run) -> list[str]:
+    """The evaluation summaries' own warnings (small groups, undefined rates), once each."""
+    out: list[str] = []
+    for task in _tasks(run):
+        for (arm, seed), s in sorted(run.evals[task].items()):
+            for w in s.get("warnings") or []:
+                line = f"{task}, {arm} seed {seed}: {w}"
+                if line not in out:
+                    out.append(line)
+    return out
 
 
 def _write_figures(folder: Path, figs: list[Figure], prune: bool = False) -> None:
@@ -135,17 +160,21 @@ def build_report(run_dir: Path) -> Path:
     """Write ``<run>/report/{report.html, summary.md, *.png}``; returns the HTML's path."""
     run = load_run(run_dir)
     figs = figures(run)
-    sentences = _verdict(run)
+    sentences = run_verdict(run)
     sections, md = [], [f"# {run.name}: lorafair report", ""]
     sections.append(("Verdict", H.bullets(sentences) if sentences else "<p>No evaluated arms yet.</p>"))
     md += ["## Verdict", ""] + [f"- {s}" for s in sentences] + [""]
+    warns = _eval_warnings(run)
+    if warns:
+        sections.append(("Warnings from evaluation", H.bullets(warns, "warn")))
+        md += ["## Warnings from evaluation", ""] + [f"- {w}" for w in warns] + [""]
     metric_html = []
     for task in _tasks(run):
         names = headline_names(run, task)
         header, rows = ["arm", "seeds", *names], H.metric_rows(pooled_metrics(run, task), names)
         metric_html.append(f"<h3>{H.esc(task)}</h3>" + H.table(header, rows))
         md += [f"## {task}: metrics (95% intervals, seeds pooled)", "", H.md_table(header, rows), ""]
-    vs_full = run.compare.get("vs_full") or {}
+    vs_full = _vs_full(run)
     if vs_full:
         header, rows = _vs_full_table(vs_full)
         metric_html.append("<h3>Arm minus full fine-tuning (paired over the same prompts)</h3>" + H.table(header, rows))
@@ -213,7 +242,7 @@ def build_comparison(run_dirs: list[Path], out_dir: Path) -> Path:
                 parts.append(H.figure(figs[-1][1], png))
         sections.append((f"{task}: studies side by side", "".join(parts)))
     for lab, r in zip(labels, runs):
-        sentences = _verdict(r)
+        sentences = run_verdict(r)
         if sentences:
             sections.append((f"Verdict: {lab}", H.bullets(sentences)))
             md += [f"## Verdict: {lab}", ""] + [f"- {s}" for s in sentences] + [""]
@@ -226,4 +255,4 @@ def build_comparison(run_dirs: list[Path], out_dir: Path) -> Path:
     return out / "report.html"
 
 
-__all__ = ["build_report", "build_comparison", "figures"]
+__all__ = ["build_report", "build_comparison", "figures", "run_verdict"]

@@ -216,19 +216,38 @@ def pooled_metrics(run: Run, task: str) -> dict[str, dict[str, dict]]:
     return out
 
 
+def _group_table(s: dict) -> dict[str, dict]:
+    """group -> {measure: record} from an evaluation summary, whichever shape it uses:
+    ``groups.groups`` (toxicity), ``groups`` (lending), ``by_group`` (decisions), or
+    ``by_group.<attribute>.<group>`` (several protected attributes, named "attribute: group")."""
+    g = s.get("groups")
+    if isinstance(g, dict) and isinstance(g.get("groups"), dict):
+        table = g["groups"]
+    elif isinstance(s.get("by_group"), dict):
+        table = s["by_group"]
+    elif isinstance(g, dict):
+        table = g
+    else:
+        return {}
+    out: dict[str, dict] = {}
+    for name, inner in table.items():
+        if not isinstance(inner, dict):
+            continue
+        if any(is_record(v) for v in inner.values()):
+            out[str(name)] = inner
+        else:
+            out.update({f"{name}: {sub}": ms for sub, ms in inner.items() if isinstance(ms, dict)})
+    return out
+
+
 def group_records(run: Run, task: str) -> dict[str, dict[str, dict[str, dict]]]:
-    """arm -> group -> measure -> record, from "groups" (toxicity) or "by_group" (decisions)."""
+    """arm -> group -> measure -> record (seeds pooled), for every shape :func:`_group_table` reads."""
     per: dict[str, dict[str, dict[str, list[dict]]]] = {}
     for (arm, _), s in sorted(run.evals.get(task, {}).items()):
-        g = s.get("groups")
-        groups = g.get("groups") if isinstance(g, dict) and isinstance(g.get("groups"), dict) else s.get("by_group")
-        if not isinstance(groups, dict):
-            continue
-        for grp, measures in groups.items():
-            if isinstance(measures, dict):
-                for m, r in measures.items():
-                    if is_record(r):
-                        per.setdefault(arm, {}).setdefault(str(grp), {}).setdefault(m, []).append(r)
+        for grp, measures in _group_table(s).items():
+            for m, r in measures.items():
+                if is_record(r):
+                    per.setdefault(arm, {}).setdefault(grp, {}).setdefault(m, []).append(r)
     return {a: {g: {m: pool(rs) for m, rs in ms.items()} for g, ms in gs.items()}
             for a, gs in sorted(per.items(), key=lambda kv: arm_order(kv[0]))}
 

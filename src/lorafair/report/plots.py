@@ -35,6 +35,14 @@ def _bounds(rec: dict) -> tuple[float, float]:
     return (float(lo) if finite(lo) else v), (float(hi) if finite(hi) else v)
 
 
+def _band(ax, x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray, color: str) -> None:
+    """Interval as a shaded band; a lone point gets an error bar (a band needs two points)."""
+    if len(x) > 1:
+        ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
+    else:
+        ax.errorbar(x, y, yerr=np.maximum([y - lo, hi - y], 0), fmt="none", ecolor=color, capsize=3)
+
+
 def _rank_axis(ax, ranks: list[int]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(set(ranks)))
@@ -50,31 +58,32 @@ def metric_vs_rank(metric: str, studies: dict[str, dict[str, dict]], unit: str =
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ranks: list[int] = []
-    colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
-    many = len(studies) > 1
-    for study, arms in studies.items():
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    many = len(studies) > 1  # then colour = study, marker = variant; else colour = variant
+    markers = ["o", "s", "^", "D", "v"]
+    for si, (study, arms) in enumerate(studies.items()):
         lines: dict[str, list[tuple[int, dict]]] = {}
         for arm, rec in arms.items():
             variant, r = arm_rank(arm)
             if r is not None and is_record(rec) and finite(rec["value"]):
                 lines.setdefault(variant, []).append((r, rec))
-        for variant, pts in lines.items():
-            pts.sort(key=lambda t: t[0])
+        for vi, variant in enumerate(sorted(lines, key=lambda v: (v != "lora", v))):
+            pts = sorted(lines[variant], key=lambda t: t[0])
             x = np.array([p[0] for p in pts], dtype=np.float32)
             y = np.array([p[1]["value"] for p in pts], dtype=np.float32)
             lo, hi = np.array([_bounds(p[1]) for p in pts], dtype=np.float32).T
-            c = next(colors)
-            ax.plot(x, y, "o-", color=c, label=f"{study}: {variant}" if many else variant)
-            ax.fill_between(x, lo, hi, color=c, alpha=0.2, linewidth=0)
+            c = palette[(si if many else vi) % len(palette)]
+            ax.plot(x, y, "-", marker=markers[vi % len(markers)], color=c,
+                    label=f"{study}: {variant}" if many else variant)
+            _band(ax, x, y, lo, hi, c)
             ranks += [int(v) for v in x]
         for ref, (c, name) in REFERENCE_STYLE.items():
             rec = arms.get(ref)
             if not (is_record(rec) and finite(rec["value"])):
                 continue
-            ls = "--" if ref == "full" else ":"
-            if many:
-                c = next(colors)
-            ax.axhline(rec["value"], color=c, ls=ls, label=f"{study}: {name}" if many else name)
+            c = palette[si % len(palette)] if many else c
+            ax.axhline(rec["value"], color=c, ls="--" if ref == "full" else ":",
+                       label=f"{study}: {name}" if many else name)
             lo, hi = _bounds(rec)
             ax.axhspan(lo, hi, color=c, alpha=0.12, linewidth=0)
     if not ranks and not ax.lines:
@@ -107,8 +116,8 @@ def group_bars(groups: dict[str, dict[str, dict[str, dict]]], measures: list[str
     n = len(measures)
     cols = min(2, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(6.0, 0.5 * len(names) * len(arms) / 2 + 3) * cols / 1.5,
-                                                  3.2 * rows), squeeze=False)
+    panel_w = max(4.5, 1.5 + 0.15 * len(names) * len(arms))  # inches: room for every bar
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_w * cols, 3.2 * rows), squeeze=False)
     width = 0.8 / len(arms)
     x = np.arange(len(names), dtype=np.float32)
     for k, m in enumerate(measures):
@@ -164,19 +173,21 @@ def shift_vs_rank(kl: dict[str, dict]) -> bytes | None:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.0, 3.8))
     ranks = []
-    for variant, pts in lines.items():
-        pts.sort(key=lambda t: t[0])
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for vi, variant in enumerate(sorted(lines, key=lambda v: (v != "lora", v))):
+        pts = sorted(lines[variant], key=lambda t: t[0])
+        c = palette[vi % len(palette)]
         sc = [(r, e["shift_captured"]) for r, e in pts if is_record(e.get("shift_captured"))]
         if sc:
             x = np.array([r for r, _ in sc], dtype=np.float32)
             y = np.array([s["value"] for _, s in sc], dtype=np.float32)
             lo, hi = np.array([_bounds(s) for _, s in sc], dtype=np.float32).T
-            a1.plot(x, y, "o-", label=variant)
-            a1.fill_between(x, lo, hi, alpha=0.2, linewidth=0)
+            a1.plot(x, y, "o-", color=c, label=variant)
+            _band(a1, x, y, lo, hi, c)
         for col, style in (("kl_base_arm", "o-"), ("kl_full_arm", "s--")):
             vals = [(r, e[col]["mean"]) for r, e in pts if isinstance(e.get(col), dict) and finite(e[col].get("mean"))]
             if vals:
-                a2.plot([v[0] for v in vals], [v[1] for v in vals], style, label=f"{variant}: {col}")
+                a2.plot([v[0] for v in vals], [v[1] for v in vals], style, color=c, label=f"{variant}: {col}")
         ranks += [r for r, _ in pts]
     for ax in (a1, a2):
         _rank_axis(ax, ranks)
@@ -228,6 +239,20 @@ def spectrum_energy(energy_at_rank: dict, shift: dict[str, dict[int, dict]] | No
 LENDING_MEASURES = ("approval_rate", "tpr", "mean_bin", "profit")
 
 
+def _per_step(f: pd.DataFrame, measures: list[str]) -> pd.DataFrame:
+    """Per (group, step) over environments and seeds: rates from summed counts when the rows carry
+    them (n, approved, pos, tp), otherwise means; mean_bin and profit as means."""
+    g = f.groupby(["group", "step"])
+    out = g[[m for m in measures if m in f.columns]].mean()
+    if {"n", "approved"} <= set(f.columns) and "approval_rate" in out:
+        s = g[["n", "approved"]].sum()
+        out["approval_rate"] = s["approved"] / s["n"].where(s["n"] > 0)
+    if {"pos", "tp"} <= set(f.columns) and "tpr" in out:
+        s = g[["pos", "tp"]].sum()
+        out["tpr"] = s["tp"] / s["pos"].where(s["pos"] > 0)
+    return out.reset_index()
+
+
 def lending_series(frames: dict[str, pd.DataFrame]) -> bytes | None:
     """Per-step lending measures per group, one line per (arm, group), one panel per measure.
 
@@ -242,7 +267,7 @@ def lending_series(frames: dict[str, pd.DataFrame]) -> bytes | None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ai, arm in enumerate(sorted(frames, key=arm_order)):
         f = frames[arm]
-        mean = f.groupby(["group", "step"])[[m for m in measures if m in f.columns]].mean().reset_index()
+        mean = _per_step(f, measures)
         for gi, (g, d) in enumerate(mean.groupby("group")):
             for k, m in enumerate(measures):
                 if m in d.columns:

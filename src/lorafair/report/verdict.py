@@ -118,23 +118,25 @@ def diff_sentence(arm: str, metric: str, diff: dict, arm_rec: dict | None = None
     return head + body + f": {tail}."
 
 
-def vs_full_sentences(vs_full: dict, evals: dict[tuple[str, int], dict],
+def vs_full_sentences(vs_full: dict, evals: dict[tuple[str, int], dict], pooled: dict | None = None,
                       order: Any = None) -> list[str]:
-    """Sentences for every ``"arm@seed"`` entry of compare.json's ``vs_full``.
+    """Sentences for every entry of compare.json's arm-minus-full differences.
 
-    evals: (arm, seed) -> evaluation summary (its "metrics" give each side's own record).
+    vs_full: ``"arm@seed"`` (one training seed) or ``"arm"`` (seeds pooled) -> metric -> record.
+    evals: (arm, seed) -> evaluation summary, whose "metrics" give each side's own record for a
+    per-seed entry; pooled: arm -> metric -> record, the sides of a pooled entry.
     """
     out = []
-    keys = sorted(vs_full, key=lambda k: (order(k.rpartition("@")[0]) if order else k, k))
-    multi = len({k.rpartition("@")[2] for k in vs_full}) > 1
+    keys = sorted(vs_full, key=lambda k: (order(k.partition("@")[0]) if order else k, k))
+    multi = len({k.partition("@")[2] for k in vs_full}) > 1
     for key in keys:
-        arm, _, s = key.rpartition("@")
+        arm, _, s = key.partition("@")
         seed = int(s) if s.lstrip("-").isdigit() else None
-        if not arm:
-            arm = key
-        own = ((evals.get((arm, seed)) or {}).get("metrics") or {}) if seed is not None else {}
-        ref_seed = seed if (("full", seed) in evals) else next((k[1] for k in evals if k[0] == "full"), None)
-        full = (evals.get(("full", ref_seed)) or {}).get("metrics") or {}
+        if seed is None:
+            own, full = (pooled or {}).get(arm) or {}, (pooled or {}).get("full") or {}
+        else:
+            own = (evals.get((arm, seed)) or {}).get("metrics") or {}
+            full = (evals.get(("full", seed)) or {}).get("metrics") or {}
         for metric, diff in (vs_full.get(key) or {}).items():
             if is_record(diff):
                 out.append(diff_sentence(arm, metric, diff, own.get(metric), full.get(metric),
@@ -224,7 +226,7 @@ def shift_sentences(kl: dict | None) -> list[str]:
 def verdict(vs_full: dict, evals: dict, pooled: dict, metrics: list[str], best_val: dict,
             failed: dict | None = None, kl: dict | None = None, order: Any = None) -> list[str]:
     """All verdict sentences in reading order."""
-    out = vs_full_sentences(vs_full or {}, evals, order)
+    out = vs_full_sentences(vs_full or {}, evals, pooled, order)
     r = rank_sentence(pooled, metrics)
     if r:
         out.append(r)
