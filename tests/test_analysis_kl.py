@@ -7,7 +7,7 @@ from scipy import stats
 from scipy.special import log_softmax as np_log_softmax
 from scipy.special import rel_entr, softmax
 
-from lorafair.analysis.kl import shift_captured, summarize, target_logprob, token_kl
+from lorafair.analysis.kl import kl_against, log_probs, shift_captured, summarize, target_logprob, token_kl
 from lorafair.analysis.shift import compute_pairwise_kl
 from lorafair.errors import UserError
 
@@ -25,6 +25,16 @@ def test_token_kl_matches_scipy(chunk):
     assert got.shape == (3, 5) and got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), _ref_kl(p.numpy(), q.numpy()), atol=1e-5)
     assert torch.all(token_kl(p, p).abs() < 1e-6)
+
+
+def test_kl_against_reference_logprobs():
+    g = torch.Generator().manual_seed(4)
+    a, b, c = (torch.randn(2, 3, 20, generator=g) * 2 for _ in range(3))
+    (ab, ba), (ac, ca) = kl_against(a, [log_probs(b, 2), log_probs(c, 5)], chunk_size=4)
+    np.testing.assert_allclose(ab.numpy(), _ref_kl(a.numpy(), b.numpy()), atol=1e-5)
+    np.testing.assert_allclose(ba.numpy(), _ref_kl(b.numpy(), a.numpy()), atol=1e-5)
+    np.testing.assert_allclose(ca.numpy(), _ref_kl(c.numpy(), a.numpy()), atol=1e-5)
+    np.testing.assert_allclose(ac.numpy(), _ref_kl(a.numpy(), c.numpy()), atol=1e-5)
 
 
 def test_token_kl_bfloat16_input_runs_in_float32():

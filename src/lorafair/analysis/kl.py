@@ -48,6 +48,45 @@ def kl_pair(logits_a: Tensor, logits_b: Tensor, chunk_size: int = DEFAULT_CHUNK)
     return ab.reshape(lead), ba.reshape(lead)
 
 
+def log_probs(logits: Tensor, chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+    """float32 log-softmax over the last axis, computed chunk by chunk: [..., V] -> [..., V].
+
+    Reference arms are converted once per batch and then compared with every other arm.
+    """
+    flat = _rows(logits)
+    out = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
+    step = max(1, int(chunk_size))
+    with torch.no_grad():
+        for i in range(0, flat.shape[0], step):
+            out[i : i + step] = torch.log_softmax(flat[i : i + step].float(), dim=-1)
+    return out.reshape(logits.shape)
+
+
+def kl_against(
+    logits: Tensor, ref_logprobs: list[Tensor], chunk_size: int = DEFAULT_CHUNK
+) -> list[tuple[Tensor, Tensor]]:
+    """``[(KL(a||r), KL(r||a)) for r in ref_logprobs]``, each of shape ``logits.shape[:-1]``.
+
+    logits: [..., V] of arm a; ref_logprobs: float32 log-probabilities [..., V] (see ``log_probs``).
+    The arm's log-softmax is computed once per chunk and shared by all references.
+    """
+    lead = logits.shape[:-1]
+    a = _rows(logits)
+    refs = [_rows(r) for r in ref_logprobs]
+    out = [(torch.empty(a.shape[0], dtype=torch.float32, device=a.device), torch.empty(a.shape[0], dtype=torch.float32, device=a.device)) for _ in refs]
+    step = max(1, int(chunk_size))
+    with torch.no_grad():
+        for i in range(0, a.shape[0], step):
+            la = torch.log_softmax(a[i : i + step].float(), dim=-1)
+            pa = la.exp()
+            for (ab, ba), r in zip(out, refs):
+                lr = r[i : i + step]
+                diff = la - lr
+                ab[i : i + step] = torch.linalg.vecdot(pa, diff)
+                ba[i : i + step] = -torch.linalg.vecdot(lr.exp(), diff)
+    return [(ab.reshape(lead), ba.reshape(lead)) for ab, ba in out]
+
+
 def token_kl(logits_p: Tensor, logits_q: Tensor, chunk_size: int = DEFAULT_CHUNK) -> Tensor:
     """KL(p || q) per position.
 

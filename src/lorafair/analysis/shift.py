@@ -24,7 +24,9 @@ from torch import Tensor
 
 from lorafair.analysis.kl import (
     DEFAULT_CHUNK,
+    kl_against,
     kl_pair,
+    log_probs,
     next_token_mask,
     shift_captured,
     summarize,
@@ -102,9 +104,11 @@ def compute_pairwise_kl(
         seq_ids = np.arange(seq_offset, seq_offset + b)
 
         with torch.no_grad():
-            ref = {base_name: logits_fn(base_name, ids, attn)}
+            # references as float32 log-probabilities, once per batch (log_softmax is idempotent,
+            # so the KL and log-likelihood helpers accept them in place of logits)
+            ref = {base_name: log_probs(logits_fn(base_name, ids, attn), chunk_size)}
             if full_name is not None:
-                ref[full_name] = logits_fn(full_name, ids, attn)
+                ref[full_name] = log_probs(logits_fn(full_name, ids, attn), chunk_size)
                 kl_fb, _ = kl_pair(ref[full_name], ref[base_name], chunk_size)
                 full_base_seq.append(_seq_mean(kl_fb.cpu(), valid))
             for arm in arms:
@@ -167,11 +171,12 @@ def _seq_mean(values: Tensor, valid: Tensor) -> np.ndarray:
 
 
 def _arm_kls(logits: Tensor, base: Tensor, full: Tensor | None, chunk_size: int) -> dict[str, Tensor]:
-    """The four KL directions of one arm against the references, each [b, s] on CPU."""
-    ab, ba = kl_pair(logits, base, chunk_size)
+    """The four KL directions of one arm against the references (log-probs), each [b, s] on CPU."""
+    pairs = kl_against(logits, [base] if full is None else [base, full], chunk_size)
+    ab, ba = pairs[0]
     out = {"kl_arm_base": ab.cpu(), "kl_base_arm": ba.cpu()}
     if full is not None:
-        af, fa = kl_pair(logits, full, chunk_size)
+        af, fa = pairs[1]
         out["kl_full_arm"], out["kl_arm_full"] = fa.cpu(), af.cpu()
     else:
         nan = torch.full_like(out["kl_arm_base"], float("nan"))
@@ -237,13 +242,14 @@ def compute_lens(
             n_layers = sizes.pop()
             ex_layers: dict[str, list[tuple[Tensor, Tensor]]] = {a: [] for a in arms}
             for layer in range(n_layers):
-                ref = {base_name: project_fn(base_name, hidden[base_name][layer])}
+                ref = {base_name: log_probs(project_fn(base_name, hidden[base_name][layer]), chunk_size)}
                 if full_name:
-                    ref[full_name] = project_fn(full_name, hidden[full_name][layer])
+                    ref[full_name] = log_probs(project_fn(full_name, hidden[full_name][layer]), chunk_size)
                 for arm in arms:
                     logits = ref[arm] if arm in ref else project_fn(arm, hidden[arm][layer])
-                    kl_b, _ = kl_pair(logits, ref[base_name], chunk_size)
-                    kl_f = kl_pair(logits, ref[full_name], chunk_size)[0] if full_name else None
+                    pairs = kl_against(logits, [ref[base_name]] + ([ref[full_name]] if full_name else []), chunk_size)
+                    kl_b = pairs[0][0]
+                    kl_f = pairs[1][0] if full_name else None
                     mass = _mass(logits, tox, chunk_size).cpu()
                     rows["arm"].append(np.full(b, arm, dtype=object))
                     rows["seq"].append(np.arange(seq_offset, seq_offset + b))
