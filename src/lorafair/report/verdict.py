@@ -218,8 +218,9 @@ def shift_sentences(kl: dict | None) -> list[str]:
         sc = e.get("shift_captured") if isinstance(e, dict) else None
         if arm in ("base", "full") or not is_record(sc):
             continue
-        out.append(f"{_cap(arm_label(arm))} captures a share {value_ci(sc)} of the shift from base to full "
-                   "fine-tuning (1 − KL(full‖arm) / KL(full‖base)).")
+        out.append(f"{_cap(arm_label(arm))}: shift captured {value_ci(sc)}, where 1 − KL(full‖arm) / "
+                   "KL(full‖base) is 1 for an arm as close to full fine-tuning as full itself and 0 for one "
+                   "no closer than base.")
     return out
 
 
