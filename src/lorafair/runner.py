@@ -251,7 +251,10 @@ class Runner:
                 on_step.close()
         self.rd.save_weights(arm.name, seed, lambda p: save_final(model, arm, p), arm.type)
         self.rd.write_train_log(arm.name, seed, res.log, res.val_curve)
-        self.rd.mark_done(arm.name, seed, {"hash": h, "lr_search": search, **res.summary()})
+        if not hasattr(self, "_model_hash"):
+            self._model_hash = models.model_hash(self.study.model.source)
+        self.rd.mark_done(arm.name, seed, {"hash": h, "lr_search": search, "model_hash": self._model_hash,
+                                           **res.summary()})
         self.log(f"{arm.name} seed {seed}: {res.steps} steps, lr {lr:g}, final loss {res.log[-1]['loss']:.4f}, "
                  f"best val {res.best_val_loss:.4f}, {res.tokens / max(res.wall_s, 1e-9):.0f} tok/s, "
                  f"{res.wall_s:.0f}s, peak {res.peak_mem_mb:.0f} MB")
