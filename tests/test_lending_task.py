@@ -25,7 +25,7 @@ from lorafair.tasks.lending import (
     observation_text,
     pooled_timeseries,
 )
-from lorafair.tasks.lending_env import LendingEnv, LendingParams, env_seeds, rollout, timeseries
+from lorafair.tasks.lending_env import LendingEnv, env_seeds, rollout, timeseries
 
 T, N_ENVS = 12, 4
 
