@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 VOCAB, SEQ, BATCH = 49152, 64, 8
 ARMS = ["base", "full", "lora"]
@@ -30,8 +30,6 @@ ARMS = ["base", "full", "lora"]
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
-    import os
-
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
