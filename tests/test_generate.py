@@ -1,0 +1,174 @@
+"""Fixed-stream sampling: each (prompt, sample) has its own uniforms, so what it generates does not
+depend on batch size or on the other prompts in the batch; `pick` is inverse-CDF sampling.
+
+On the tiny random model the next-token distribution is nearly uniform over 49k tokens, so the
+cumulative sums that inverse-CDF sampling reads have boundaries ~2e-5 apart: at temperature 1 the
+~1e-7 differences that left padding makes in the logits can move a uniform across a boundary.
+Batch checks at temperature 1 therefore use prompts of one token length (no padding); with
+prompts of different lengths they run at a low temperature, where no boundary lies that close.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lorafair import models
+from lorafair.generate import FixedStreamSampler, generate, pick, stream_seed, uniforms
+
+SAME_LENGTH = ["The cat sat on the", "A dog ran into the", "My friend said that the", "Her brother told me a",
+               "Some people think that a", "The weather today is very", "Our teacher gave us a"]
+MIXED = ["Hello there", "The weather today is very", "A", "Once upon a time in a land far away there", "Why",
+         "My friend said"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return models.load_tokenizer("tiny-random")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return models.load_model("tiny-random").eval()
+
+
+def as_prompts(texts):
+    return [{"id": f"p{i}", "prompt": t} for i, t in enumerate(texts)]
+
+
+def by_key(rows):
+    return {(r["prompt_id"], r["sample"]): r["continuation"] for r in rows}
+
+
+# ---------------------------------------------------------------- streams and pick
+
+
+def test_streams_are_independent_of_other_keys():
+    keys = [("a", 0), ("a", 1), ("b", 0)]
+    u = uniforms(7, keys, 5)
+    assert u.shape == (3, 5) and ((u >= 0) & (u < 1)).all()
+    for i, k in enumerate(keys):
+        torch.testing.assert_close(uniforms(7, [k], 5)[0], u[i], atol=0, rtol=0)
+    assert not torch.equal(u[0], u[1]) and not torch.equal(u[0], uniforms(8, [keys[0]], 5)[0])
+    assert stream_seed(0, "a", 1) != stream_seed(0, "a1", 0)  # keys are delimited, not concatenated
+    assert torch.equal(uniforms(7, [("a", 0)], 9)[0, :5], u[0])  # a longer stream extends the same one
+
+
+def hand_pick(scores: np.ndarray, u: float, temperature: float, top_p: float) -> int:
+    """Inverse CDF over tokens sorted by probability, within the smallest set reaching top_p."""
+    z = scores.astype(np.float64) / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    kept, mass = [], 0.0
+    for j in order:
+        kept.append(j)
+        mass += p[j]
+        if mass >= top_p:
+            break
+    c = np.cumsum(p[kept])
+    return int(kept[int(np.searchsorted(c, u * c[-1], side="left"))])
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 1.0), (1.3, 0.5), (1.0, 0.9)])
+def test_pick_is_inverse_cdf(temperature, top_p):
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(40, 12, generator=g) * 2
+    u = torch.rand(40, generator=g)
+    got = pick(scores, u, temperature, top_p)
+    want = [hand_pick(scores[i].numpy(), float(u[i]), temperature, top_p) for i in range(40)]
+    assert got.tolist() == want
+
+
+def test_pick_frequencies_follow_the_distribution():
+    scores = torch.tensor([[2.0, 1.0, 0.5, -1.0, 0.0, 1.5]])
+    n = 20000
+    u = (torch.arange(n) + 0.5) / n  # an even grid: the share of u picking a token is its probability
+    toks = pick(scores.expand(n, -1), u, 0.8, 1.0)
+    freq = np.bincount(toks.numpy(), minlength=6) / n
+    p = torch.softmax(scores[0] / 0.8, -1).numpy()
+    np.testing.assert_allclose(freq, p, atol=2 / n)
+    # top_p = 0.6: only the smallest prefix by probability reaching 0.6 survives, renormalised
+    toks = pick(scores.expand(n, -1), u, 0.8, 0.6)
+    order = np.argsort(-p)
+    k = int(np.searchsorted(np.cumsum(p[order]), 0.6)) + 1
+    want = np.zeros(6)
+    want[order[:k]] = p[order[:k]] / p[order[:k]].sum()
+    np.testing.assert_allclose(np.bincount(toks.numpy(), minlength=6) / n, want, atol=2 / n)
+    assert k < 6
+
+
+def test_sampler_leaves_one_finite_logit():
+    scores = torch.randn(3, 10)
+    u = torch.tensor([[0.1, 0.5], [0.9, 0.2], [0.5, 0.5]])
+    proc = FixedStreamSampler(u, prompt_len=4, temperature=1.0, top_p=1.0)
+    out = proc(torch.zeros(3, 5, dtype=torch.long), scores)  # one token generated: uses u[:, 1]
+    assert (torch.isfinite(out).sum(1) == 1).all()
+    assert out.argmax(1).tolist() == pick(scores, u[:, 1], 1.0, 1.0).tolist()
+
+
+# ---------------------------------------------------------------- generation
+
+
+def test_same_continuation_regardless_of_batch(model, tok):
+    ps = as_prompts(SAME_LENGTH)
+    assert len({len(tok(p["prompt"])["input_ids"]) for p in ps}) == 1
+    alone = by_key(generate(model, tok, ps, 3, 8, seed=0, batch_size=1))
+    together = by_key(generate(model, tok, ps, 3, 8, seed=0, batch_size=32))
+    shuffled = by_key(generate(model, tok, ps[::-1], 3, 8, seed=0, batch_size=4))
+    fewer = by_key(generate(model, tok, ps[2:5], 2, 8, seed=0, batch_size=5))  # other neighbours, fewer samples
+    assert len(alone) == 21 and alone == together == shuffled
+    assert all(alone[k] == v for k, v in fewer.items())
+    assert len(set(alone.values())) == 21  # every stream differs
+    other_seed = by_key(generate(model, tok, ps, 3, 8, seed=1, batch_size=32))
+    assert all(other_seed[k] != alone[k] for k in alone)
+
+
+def test_same_continuation_with_padding_at_low_temperature(model, tok):
+    ps = as_prompts(MIXED)
+    kw = dict(seed=0, temperature=0.05)
+    alone = by_key(generate(model, tok, ps, 4, 10, batch_size=1, **kw))
+    padded = by_key(generate(model, tok, ps, 4, 10, batch_size=32, **kw))
+    mixed = by_key(generate(model, tok, ps[::-1], 4, 10, batch_size=5, **kw))
+    assert alone == padded == mixed
+    assert len(set(alone.values())) > 12  # still sampling, not a single mode
+
+
+def test_generate_equals_a_hand_loop(model, tok):
+    """Recompute every step from scratch (no cache, no padding), picking with the pair's own stream."""
+    p = {"id": "x7", "prompt": "Once upon a time in a land far away there"}
+    n, temperature, top_p = 8, 0.05, 0.9
+    rows = generate(model, tok, [p], 2, n, seed=5, temperature=temperature, top_p=top_p)
+    for s in range(2):
+        u = uniforms(5, [("x7", s)], n)
+        ids = tok(p["prompt"], return_tensors="pt")["input_ids"]
+        new = []
+        for t in range(n):
+            with torch.no_grad():
+                last = model(input_ids=ids).logits[:, -1]
+            nxt = pick(last, u[:, t], temperature, top_p)
+            new.append(int(nxt))
+            if new[-1] == tok.eos_token_id:
+                break
+            ids = torch.cat([ids, nxt[:, None]], 1)
+        assert rows[s]["continuation"] == tok.decode(new, skip_special_tokens=True)
+
+
+def test_greedy_equals_model_generate(model, tok):
+    ps = as_prompts(MIXED)
+    rows = generate(model, tok, ps, samples=3, max_new_tokens=8, greedy=True, batch_size=1)
+    assert [(r["prompt_id"], r["sample"]) for r in rows] == [(p["id"], 0) for p in ps]  # one sample each
+    for p, r in zip(ps, rows):
+        enc = tok(p["prompt"], return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**enc, do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id)
+        assert r["continuation"] == tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    batched = generate(model, tok, ps, samples=1, max_new_tokens=8, greedy=True, batch_size=32)
+    assert [r["continuation"] for r in batched] == [r["continuation"] for r in rows]
+
+
+def test_padding_side_restored(model, tok):
+    side = tok.padding_side
+    generate(model, tok, as_prompts(MIXED[:2]), 1, 2)
+    assert tok.padding_side == side
