@@ -94,8 +94,10 @@ def cli():
     return CliRunner()
 
 
-@pytest.fixture(scope="session")
-def tokenizer():
-    from lorafair import models
+@pytest.fixture
+def offline(monkeypatch):
+    """The hub unreachable and known to be (HF_HUB_OFFLINE): answered at once, without retries."""
+    import huggingface_hub.constants
 
-    return models.load_tokenizer("tiny-random")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

@@ -23,15 +23,6 @@ def one_line(e: pytest.ExceptionInfo) -> str:
     return msg
 
 
-@pytest.fixture
-def offline(monkeypatch):
-    """The hub unreachable, answered at once (no retries)."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
 @pytest.fixture(scope="module")
 def tiny_model():
     return models.load_model("tiny-random")

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lorafair.errors import UserError
 
@@ -21,7 +22,7 @@ STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
 
 def _fail(e: UserError) -> None:
-    console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -110,7 +111,7 @@ def models_cmd(prepare: Optional[list[str]] = typer.Option(None, "--prepare", he
         _fail(e)
     for name, p in models.PACKAGED.items():
         state = "cached" if models.is_cached(name) else "not converted"
-        out.print(f"{name:14s} {state:14s} {p.description}  [{p.pip}]")
+        out.print(f"{name:14s} {state:14s} {p.description}  [{p.pip}]", markup=False)
     out.print(f"{models.TINY:14s} {'built':14s} random 2-layer model from the default config (tests)")
     out.print("any Hugging Face id or local folder (needs the network or a local copy)")
     out.print(f"cache: {models.cache_dir()}")
