@@ -208,7 +208,7 @@ class Runner:
         if cached and cached.get("key") == key:
             return cached["chosen"], cached
         seed = self.study.seeds[0]
-        candidates = s.full if arm.type == "full" else s.lora
+        candidates = lr_candidates(arm, s)
         steps = min(s.steps, _total(t, len(enc_train)))
         rows = []
         for lr in candidates:
@@ -324,6 +324,17 @@ class Runner:
         out = self.task.compare(self.ctx, results)
         store.write_json(self.rd.path / "compare.json", out)
         return out
+
+
+def lr_candidates(arm: Arm, search) -> list[float]:
+    """The grid searched for an arm. With alpha = 2r a plain LoRA (or DoRA) update is scaled by
+    alpha/r = 2 at every rank, so one grid suits every rank; rsLoRA scales by alpha/sqrt(r) = 2 sqrt(r),
+    so its grid is divided by sqrt(r) to start from the same effective step size."""
+    if arm.type == "full":
+        return list(search.full)
+    if arm.variant == "rslora" and arm.alpha == 2.0 * arm.rank:
+        return [lr / math.sqrt(arm.rank) for lr in search.lora]
+    return list(search.lora)
 
 
 def _total(t, n):
