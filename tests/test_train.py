@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from lorafair import models, runner as runner_mod
 from lorafair.arms import ArmBank, save_final, wrap_for_training
 from lorafair.config import Arm, TrainingConfig, study_from_dict
+from lorafair.errors import UserError
 from lorafair.runner import Context, Runner
 from lorafair.store import RunDir, read_json, read_jsonl
 from lorafair.train import Diverged, collate, completion_loss, encode, train, validation_loss
@@ -137,6 +139,19 @@ def test_early_stopping_keeps_the_best_state(tok):
     assert res.best_val_loss == min(vals) < res.final_val_loss == vals[-1]
     # the model handed back is the best one, not the last
     assert validation_loss(model, val_rows, tok.pad_token_id, 4) == pytest.approx(min(vals), rel=1e-6)
+
+
+def test_no_validation_split(tok, enc, tmp_path):
+    """Without validation rows the loop trains and skips evaluation; the search, which needs them, says so."""
+    res = train(fresh(FULL), FULL, enc[0], [], cfg(), 0, 1e-3, tok.pad_token_id)
+    assert len(res.log) == 6 and res.val_curve == [] and math.isnan(res.best_val_loss)
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    d = tiny_study_dict(tmp_path / "run", corpus, arms=["full"], data={"val_fraction": 0.0},
+                        training={"lr_search": {"enabled": True, "steps": 2}})
+    with pytest.raises(UserError) as e:
+        _train_stage(study_from_dict(d, "s.yaml"))
+    assert "data.val_fraction" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "run" / "full").exists()
 
 
 class Killed(Exception):

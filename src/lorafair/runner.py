@@ -207,6 +207,9 @@ class Runner:
         cached = self.rd.read_lr_search(arm.name)
         if cached and cached.get("key") == key:
             return cached["chosen"], cached
+        if not enc_val:
+            raise UserError("data.val_fraction: no validation examples, and the learning-rate search ranks rates by "
+                            "validation loss; raise data.val_fraction or set training.lr_search.enabled: false")
         seed = self.study.seeds[0]
         candidates = lr_candidates(arm, s)
         steps = min(s.steps, _total(t, len(enc_train)))

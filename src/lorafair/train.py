@@ -206,7 +206,7 @@ def train(
         row = {"step": step + 1, "loss": loss_sum, "lr": sched.get_last_lr()[0], "tokens_per_s": ntok / dt}
         res.log.append(row)
         last = step + 1 == steps
-        if (step + 1) % cfg.eval_every == 0 or last:
+        if val_rows and ((step + 1) % cfg.eval_every == 0 or last):  # no validation split: no evaluation
             v = validation_loss(model, val_rows, pad_id, cfg.batch_size, autocast)
             if not math.isfinite(v):
                 raise Diverged(step + 1, v)
