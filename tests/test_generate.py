@@ -18,7 +18,7 @@ from lorafair import models
 from lorafair.generate import FixedStreamSampler, generate, pick, stream_seed, uniforms
 
 SAME_LENGTH = ["The cat sat on the", "A dog ran into the", "My friend said that the", "Her brother told me a",
-               "Some people think that a", "The weather today is very", "Our teacher gave us a"]
+               "Some people think that a"]
 MIXED = ["Hello there", "The weather today is very", "A", "Once upon a time in a land far away there", "Why",
          "My friend said"]
 
@@ -114,25 +114,25 @@ def test_sampler_leaves_one_finite_logit():
 def test_same_continuation_regardless_of_batch(model, tok):
     ps = as_prompts(SAME_LENGTH)
     assert len({len(tok(p["prompt"])["input_ids"]) for p in ps}) == 1
-    alone = by_key(generate(model, tok, ps, 3, 8, seed=0, batch_size=1))
-    together = by_key(generate(model, tok, ps, 3, 8, seed=0, batch_size=32))
-    shuffled = by_key(generate(model, tok, ps[::-1], 3, 8, seed=0, batch_size=4))
-    fewer = by_key(generate(model, tok, ps[2:5], 2, 8, seed=0, batch_size=5))  # other neighbours, fewer samples
-    assert len(alone) == 21 and alone == together == shuffled
-    assert all(alone[k] == v for k, v in fewer.items())
-    assert len(set(alone.values())) == 21  # every stream differs
-    other_seed = by_key(generate(model, tok, ps, 3, 8, seed=1, batch_size=32))
+    alone = by_key(generate(model, tok, ps, 3, 6, seed=0, batch_size=1))
+    together = by_key(generate(model, tok, ps, 3, 6, seed=0, batch_size=32))
+    shuffled = by_key(generate(model, tok, ps[::-1], 3, 6, seed=0, batch_size=4))
+    fewer = by_key(generate(model, tok, ps[2:5], 2, 6, seed=0, batch_size=5))  # other neighbours, fewer samples
+    assert len(alone) == 15 and alone == together == shuffled
+    assert len(fewer) == 6 and all(alone[k] == v for k, v in fewer.items())
+    assert len(set(alone.values())) == 15  # every stream differs
+    other_seed = by_key(generate(model, tok, ps, 3, 6, seed=1, batch_size=32))
     assert all(other_seed[k] != alone[k] for k in alone)
 
 
 def test_same_continuation_with_padding_at_low_temperature(model, tok):
     ps = as_prompts(MIXED)
     kw = dict(seed=0, temperature=0.05)
-    alone = by_key(generate(model, tok, ps, 4, 10, batch_size=1, **kw))
-    padded = by_key(generate(model, tok, ps, 4, 10, batch_size=32, **kw))
-    mixed = by_key(generate(model, tok, ps[::-1], 4, 10, batch_size=5, **kw))
-    assert alone == padded == mixed
-    assert len(set(alone.values())) > 12  # still sampling, not a single mode
+    alone = by_key(generate(model, tok, ps, 3, 8, batch_size=1, **kw))
+    padded = by_key(generate(model, tok, ps, 3, 8, batch_size=32, **kw))
+    mixed = by_key(generate(model, tok, ps[::-1], 3, 8, batch_size=5, **kw))
+    assert len(alone) == 18 and alone == padded == mixed
+    assert len(set(alone.values())) > 9  # still sampling, not a single mode
 
 
 def test_generate_equals_a_hand_loop(model, tok):
