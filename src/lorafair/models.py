@@ -127,19 +127,59 @@ def _hub_error(source: str, e: Exception) -> UserError:
     )
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connection (offline machines fail fast here
+    instead of going through the hub client's retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _pretrained(load, path: str, source: str, **kw):
+    """from_pretrained on a folder, a cached hub copy, or the hub when it can be reached."""
+    if Path(path).is_dir():
+        return load(path, **kw)
+    try:
+        return load(path, local_files_only=True, **kw)
+    except OSError:
+        pass
+    if not hub_reachable():
+        raise _hub_error(source, OSError("no local copy and the hub is unreachable"))
+    try:
+        return load(path, **kw)
+    except OSError as e:
+        raise _hub_error(source, e) from None
+
+
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     path = resolve(source)
     if path == TINY:
         path = str(prepare("smollm2-135m"))
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise _hub_error(source, e) from None
+    tok = _pretrained(AutoTokenizer.from_pretrained, path, source, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def load_config(source: str, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    path = resolve(source)
+    if path == TINY:
+        return tiny_config()
+    return _pretrained(AutoConfig.from_pretrained, path, source, trust_remote_code=trust_remote_code)
 
 
 def tiny_config(trust_remote_code: bool = False):
@@ -160,10 +200,8 @@ def load_model(source: str, trust_remote_code: bool = False, dtype: torch.dtype 
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(tiny_config(), dtype=dtype)
         return model
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise _hub_error(source, e) from None
+    return _pretrained(AutoModelForCausalLM.from_pretrained, path, source, dtype=dtype,
+                       trust_remote_code=trust_remote_code)
 
 
 def model_hash(source: str) -> str:

@@ -71,14 +71,10 @@ def check_model(study: Study, arms: list[Arm] | None = None) -> None:
     lora = [a for a in (arms if arms is not None else expand_arms(study)) if a.type == "lora"]
     if not lora:
         return
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    source, trc = study.model.source, study.model.trust_remote_code
-    path = models.resolve(source)
-    try:
-        cfg = models.tiny_config() if path == models.TINY else AutoConfig.from_pretrained(path, trust_remote_code=trc)
-    except OSError as e:
-        raise models._hub_error(source, e) from None
+    trc = study.model.trust_remote_code
+    cfg = models.load_config(study.model.source, trc)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trc)
     src = study.source_path or "<study>"
