@@ -30,10 +30,38 @@ def uniforms(seed: int, keys: list[tuple[str, int]], n: int) -> torch.Tensor:
     return out
 
 
+TOPK_CANDIDATES = 1024  # nucleus candidates taken with a partial sort before falling back to a full one
+
+
 def pick(scores: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Inverse-CDF sampling. scores: [b, V] logits, u: [b] uniforms -> token ids [b]."""
+    """Inverse-CDF sampling. scores: [b, V] logits, u: [b] uniforms -> token ids [b].
+
+    The tokens are ordered by probability, the smallest prefix holding `top_p` of the mass is kept,
+    and u picks along its cumulative sum. On CPU with top_p < 1, rows whose nucleus lies inside the
+    top TOPK_CANDIDATES tokens (and has no tied probabilities, whose order a partial sort may
+    permute) are done on that partial sort: the prefix sums are the same numbers, so the pick is
+    the same token; the other rows take the full sort.
+    """
     probs = torch.softmax(scores.float() / temperature, dim=-1)
-    sorted_p, idx = probs.sort(dim=-1, descending=True)
+    k = min(TOPK_CANDIDATES, probs.shape[-1])
+    if probs.device.type != "cpu" or top_p >= 1.0 or k == probs.shape[-1]:
+        return _pick_sorted(*probs.sort(dim=-1, descending=True), u, top_p)
+    top, idx = probs.topk(k, dim=-1, sorted=True)
+    keep = (top.cumsum(-1) - top) < top_p
+    tied = ((top[:, 1:] == top[:, :-1]) & keep[:, :-1]).any(-1)
+    ok = ~keep[:, -1] & ~tied
+    if bool(ok.all()):
+        return _pick_sorted(top, idx, u, top_p)
+    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    out[ok] = _pick_sorted(top[ok], idx[ok], u[ok], top_p)
+    rest = ~ok
+    out[rest] = _pick_sorted(*probs[rest].sort(dim=-1, descending=True), u[rest], top_p)
+    return out
+
+
+def _pick_sorted(sorted_p: torch.Tensor, idx: torch.Tensor, u: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The pick on probabilities sorted in descending order (all of them, or a prefix holding the
+    nucleus): sorted_p, idx [b, k], u [b] -> token ids [b]."""
     csum = sorted_p.cumsum(-1)
     keep = (csum - sorted_p) < top_p  # smallest prefix whose mass reaches top_p (first always kept)
     sorted_p = sorted_p * keep

@@ -78,13 +78,41 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def _decoder_and_head(model: nn.Module):
+    """(decoder, output head, logit soft-cap or None) of a causal LM, PEFT-wrapped or not; None when
+    the model does not expose them (then the loss goes through the model's own forward)."""
+    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    get_dec, get_head = getattr(inner, "get_decoder", None), getattr(inner, "get_output_embeddings", None)
+    if not (callable(get_dec) and callable(get_head)):
+        return None
+    dec, head = get_dec(), get_head()
+    if not isinstance(dec, nn.Module) or not isinstance(head, nn.Module) or dec is inner:
+        return None
+    cap = getattr(getattr(inner, "config", None), "final_logit_softcapping", None)
+    return dec, head, (float(cap) if cap else None)
+
+
 def completion_loss(model: nn.Module, batch: dict, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of next-token predictions on completion tokens, in float32."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1].float()
+    """Cross-entropy of next-token predictions on completion tokens, in float32.
+
+    Only the positions that predict a completion token go through the output head: the same loss as
+    on the full [b, s, V] logits, without computing or storing the logits of prompt and padding
+    positions (the largest tensor of a step, vocabulary × positions).
+    """
     target = batch["labels"][:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
-                           reduction=reduction)
+    parts = _decoder_and_head(model)
+    if parts is None:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits = logits[:, :-1].float()
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
+                               reduction=reduction)
+    dec, head, cap = parts
+    hidden = dec(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)[0]
+    keep = target != -100  # [b, s-1]
+    logits = head(hidden[:, :-1][keep]).float()  # [n, V]
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return F.cross_entropy(logits, target[keep], reduction=reduction)
 
 
 def schedule_order(n: int, batch_size: int, total_micro: int, seed: int) -> list[list[int]]:
@@ -106,6 +134,15 @@ def total_steps(cfg: TrainingConfig, n_train: int) -> int:
         return cfg.max_steps
     per_epoch = math.ceil(n_train / cfg.batch_size)
     return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+
+
+def make_optimizer(params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel where torch has one for these tensors (one pass over the parameters
+    instead of about eight: the same update up to float rounding, several times faster on CPU)."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def make_scheduler(opt, cfg: TrainingConfig, steps: int):
@@ -169,7 +206,7 @@ def train(
     steps = steps if steps is not None else total_steps(cfg, len(train_rows))
     order = schedule_order(len(train_rows), cfg.batch_size, steps * cfg.grad_accum, seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, lr, cfg.weight_decay)
     sched = make_scheduler(opt, cfg, steps)
     res = TrainResult(lr=lr, steps=steps, examples_seen=sum(len(b) for b in order))
     best_state, bad_evals, start = None, 0, 0

@@ -1,0 +1,83 @@
+"""Generation throughput: lorafair.generate vs transformers' text-generation pipeline.
+
+    python benchmarks/bench_generate.py [--quick]
+
+Same model (smollm2-135m, float32), same RealToxicityPrompts evaluation prompts, 4 continuations
+per prompt, 20 new tokens, temperature 1, top-p 0.9. The pipeline is used as its documentation
+shows: `pipe(prompts, do_sample=True, top_p=..., num_return_sequences=4, max_new_tokens=20,
+batch_size=8, return_full_text=False)` with left padding, i.e. 32 sequences per forward, the same as
+lorafair's batch of 32 (prompt, sample) rows. Both run in one process, alternating, after one
+warm-up call each; continuations/s = continuations over wall time.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MODEL, eval_prompts, maxrss_mb, ratio, run_worker, worker_main  # noqa: E402
+
+SAMPLES, NEW, TOP_P, BATCH_ROWS = 4, 20, 0.9, 32
+
+
+def worker(n_prompts: str, reps: str) -> dict:
+    import torch
+    from transformers import pipeline
+
+    from lorafair import models
+    from lorafair.generate import generate
+
+    prompts = eval_prompts(int(n_prompts))
+    tok = models.load_tokenizer(MODEL)
+    model = models.load_model(MODEL).eval()
+    pipe_tok = models.load_tokenizer(MODEL)
+    pipe_tok.padding_side = "left"
+    pipe = pipeline("text-generation", model=model, tokenizer=pipe_tok, device="cpu")
+    texts = [p["prompt"] for p in prompts]
+
+    def run_lorafair(ps):
+        return len(generate(model, tok, ps, SAMPLES, NEW, seed=0, temperature=1.0, top_p=TOP_P, batch_size=BATCH_ROWS))
+
+    def run_pipe(ts):
+        torch.manual_seed(0)
+        out = pipe(ts, do_sample=True, top_p=TOP_P, temperature=1.0, num_return_sequences=SAMPLES, max_new_tokens=NEW,
+                   batch_size=BATCH_ROWS // SAMPLES, return_full_text=False, pad_token_id=pipe_tok.pad_token_id)
+        return sum(len(o) for o in out)
+
+    run_lorafair(prompts[:2]), run_pipe(texts[:2])  # warm-up
+    times = {"lorafair": [], "pipeline": []}
+    counts = {}
+    for _ in range(int(reps)):
+        for name, fn, arg in (("pipeline", run_pipe, texts), ("lorafair", run_lorafair, prompts)):
+            t0 = time.perf_counter()
+            counts[name] = fn(arg)
+            times[name].append(time.perf_counter() - t0)
+    out = {name: {"continuations": counts[name], "seconds": [round(t, 2) for t in ts],
+                  "continuations_per_s": round(counts[name] / min(ts), 3)} for name, ts in times.items()}
+    out["peak_rss_mb"] = round(maxrss_mb(), 1)
+    return out
+
+
+def run(quick: bool = False) -> dict:
+    n, reps = (8, 1) if quick else (24, 2)
+    r = run_worker(__file__, str(n), str(reps))
+    res = {
+        "setup": {"model": MODEL, "prompts": n, "samples": SAMPLES, "max_new_tokens": NEW, "top_p": TOP_P,
+                  "rows_per_forward": BATCH_ROWS, "repeats": reps, "rate": "best of the repeats"},
+        **r,
+        "ratio": ratio(r["lorafair"]["continuations_per_s"], r["pipeline"]["continuations_per_s"]),
+        "target": "ratio >= 3",
+    }
+    res["met"] = bool(res["ratio"] >= 3)
+    print(f"  generate lorafair {r['lorafair']['continuations_per_s']:.2f}/s  pipeline "
+          f"{r['pipeline']['continuations_per_s']:.2f}/s  ratio {res['ratio']}", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    if not worker_main(sys.argv, worker):
+        import json
+
+        print(json.dumps(run("--quick" in sys.argv), indent=1))

@@ -1,0 +1,146 @@
+"""Evaluating a sweep of 6 LoRA arms: base loaded once with adapters swapped (ArmBank) vs each arm's
+model loaded afresh from disk (a fresh base + merge-free PeftModel.from_pretrained per arm).
+
+    python benchmarks/bench_sweep.py [--quick]
+
+Six random LoRA adapters (r=8, alpha 16, all 7 projections, B drawn at scale 0.02 so the arms
+differ) are saved in PEFT format. Per arm: fixed-stream generation (RealToxicityPrompts eval
+prompts, 2 continuations, 16 new tokens, top-p 0.9) and the token KL of the arm against base on
+held-out sequences. lorafair: one ArmBank, `compute_pairwise_kl` over all arms (base logits once
+per batch). Peer: per arm, load the base from disk, attach the adapter, generate, and compute the
+KL against base with the adapter disabled (the per-model way: nothing shared between arms). Both
+run in one process after one warm-up load; the continuations and KL means must agree.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MODEL, eval_prompts, ratio, run_worker, worker_main  # noqa: E402
+
+N_ARMS, SAMPLES, NEW, KL_BATCH = 6, 2, 16, 8
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_adapters(folder: Path, source: str = MODEL, n: int = N_ARMS, rank: int = 8) -> list[Path]:
+    """n random LoRA adapters for `source`, saved with save_pretrained under folder/arm{i}."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from lorafair import models
+
+    out = []
+    for i in range(n):
+        torch.manual_seed(100 + i)
+        m = get_peft_model(models.load_model(source), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS,
+                                                                 task_type="CAUSAL_LM", bias="none"))
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 0.02)
+        path = folder / f"arm{i}"
+        m.save_pretrained(path)
+        out.append(path)
+    return out
+
+
+def kl_batches(tok, texts: list[str]):
+    tok.padding_side = "right"
+    return [dict(tok(texts[i:i + KL_BATCH], return_tensors="pt", padding=True)) for i in range(0, len(texts), KL_BATCH)]
+
+
+def sweep_bank(source: str, adapters: list[Path], prompts: list[dict], kl_texts: list[str]) -> dict:
+    """lorafair: base once, adapters swapped in; returns {continuations, kl} per arm."""
+    from lorafair import models
+    from lorafair.analysis.shift import compute_pairwise_kl
+    from lorafair.arms import ArmBank
+    from lorafair.generate import generate
+
+    tok = models.load_tokenizer(source)
+    bank = ArmBank(models.load_model(source).eval())
+    names = [p.name for p in adapters]
+    for name, path in zip(names, adapters):
+        bank.add_lora(name, path)
+    gens = {}
+    for name in names:
+        with bank.use(name) as m:
+            gens[name] = [g["continuation"] for g in generate(m, tok, prompts, SAMPLES, NEW, seed=0, top_p=0.9)]
+
+    def logits_fn(arm, ids, attn):
+        with bank.use(arm) as m:
+            return m(input_ids=ids, attention_mask=attn).logits
+
+    res = compute_pairwise_kl(logits_fn, ["base", *names], kl_batches(tok, kl_texts), reference=("base", None), n_boot=10)
+    return {n: {"continuations": gens[n], "kl": res["summary"]["arms"][n]["kl_arm_base"]["mean"]} for n in names}
+
+
+def sweep_fresh(source: str, adapters: list[Path], prompts: list[dict], kl_texts: list[str]) -> dict:
+    """Peer: for each arm a freshly loaded base and PeftModel.from_pretrained, nothing shared."""
+    import torch
+    from peft import PeftModel
+
+    from lorafair import models
+    from lorafair.analysis.kl import kl_pair
+    from lorafair.analysis.kl import next_token_mask
+    from lorafair.generate import generate
+
+    tok = models.load_tokenizer(source)
+    out = {}
+    for path in adapters:
+        model = PeftModel.from_pretrained(models.load_model(source), str(path)).eval()
+        conts = [g["continuation"] for g in generate(model, tok, prompts, SAMPLES, NEW, seed=0, top_p=0.9)]
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for b in kl_batches(tok, kl_texts):
+                la = model(**b).logits
+                with model.disable_adapter():
+                    lb = model(**b).logits
+                kl, _ = kl_pair(la, lb)
+                valid = next_token_mask(b["attention_mask"])
+                total += float(kl[valid].double().sum())
+                count += int(valid.sum())
+        out[path.name] = {"continuations": conts, "kl": total / count}
+        del model
+    return out
+
+
+def worker(n_prompts: str, n_kl: str) -> dict:
+    from lorafair import models
+
+    prompts = eval_prompts(int(n_prompts) + int(n_kl))
+    gen_prompts, kl_texts = prompts[: int(n_prompts)], [p["prompt"] for p in prompts[int(n_prompts):]]
+    with tempfile.TemporaryDirectory() as tmp:
+        adapters = make_adapters(Path(tmp))
+        models.load_model(MODEL)  # warm the page cache for both
+        t0 = time.perf_counter()
+        fresh = sweep_fresh(MODEL, adapters, gen_prompts, kl_texts)
+        t1 = time.perf_counter()
+        bank = sweep_bank(MODEL, adapters, gen_prompts, kl_texts)
+        t2 = time.perf_counter()
+    same = all(fresh[a]["continuations"] == bank[a]["continuations"] for a in bank)
+    kl_diff = max(abs(fresh[a]["kl"] - bank[a]["kl"]) for a in bank)
+    return {"fresh_s": round(t1 - t0, 2), "bank_s": round(t2 - t1, 2), "continuations_identical": same,
+            "max_abs_diff_kl": kl_diff, "kl": {a: bank[a]["kl"] for a in bank}}
+
+
+def run(quick: bool = False) -> dict:
+    n_prompts, n_kl = (4, 8) if quick else (8, 16)
+    r = run_worker(__file__, str(n_prompts), str(n_kl))
+    res = {"setup": {"model": MODEL, "arms": N_ARMS, "lora": "random r=8, all 7 projections", "prompts": n_prompts,
+                     "samples": SAMPLES, "max_new_tokens": NEW, "kl_sequences": n_kl},
+           **r, "time_ratio": ratio(r["bank_s"], r["fresh_s"]), "target": "time_ratio <= 0.5"}
+    res["met"] = bool(res["time_ratio"] <= 0.5)
+    print(f"  sweep bank {r['bank_s']:.1f}s fresh {r['fresh_s']:.1f}s ratio {res['time_ratio']} "
+          f"identical={r['continuations_identical']}", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    if not worker_main(sys.argv, worker):
+        import json
+
+        print(json.dumps(run("--quick" in sys.argv), indent=1))

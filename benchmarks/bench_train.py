@@ -1,0 +1,132 @@
+"""Training throughput and peak memory: lorafair's loop vs Hugging Face Trainer (+ PEFT).
+
+    python benchmarks/bench_train.py [--quick]
+
+Same model (smollm2-135m, float32), same rows (RealToxicityPrompts prompts + neutral completions,
+prompt masked with -100), batch size 8, max length 96, exactly one epoch (steps × batch = rows, so
+both see the same real tokens), AdamW, cosine schedule with 10% warm-up, clipping at 1.0, no
+evaluation, no saving. Arms: full fine-tuning and LoRA r=8 (alpha 16) on all 7 projections.
+Each (implementation, arm) runs in a fresh process; tokens/s = real (non-padding) tokens over the
+wall time of the training call; peak memory = ru_maxrss of that process (model load included,
+identical for both).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MODEL, corpus, maxrss_mb, ratio, run_worker, worker_main  # noqa: E402
+
+BATCH, MAX_LEN, LR = {"full": 8, "lora": 8}, 96, {"full": 3e-5, "lora": 3e-4}
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _rows(steps: int, batch: int):
+    from lorafair import models
+    from lorafair.train import encode
+
+    tok = models.load_tokenizer(MODEL)
+    return tok, encode(tok, corpus(steps * batch), MAX_LEN)
+
+
+def _lorafair(arm_type: str, steps: int, batch: int) -> dict:
+    import torch
+
+    from lorafair import models
+    from lorafair.arms import wrap_for_training
+    from lorafair.config import Arm, TrainingConfig
+    from lorafair.train import train
+
+    tok, rows = _rows(steps, batch)
+    arm = Arm("full", "full") if arm_type == "full" else Arm("lora-r8", "lora", rank=8, alpha=16.0, target_modules=TARGETS)
+    model = wrap_for_training(models.load_model(MODEL), arm, seed=0)
+    cfg = TrainingConfig(max_steps=steps, batch_size=batch, max_length=MAX_LEN, schedule="cosine", warmup_ratio=0.1,
+                         eval_every=10**9, checkpoint_every=10**9)
+    t0 = time.perf_counter()
+    res = train(model, arm, rows, [], cfg, seed=0, lr=LR[arm_type], pad_id=tok.pad_token_id)
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "real_tokens": res.tokens, "losses": [r["loss"] for r in res.log],
+            "threads": torch.get_num_threads()}
+
+
+def _trainer(arm_type: str, steps: int, batch: int) -> dict:
+    import tempfile
+
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    from lorafair import models
+
+    tok, rows = _rows(steps, batch)
+    tok.padding_side = "right"
+    data = [{**r, "attention_mask": [1] * len(r["input_ids"])} for r in rows]
+    model = models.load_model(MODEL)
+    if arm_type == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(TARGETS),
+                                                 task_type="CAUSAL_LM", bias="none"))
+    real = {"tokens": 0}
+    losses: list[float] = []
+
+    class Count(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=LR[arm_type],
+            lr_scheduler_type="cosine", warmup_steps=round(0.1 * steps), weight_decay=0.0, max_grad_norm=1.0,
+            optim="adamw_torch", report_to=[], save_strategy="no", eval_strategy="no", logging_steps=1,
+            disable_tqdm=True, use_cpu=True, dataloader_num_workers=0, seed=0, data_seed=0,
+            remove_unused_columns=False, bf16=False, fp16=False,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator, callbacks=[Count()])
+        t0 = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - t0
+    real["tokens"] = sum(len(r["input_ids"]) for r in rows)  # one epoch: every row exactly once
+    return {"wall_s": wall, "real_tokens": real["tokens"], "losses": losses, "threads": torch.get_num_threads()}
+
+
+def worker(impl: str, arm_type: str, steps: str, batch: str) -> dict:
+    fn = _lorafair if impl == "lorafair" else _trainer
+    out = fn(arm_type, int(steps), int(batch))
+    out.update(impl=impl, arm=arm_type, steps=int(steps), batch=int(batch), peak_rss_mb=round(maxrss_mb(), 1),
+               tokens_per_s=round(out["real_tokens"] / out["wall_s"], 2), wall_s=round(out["wall_s"], 2))
+    return out
+
+
+def run(quick: bool = False) -> dict:
+    steps = 3 if quick else 8
+    results: dict = {"setup": {"model": MODEL, "batch": 8, "max_length": MAX_LEN, "steps": steps, "dtype": "float32",
+                               "lora": "r=8, alpha=16, all 7 projections", "schedule": "cosine, 10% warm-up",
+                               "lr": LR}, "arms": {}}
+    for arm in ("full", "lora"):
+        runs = {}
+        for impl in ("trainer", "lorafair"):
+            runs[impl] = run_worker(__file__, impl, arm, str(steps), str(BATCH[arm]))
+            r = runs[impl]
+            print(f"  train {arm:4s} {impl:8s} {r['tokens_per_s']:8.1f} tok/s  peak {r['peak_rss_mb']:7.0f} MB", flush=True)
+        lf, tr = runs["lorafair"], runs["trainer"]
+        results["arms"][arm] = {
+            "lorafair": lf, "trainer": tr,
+            "tokens_per_s_ratio": ratio(lf["tokens_per_s"], tr["tokens_per_s"]),
+            "peak_rss_ratio": ratio(lf["peak_rss_mb"], tr["peak_rss_mb"]),
+            "target": "tokens_per_s_ratio >= 1.2 and peak_rss_ratio <= 1.0",
+            "met": bool(lf["tokens_per_s"] >= 1.2 * tr["tokens_per_s"] and lf["peak_rss_mb"] <= tr["peak_rss_mb"]),
+        }
+    return results
+
+
+if __name__ == "__main__":
+    if not worker_main(sys.argv, worker):
+        import json
+
+        print(json.dumps(run("--quick" in sys.argv), indent=1))
