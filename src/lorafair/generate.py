@@ -3,8 +3,10 @@
 Arms must differ only by their weights, so sampling must not depend on batch composition or on the
 global RNG. Each (prompt, sample) pair gets a vector of uniforms drawn from its own seeded generator;
 at step t the next token is the inverse-CDF pick of u[t] from the temperature- and top-p-adjusted
-distribution. This is done inside transformers' `generate` (left padding, KV cache) by a logits
-processor that leaves only the chosen token finite, with greedy decoding picking it.
+distribution. Decoding runs on the model's own KV cache: each prompt is prefilled once and its cache
+repeated for its k samples (k times less prompt compute than expanding the prompts first), and
+prompts are batched by length. `FixedStreamSampler` offers the same pick as a logits processor for
+transformers' `generate`, for users who drive generation themselves.
 """
 
 from __future__ import annotations
@@ -98,30 +100,65 @@ def generate(
     greedy: bool = False,
     batch_size: int = 32,
 ) -> list[dict]:
-    """prompts: dicts with `id` and `prompt`. Returns one row per (prompt, sample): prompt_id,
-    sample, continuation. Greedy decoding gives one sample per prompt."""
-    from transformers import GenerationConfig, LogitsProcessorList
+    """prompts: dicts with `id` and `prompt`. Returns one row per (prompt, sample), in prompt order
+    then sample order: prompt_id, sample, continuation. Greedy decoding gives one sample per prompt.
 
+    Each prompt is run through the model once (prefill) and its key/value cache is repeated for its
+    k samples; prompts are batched by token length so that little compute goes to padding.
+    `batch_size` counts sequences (prompts x samples) decoded together.
+    """
     samples = 1 if greedy else samples
-    rows = [(p, s) for p in prompts for s in range(samples)]
+    per_batch = max(1, batch_size // samples)
+    lengths = [len(tokenizer(p["prompt"])["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                               eos_token_id=tokenizer.eos_token_id)
     dev = next(model.parameters()).device
-    out: list[dict] = []
+    texts: dict[int, list[str]] = {}
     try:
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i:i + batch_size]
-            enc = tokenizer([p["prompt"] for p, _ in chunk], return_tensors="pt", padding=True).to(dev)
-            procs = LogitsProcessorList()
+        for j in range(0, len(order), per_batch):
+            idx = order[j:j + per_batch]
+            chunk = [prompts[i] for i in idx]
+            enc = tokenizer([p["prompt"] for p in chunk], return_tensors="pt", padding=True).to(dev)
+            u = None
             if not greedy:
-                u = uniforms(seed, [(str(p["id"]), s) for p, s in chunk], max_new_tokens).to(dev)
-                procs.append(FixedStreamSampler(u, enc["input_ids"].shape[1], temperature, top_p))
-            ids = model.generate(**enc, generation_config=gen_cfg, logits_processor=procs)
-            new = ids[:, enc["input_ids"].shape[1]:]
-            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-            out += [{"prompt_id": p["id"], "sample": s, "continuation": t} for (p, s), t in zip(chunk, texts)]
+                u = uniforms(seed, [(str(p["id"]), s) for p in chunk for s in range(samples)], max_new_tokens).to(dev)
+            new = _decode(model, enc["input_ids"], enc["attention_mask"], samples, max_new_tokens, u,
+                          temperature, top_p, tokenizer.eos_token_id, tokenizer.pad_token_id)
+            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+            for n, i in enumerate(idx):
+                texts[i] = decoded[n * samples:(n + 1) * samples]
     finally:
         tokenizer.padding_side = old_side
-    return out
+    return [{"prompt_id": p["id"], "sample": s, "continuation": texts[i][s]}
+            for i, p in enumerate(prompts) for s in range(samples)]
+
+
+def _decode(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, samples: int, max_new_tokens: int,
+            u: torch.Tensor | None, temperature: float, top_p: float, eos_id: int, pad_id: int) -> torch.Tensor:
+    """Prefill left-padded prompts ids/attn [b, s] once, repeat each row's cache `samples` times, then
+    decode with the KV cache. u: [b * samples, max_new_tokens] uniforms, or None for greedy.
+    Returns the new tokens [b * samples, <= max_new_tokens] (pad after an end-of-sequence)."""
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    cache, logits = out.cache, out.logits[:, -1].float()
+    if samples > 1:
+        cache.batch_repeat_interleave(samples)
+        attn = attn.repeat_interleave(samples, 0)
+        logits = logits.repeat_interleave(samples, 0)
+    nxt_pos = attn.sum(-1, keepdim=True)
+    done = torch.zeros(attn.shape[0], dtype=torch.bool, device=attn.device)
+    new = []
+    for t in range(max_new_tokens):
+        tok = logits.argmax(-1) if u is None else pick(logits, u[:, t], temperature, top_p)
+        tok = tok.masked_fill(done, pad_id)
+        new.append(tok)
+        done |= tok == eos_id
+        if bool(done.all()) or t + 1 == max_new_tokens:
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=nxt_pos, cache=cache,
+                    use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1].float()
+        nxt_pos = nxt_pos + 1
+    return torch.stack(new, dim=1)
