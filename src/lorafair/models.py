@@ -197,9 +197,9 @@ def load_model(source: str, trust_remote_code: bool = False, dtype: torch.dtype 
 
     path = resolve(source)
     if path == TINY:
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(tiny_config(), dtype=dtype)
-        return model
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+            torch.manual_seed(seed)
+            return AutoModelForCausalLM.from_config(tiny_config(), dtype=dtype)
     return _pretrained(AutoModelForCausalLM.from_pretrained, path, source, dtype=dtype,
                        trust_remote_code=trust_remote_code)
 
