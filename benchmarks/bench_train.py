@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODEL, corpus, maxrss_mb, ratio, run_worker, worker_main  # noqa: E402
+from common import MODEL, corpus, maxrss_mb, ratio, rss_mb, run_worker, worker_main  # noqa: E402
 
 BATCH, MAX_LEN, LR = {"full": 8, "lora": 8}, 96, {"full": 3e-5, "lora": 3e-4}
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -45,10 +45,11 @@ def _lorafair(arm_type: str, steps: int, batch: int) -> dict:
     model = wrap_for_training(models.load_model(MODEL), arm, seed=0)
     cfg = TrainingConfig(max_steps=steps, batch_size=batch, max_length=MAX_LEN, schedule="cosine", warmup_ratio=0.1,
                          eval_every=10**9, checkpoint_every=10**9)
-    t0 = time.perf_counter()
+    rss0 = rss_mb()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = train(model, arm, rows, [], cfg, seed=0, lr=LR[arm_type], pad_id=tok.pad_token_id)
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "real_tokens": res.tokens, "losses": [r["loss"] for r in res.log],
+    return {"wall_s": wall, "cpu_s": round(time.process_time() - c0, 2), "rss_before_train_mb": round(rss0, 1), "real_tokens": res.tokens, "losses": [r["loss"] for r in res.log],
             "threads": torch.get_num_threads()}
 
 
@@ -88,11 +89,12 @@ def _trainer(arm_type: str, steps: int, batch: int) -> dict:
             remove_unused_columns=False, bf16=False, fp16=False,
         )
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator, callbacks=[Count()])
-        t0 = time.perf_counter()
+        rss0 = rss_mb()
+        t0, c0 = time.perf_counter(), time.process_time()
         trainer.train()
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     real["tokens"] = sum(len(r["input_ids"]) for r in rows)  # one epoch: every row exactly once
-    return {"wall_s": wall, "real_tokens": real["tokens"], "losses": losses, "threads": torch.get_num_threads()}
+    return {"wall_s": wall, "cpu_s": round(cpu, 2), "rss_before_train_mb": round(rss0, 1), "real_tokens": real["tokens"], "losses": losses, "threads": torch.get_num_threads()}
 
 
 def worker(impl: str, arm_type: str, steps: str, batch: str) -> dict:
@@ -119,6 +121,8 @@ def run(quick: bool = False) -> dict:
             "lorafair": lf, "trainer": tr,
             "tokens_per_s_ratio": ratio(lf["tokens_per_s"], tr["tokens_per_s"]),
             "peak_rss_ratio": ratio(lf["peak_rss_mb"], tr["peak_rss_mb"]),
+            "cpu_time_ratio_trainer_over_lorafair": ratio(tr["cpu_s"], lf["cpu_s"]),
+            "max_abs_diff_loss_curve": max((abs(x - y) for x, y in zip(lf["losses"], tr["losses"])), default=None),
             "target": "tokens_per_s_ratio >= 1.2 and peak_rss_ratio <= 1.0",
             "met": bool(lf["tokens_per_s"] >= 1.2 * tr["tokens_per_s"] and lf["peak_rss_mb"] <= tr["peak_rss_mb"]),
         }
