@@ -55,7 +55,7 @@ def print_summary(run_dir: Path, console: Console) -> None:
     for col in ["task", "arm", "seed", "lr", "best val loss"] + metrics:
         table.add_column(col, overflow="fold")
     for r in rows:
-        lr = f"{r['lr']:.0e}" if r.get("lr") else "-"
+        lr = f"{r['lr']:.2g}" if r.get("lr") else "-"
         vl = f"{r['best_val_loss']:.3f}" if r.get("best_val_loss") is not None else "-"
         table.add_row(r["task"], r["arm"], str(r["seed"]), lr, vl, *[fmt(r.get(m)) for m in metrics])
     console.print(table)
