@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,22 @@ STUDIES = Path(__file__).resolve().parents[2] / "studies"
 def _fail(e: UserError) -> None:
     console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def command(name: str | None = None):
+    """Register a command; a UserError it raises ends in one line on stderr and exit code 2."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except UserError as e:
+                _fail(e)
+
+        return app.command(name)(wrapper)
+
+    return deco
 
 
 def _progress():
@@ -60,55 +77,43 @@ def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report
     print_summary(runner.rd.path, out)
 
 
-@app.command()
+@command()
 def run(study: Path, arms: Optional[list[str]] = typer.Option(None, "--arms", help="only these arms"),
         force: bool = typer.Option(False, "--force", help="retrain finished arms"),
         no_analyses: bool = typer.Option(False, "--no-analyses", help="skip KL, Logit Lens and weight analyses"),
         no_report: bool = typer.Option(False, "--no-report")):
     """Train every arm of STUDY and evaluate it."""
-    try:
-        _run(study, arms, force, not no_analyses, not no_report)
-    except UserError as e:
-        _fail(e)
+    _run(study, arms, force, not no_analyses, not no_report)
 
 
-@app.command()
+@command()
 def demo(force: bool = typer.Option(False, "--force")):
     """Run studies/demo.yaml on the packaged default model."""
-    try:
-        _run(STUDIES / "demo.yaml", None, force, True, True)
-    except UserError as e:
-        _fail(e)
+    _run(STUDIES / "demo.yaml", None, force, True, True)
 
 
-@app.command()
+@command()
 def validate(study: Path):
     """Check a study file without running it."""
     from lorafair.config import expand_arms, load_study
     from lorafair.runner import check_model, make_task
 
-    try:
-        s = load_study(study)
-        make_task(s)
-        check_model(s)
-    except UserError as e:
-        _fail(e)
+    s = load_study(study)
+    make_task(s)
+    check_model(s)
     arms = expand_arms(s)
     out.print(f"{study}: valid; task {s.task.name}, model {s.model.source}, {len(arms)} arms "
               f"({', '.join(a.name for a in arms)}), seeds {s.seeds}")
 
 
-@app.command("models")
+@command("models")
 def models_cmd(prepare: Optional[list[str]] = typer.Option(None, "--prepare", help="convert these packaged models")):
     """List model sources and whether each is converted in the cache."""
     from lorafair import models
 
-    try:
-        for name in prepare or []:
-            console.print(f"preparing {name} ...")
-            models.prepare(name)
-    except UserError as e:
-        _fail(e)
+    for name in prepare or []:
+        console.print(f"preparing {name} ...")
+        models.prepare(name)
     for name, p in models.PACKAGED.items():
         state = "cached" if models.is_cached(name) else "not converted"
         out.print(f"{name:14s} {state:14s} {p.description}  [{p.pip}]", markup=False)
@@ -117,61 +122,44 @@ def models_cmd(prepare: Optional[list[str]] = typer.Option(None, "--prepare", he
     out.print(f"cache: {models.cache_dir()}")
 
 
-@app.command()
+@command()
 def score(texts: list[str], scorer: str = typer.Option("jigsaw-bilstm", "--scorer")):
     """Print per-label toxicity scores of TEXTS as JSON."""
     from lorafair.scorers import get_scorer
 
-    try:
-        s = get_scorer(scorer)
-        res = s.score(texts)
-    except UserError as e:
-        _fail(e)
+    s = get_scorer(scorer)
+    res = s.score(texts)
     rows = [{"text": t, **{k: round(float(v[i]), 4) for k, v in res.items()}} for i, t in enumerate(texts)]
     out.print_json(json.dumps({"scorer": s.info(), "scores": rows}))
 
 
-@app.command()
+@command()
 def analyze(run_dir: Path):
     """Run the shift analyses (KL, Logit Lens, weights) on a finished study."""
     from lorafair.config import load_study
-    from lorafair.runner import Runner
+    from lorafair.runner import Context, Runner
     from lorafair.shift_runner import run_analyses
 
-    try:
-        study = _study_of(run_dir, load_study)
-        runner = Runner(study, log=lambda m: console.print(m, highlight=False))
-        from lorafair.runner import Context
-
-        runner.ctx = Context(study, runner.log)
-        splits = runner.corpus()
-        run_analyses(runner, splits)
-    except UserError as e:
-        _fail(e)
+    study = _study_of(run_dir, load_study)
+    runner = Runner(study, log=lambda m: console.print(m, highlight=False))
+    runner.ctx = Context(study, runner.log)
+    run_analyses(runner, runner.corpus())
 
 
-@app.command()
+@command()
 def report(run_dir: Path):
     """Write report.html, summary.md and plots for a run directory."""
     from lorafair.report import build_report
 
-    try:
-        path = build_report(run_dir)
-    except UserError as e:
-        _fail(e)
-    out.print(f"report: {path}")
+    out.print(f"report: {build_report(run_dir)}")
 
 
-@app.command()
+@command()
 def compare(run_dirs: list[Path], out_dir: Path = typer.Option(Path("runs/compare"), "--out")):
     """Set several studies side by side."""
     from lorafair.report import build_comparison
 
-    try:
-        path = build_comparison(run_dirs, out_dir)
-    except UserError as e:
-        _fail(e)
-    out.print(f"comparison: {path}")
+    out.print(f"comparison: {build_comparison(run_dirs, out_dir)}")
 
 
 def _study_of(run_dir: Path, load_study):
