@@ -128,24 +128,26 @@ def weight_analysis(runner, bank, names: dict[str, str], kl_summary: dict | None
     base_w = {n: m.weight.detach().float().cpu().clone() for n, m in _linears(bank.base, targets)}
     full_w = {n: m.weight.detach().float().cpu() for n, m in _linears(bank.full, targets)}
     rows = []
-    spectra = {}
+    spectra = {}  # per matrix: full update, its spectrum, its SVD, and W_base's left singular vectors
     for name, wb in base_w.items():
         if name not in full_w:
             continue
         d = full_w[name] - wb
         sp = W.delta_spectrum(d, grid)
-        spectra[name] = (d, sp)
+        u_base = torch.linalg.svd(wb, full_matrices=False)[0]
+        spectra[name] = (d, sp, torch.linalg.svd(d, full_matrices=False), u_base)
         rows.append({"arm": "full", "module": name, "sq_norm": sp["sq_norm"], "effective_rank": sp["effective_rank"],
-                     "intruders": W.intruder_dimensions(wb, full_w[name]),
+                     "intruders": W.intruder_dimensions(wb, full_w[name], u_base=u_base),
                      **{f"energy_r{r}": e for r, e in sp["energy_at_rank"].items()}})
     for arm in lora_arms:
         deltas = W.peft_deltas(bank.peft, names[arm.name].replace(".", "_"))
         for name, dl in deltas.items():
             if name not in spectra:
                 continue
-            cmp = W.lora_vs_full(dl, spectra[name][0], arm.rank)
+            d_full, _, full_svd, u_base = spectra[name]
+            cmp = W.lora_vs_full(dl, d_full, arm.rank, full_svd=full_svd)
             rows.append({"arm": arm.name, "module": name, "rank": arm.rank, "sq_norm": float(dl.square().sum()),
-                         "intruders": W.intruder_dimensions(base_w[name], base_w[name] + dl), **cmp})
+                         "intruders": W.intruder_dimensions(base_w[name], base_w[name] + dl, u_base=u_base), **cmp})
     df = pd.DataFrame(rows)
     store.write_parquet(rd.analysis_path("weights", "parquet"), df)
     full_rows = df[df["arm"] == "full"]

@@ -73,17 +73,19 @@ def subspace_overlap(U_a: Tensor, U_b: Tensor) -> float:
     return float((qa.T @ qb).square().sum() / r)
 
 
-def lora_vs_full(delta_lora: Tensor, delta_full: Tensor, r: int) -> dict:
+def lora_vs_full(delta_lora: Tensor, delta_full: Tensor, r: int,
+                 full_svd: tuple[Tensor, Tensor, Tensor] | None = None) -> dict:
     """Compare a LoRA update of rank r with the full fine-tuning update of the same matrix.
 
     delta_lora, delta_full: [m, n]. Returns ``rel_norm`` = ‖ΔW_lora‖_F / ‖ΔW_full‖_F and the overlaps
     of the top-r left (``col_overlap``, column space) and right (``row_overlap``, row space)
-    singular subspaces of the two updates.
+    singular subspaces of the two updates. ``full_svd``: ``svd(delta_full)`` when the caller already
+    has it (one matrix compared with several LoRA arms).
     """
     if delta_lora.shape != delta_full.shape:
         raise ValueError(f"shapes differ: {tuple(delta_lora.shape)} vs {tuple(delta_full.shape)}")
     ul, _, vl = _svd(delta_lora)
-    uf, _, vf = _svd(delta_full)
+    uf, _, vf = full_svd if full_svd is not None else _svd(delta_full)
     k = min(r, ul.shape[1])
     full_norm = float(torch.linalg.matrix_norm(delta_full.detach().float()))
     lora_norm = float(torch.linalg.matrix_norm(delta_lora.detach().float()))
@@ -94,15 +96,18 @@ def lora_vs_full(delta_lora: Tensor, delta_full: Tensor, r: int) -> dict:
     }
 
 
-def intruder_dimensions(W_base: Tensor, W_tuned: Tensor, k: int = 10, threshold: float = 0.5) -> int:
+def intruder_dimensions(W_base: Tensor, W_tuned: Tensor, k: int = 10, threshold: float = 0.5,
+                        u_base: Tensor | None = None) -> int:
     """Count intruder dimensions among the top-k left singular vectors of W_tuned.
 
     W_base, W_tuned: [m, n]. A tuned singular vector is an intruder when its largest |cosine| with
     any left singular vector of W_base is below ``threshold`` (Shuttleworth et al. 2024).
+    ``u_base``: the left singular vectors of W_base when the caller already has them.
     """
     if W_base.shape != W_tuned.shape:
         raise ValueError(f"shapes differ: {tuple(W_base.shape)} vs {tuple(W_tuned.shape)}")
-    u_base, _, _ = _svd(W_base)
+    if u_base is None:
+        u_base, _, _ = _svd(W_base)
     u_tuned, _, _ = _svd(W_tuned)
     k = min(k, u_tuned.shape[1])
     sims = (u_tuned[:, :k].T.to(torch.float64) @ u_base.to(torch.float64)).abs()  # [k, min(m, n)]
