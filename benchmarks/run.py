@@ -4,7 +4,8 @@ settings, with the ratio and whether the target is met.
     python benchmarks/run.py --out benchmarks/results.json [--quick] [--only train,sweep,...]
 
 Benchmarks: train (Trainer + PEFT), sweep (per-arm fresh loads), generate (text-generation
-pipeline), kl_lens (all logits in memory), flops (matmul rate). The machine (nproc, CPU model,
+pipeline), kl_lens (all logits in memory), flops (matmul rate), analyses (cost of the shift analyses in
+forward passes per arm; no peer). The machine (nproc, CPU model,
 torch version) and its load average before and after each benchmark are recorded.
 """
 
@@ -22,7 +23,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 BENCHES = {"train": "bench_train", "sweep": "bench_sweep", "generate": "bench_generate",
-           "kl_lens": "bench_kl_memory", "flops": "bench_flops"}
+           "kl_lens": "bench_kl_memory", "flops": "bench_flops", "analyses": "bench_analyses"}
 
 
 def main() -> None:

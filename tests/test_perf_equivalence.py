@@ -18,7 +18,7 @@ from lorafair import generate as gen_mod
 from lorafair import models
 from lorafair.arms import wrap_for_training
 from lorafair.config import Arm, TrainingConfig
-from lorafair.train import collate, completion_loss, encode, make_scheduler, schedule_order, train
+from lorafair.train import collate, completion_loss, encode, make_scheduler, pack, schedule_order, train
 
 from conftest import CORPUS
 
@@ -46,8 +46,9 @@ def reference_loss(model, batch) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("arm", [FULL, LORA], ids=["full", "lora"])
-def test_completion_loss_and_gradients_match_full_logits(arm, rows, tok):
+def test_completion_loss_and_gradients_match_full_logits(arm, packed, rows, tok):
     model = wrap_for_training(models.load_model("tiny-random"), arm, seed=0)
     with torch.no_grad():  # let LoRA's B be non-zero so its gradients and output are not trivial
         for n, p in model.named_parameters():
@@ -57,12 +58,16 @@ def test_completion_loss_and_gradients_match_full_logits(arm, rows, tok):
     params = [p for p in model.parameters() if p.requires_grad]
     ref = reference_loss(model, batch)
     ref_grads = torch.autograd.grad(ref, params)
-    got = completion_loss(model, batch)
+    mine = pack(rows[:6]) if packed else batch
+    if packed:  # one row, no padding, the same completion tokens as the padded batch
+        assert mine["input_ids"].shape == (1, int(batch["attention_mask"].sum()))
+        assert int((mine["labels"] != -100).sum()) == int((batch["labels"][:, 1:] != -100).sum())
+    got = completion_loss(model, mine)
     got_grads = torch.autograd.grad(got, params)
-    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5 if packed else 1e-6)
     for a, b in zip(got_grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
-    summed = completion_loss(model, batch, reduction="sum")
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 if packed else 1e-7)
+    summed = completion_loss(model, mine, reduction="sum")
     n = int((batch["labels"][:, 1:] != -100).sum())
     assert summed.item() == pytest.approx(ref.item() * n, rel=1e-5)
 

@@ -65,6 +65,9 @@ def run_analyses(runner, splits: dict[str, list[dict]]) -> dict:
     if prompts:
         sets["prompts"] = [{"input_ids": tok(p)["input_ids"][: study.training.max_length],
                             "labels": [-100] * len(tok(p)["input_ids"][: study.training.max_length])} for p in prompts]
+    forward = _forward_seconds(logits_fn, arms, _batches(sets["heldout"] or sets.get("prompts", []), tok.pad_token_id,
+                                                          a.batch_size, dev))
+    t = time.perf_counter()
     for set_name, items in sets.items():
         if not items:
             continue
@@ -112,9 +115,29 @@ def run_analyses(runner, splits: dict[str, list[dict]]) -> dict:
         out["weights"] = weight_analysis(runner, bank, names, kl.get("heldout"))
         timings["weights"] = time.perf_counter() - t
     out["timings"] = timings
-    store.write_json(rd.analysis_path("timings"), timings)
-    runner.log("analyses: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    unit = forward * len(arms)
+    store.write_json(rd.analysis_path("timings"), {
+        "seconds": timings, "forward_pass_s": forward, "n_arms": len(arms),
+        "relative_to_forward": {k: v / unit for k, v in timings.items()} if unit > 0 else {},
+        "note": "relative_to_forward: each analysis's wall time over the time of one forward pass per arm "
+                "(no gradients) over the held-out analysis sequences"})
+    runner.log("analyses: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+               + f" (one forward pass per arm: {unit:.1f}s)")
     return out
+
+
+def _forward_seconds(logits_fn, arms: list[str], batches: list[dict]) -> float:
+    """Mean wall seconds of one no-gradient forward pass over `batches` per arm (after one warm-up
+    batch): the unit in which the analyses' cost is reported."""
+    if not batches:
+        return 0.0
+    with torch.no_grad():
+        logits_fn(arms[0], batches[0]["input_ids"], batches[0]["attention_mask"])
+        t = time.perf_counter()
+        for arm in arms:
+            for b in batches:
+                logits_fn(arm, b["input_ids"], b["attention_mask"])
+    return (time.perf_counter() - t) / len(arms)
 
 
 def weight_analysis(runner, bank, names: dict[str, str], kl_summary: dict | None) -> dict:

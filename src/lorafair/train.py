@@ -78,6 +78,31 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def pack(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Every sequence end to end in one row, no padding: input_ids, labels and position_ids [1, total],
+    positions restarting at 0 for each sequence and no attention mask, so that the model's
+    packed-sequence mask (built from the position restarts) keeps each sequence attending to itself
+    only. Each sequence's first label is masked, so no position predicts the next sequence's first
+    token: the same positions and targets as :func:`collate`, without the padding."""
+    ids, labels, pos = [], [], []
+    for x in items:
+        ids += x["input_ids"]
+        labels += [-100] + list(x["labels"][1:])
+        pos += range(len(x["input_ids"]))
+    row = lambda v: torch.tensor([v], dtype=torch.long)  # noqa: E731
+    return {"input_ids": row(ids), "labels": row(labels), "position_ids": row(pos)}
+
+
+def make_batch(items: list[dict], pad_id: int, packing: bool) -> dict[str, torch.Tensor]:
+    return pack(items) if packing else collate(items, pad_id)
+
+
+def _inputs(batch: dict) -> dict:
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
 def _decoder_and_head(model: nn.Module):
     """(decoder, output head, logit soft-cap or None) of a causal LM, PEFT-wrapped or not; None when
     the model does not expose them (then the loss goes through the model's own forward)."""
@@ -102,12 +127,12 @@ def completion_loss(model: nn.Module, batch: dict, reduction: str = "mean") -> t
     target = batch["labels"][:, 1:]
     parts = _decoder_and_head(model)
     if parts is None:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits = model(**_inputs(batch), use_cache=False).logits
         logits = logits[:, :-1].float()
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
                                reduction=reduction)
     dec, head, cap = parts
-    hidden = dec(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)[0]
+    hidden = dec(**_inputs(batch), use_cache=False)[0]
     keep = target != -100  # [b, s-1]
     logits = head(hidden[:, :-1][keep]).float()  # [n, V]
     if cap is not None:
@@ -157,7 +182,8 @@ def make_scheduler(opt, cfg: TrainingConfig, steps: int):
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, val: list[dict], pad_id: int, batch_size: int, autocast=None) -> float:
+def validation_loss(model: nn.Module, val: list[dict], pad_id: int, batch_size: int, autocast=None,
+                    packing: bool = False) -> float:
     """Token-weighted mean completion loss over the validation examples."""
     if not val:
         return float("nan")
@@ -165,7 +191,7 @@ def validation_loss(model: nn.Module, val: list[dict], pad_id: int, batch_size: 
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(val), batch_size):
-        b = collate(val[i:i + batch_size], pad_id)
+        b = make_batch(val[i:i + batch_size], pad_id, packing)
         with _autocast(autocast):
             total += completion_loss(model, b, reduction="sum").item()
         count += int((b["labels"][:, 1:] != -100).sum())
@@ -226,12 +252,12 @@ def train(
         t0 = time.perf_counter()
         loss_sum, ntok = 0.0, 0
         for j in range(cfg.grad_accum):
-            b = collate([train_rows[i] for i in order[step * cfg.grad_accum + j]], pad_id)
+            b = make_batch([train_rows[i] for i in order[step * cfg.grad_accum + j]], pad_id, cfg.packing)
             with _autocast(autocast):
                 loss = completion_loss(model, b)
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.item() / cfg.grad_accum
-            ntok += int(b["attention_mask"].sum())
+            ntok += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
         if not math.isfinite(loss_sum):
             raise Diverged(step + 1, loss_sum)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -244,7 +270,7 @@ def train(
         res.log.append(row)
         last = step + 1 == steps
         if val_rows and ((step + 1) % cfg.eval_every == 0 or last):  # no validation split: no evaluation
-            v = validation_loss(model, val_rows, pad_id, cfg.batch_size, autocast)
+            v = validation_loss(model, val_rows, pad_id, cfg.batch_size, autocast, cfg.packing)
             if not math.isfinite(v):
                 raise Diverged(step + 1, v)
             prev_best = min((r["val_loss"] for r in res.val_curve), default=float("inf"))
