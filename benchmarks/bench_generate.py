@@ -61,7 +61,7 @@ def worker(n_prompts: str, reps: str) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    n, reps = (8, 1) if quick else (24, 2)
+    n, reps = (8, 1) if quick else (16, 2)
     r = run_worker(__file__, str(n), str(reps))
     res = {
         "setup": {"model": MODEL, "prompts": n, "samples": SAMPLES, "max_new_tokens": NEW, "top_p": TOP_P,
