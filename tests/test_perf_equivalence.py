@@ -18,7 +18,7 @@ from lorafair import generate as gen_mod
 from lorafair import models
 from lorafair.arms import wrap_for_training
 from lorafair.config import Arm, TrainingConfig
-from lorafair.train import collate, completion_loss, encode, make_scheduler, pack, schedule_order, train
+from lorafair.train import collate, completion_loss, encode, make_scheduler, pack, packing_works, schedule_order, train
 
 from conftest import CORPUS
 
@@ -164,3 +164,19 @@ def test_adapters_swapped_into_one_base_match_fresh_loads(tmp_path):
         assert bank[arm]["kl"] == pytest.approx(fresh[arm]["kl"], rel=1e-5)
         assert bank[arm]["kl"] > 0
     assert bank["arm0"]["kl"] != pytest.approx(bank["arm1"]["kl"], rel=1e-3)
+
+
+def test_packing_check_rejects_a_model_that_lets_sequences_mix(rows, tok):
+    """A model whose attention ignores the position restarts fails the check, so training pads."""
+    model = models.load_model("tiny-random")
+    assert packing_works(model, rows[:4], tok.pad_token_id)
+    forward = model.forward
+
+    def no_restarts(**kw):  # positions 0..n-1 over the whole row: one long sequence, no mask
+        if "position_ids" in kw:
+            kw["position_ids"] = torch.arange(kw["input_ids"].shape[1])[None]
+        return forward(**kw)
+
+    model.get_decoder = lambda: None  # the loss goes through model.forward
+    model.forward = no_restarts
+    assert not packing_works(model, rows[:4], tok.pad_token_id, rtol=1e-6)

@@ -44,6 +44,7 @@ class TrainResult:
     tokens: int = 0
     wall_s: float = 0.0
     peak_mem_mb: float = 0.0
+    packed: bool = False  # batches packed into one row (training.packing and the model supports it)
 
     def summary(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in ("log", "val_curve")}
@@ -91,6 +92,25 @@ def pack(items: list[dict]) -> dict[str, torch.Tensor]:
         pos += range(len(x["input_ids"]))
     row = lambda v: torch.tensor([v], dtype=torch.long)  # noqa: E731
     return {"input_ids": row(ids), "labels": row(labels), "position_ids": row(pos)}
+
+
+@torch.no_grad()
+def packing_works(model: nn.Module, items: list[dict], pad_id: int, rtol: float = 1e-4) -> bool:
+    """Whether this model keeps packed sequences apart: the loss of `items` packed equals their
+    padded loss. A model that ignores position restarts when it builds its attention mask would let
+    sequences attend to each other and fail here."""
+    if len(items) < 2:
+        return True
+    was = model.training
+    model.eval()
+    try:
+        padded = completion_loss(model, collate(items, pad_id)).item()
+        packed = completion_loss(model, pack(items)).item()
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    finally:
+        model.train(was)
+    return math.isclose(padded, packed, rel_tol=rtol)
 
 
 def make_batch(items: list[dict], pad_id: int, packing: bool) -> dict[str, torch.Tensor]:
@@ -235,6 +255,7 @@ def train(
     opt = make_optimizer(params, lr, cfg.weight_decay)
     sched = make_scheduler(opt, cfg, steps)
     res = TrainResult(lr=lr, steps=steps, examples_seen=sum(len(b) for b in order))
+    packing = res.packed = cfg.packing and packing_works(model, [train_rows[i] for i in order[0]], pad_id)
     best_state, bad_evals, start = None, 0, 0
     torch.manual_seed(seed)
     if checkpoint is not None and (checkpoint / "state.pt").is_file():
@@ -252,7 +273,7 @@ def train(
         t0 = time.perf_counter()
         loss_sum, ntok = 0.0, 0
         for j in range(cfg.grad_accum):
-            b = make_batch([train_rows[i] for i in order[step * cfg.grad_accum + j]], pad_id, cfg.packing)
+            b = make_batch([train_rows[i] for i in order[step * cfg.grad_accum + j]], pad_id, packing)
             with _autocast(autocast):
                 loss = completion_loss(model, b)
             (loss / cfg.grad_accum).backward()
@@ -270,7 +291,7 @@ def train(
         res.log.append(row)
         last = step + 1 == steps
         if val_rows and ((step + 1) % cfg.eval_every == 0 or last):  # no validation split: no evaluation
-            v = validation_loss(model, val_rows, pad_id, cfg.batch_size, autocast, cfg.packing)
+            v = validation_loss(model, val_rows, pad_id, cfg.batch_size, autocast, packing)
             if not math.isfinite(v):
                 raise Diverged(step + 1, v)
             prev_best = min((r["val_loss"] for r in res.val_curve), default=float("inf"))
