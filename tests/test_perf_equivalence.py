@@ -54,13 +54,15 @@ def test_completion_loss_and_gradients_match_full_logits(arm, packed, rows, tok)
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    batch = collate(rows[:6], tok.pad_token_id)
+    # varied lengths (9 to 19 tokens, each with completion tokens), so padding and packing both matter
+    items = [{"input_ids": r["input_ids"][:n], "labels": r["labels"][:n]} for r, n in zip(rows, (19, 10, 12, 9, 16, 13))]
+    batch = collate(items, tok.pad_token_id)
     params = [p for p in model.parameters() if p.requires_grad]
     ref = reference_loss(model, batch)
     ref_grads = torch.autograd.grad(ref, params)
-    mine = pack(rows[:6]) if packed else batch
-    if packed:  # one row, no padding, the same completion tokens as the padded batch
-        assert mine["input_ids"].shape == (1, int(batch["attention_mask"].sum()))
+    mine = pack(items, tok.pad_token_id) if packed else batch
+    if packed:  # fewer rows of the same length, the same completion tokens as the padded batch
+        assert mine["input_ids"].shape[1] == batch["input_ids"].shape[1] and mine["input_ids"].shape[0] < 6
         assert int((mine["labels"] != -100).sum()) == int((batch["labels"][:, 1:] != -100).sum())
     got = completion_loss(model, mine)
     got_grads = torch.autograd.grad(got, params)

@@ -79,33 +79,56 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def pack(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Every sequence end to end in one row, no padding: input_ids, labels and position_ids [1, total],
-    positions restarting at 0 for each sequence and no attention mask, so that the model's
-    packed-sequence mask (built from the position restarts) keeps each sequence attending to itself
-    only. Each sequence's first label is masked, so no position predicts the next sequence's first
-    token: the same positions and targets as :func:`collate`, without the padding."""
-    ids, labels, pos = [], [], []
-    for x in items:
-        ids += x["input_ids"]
-        labels += [-100] + list(x["labels"][1:])
-        pos += range(len(x["input_ids"]))
-    row = lambda v: torch.tensor([v], dtype=torch.long)  # noqa: E731
-    return {"input_ids": row(ids), "labels": row(labels), "position_ids": row(pos)}
+def pack(items: list[dict], pad_id: int, row_length: int | None = None) -> dict[str, torch.Tensor]:
+    """The sequences of a batch packed end to end into as few rows as the longest one allows
+    (first-fit decreasing): input_ids, labels and position_ids [rows, longest], positions restarting
+    at 0 for each sequence and no attention mask, so that the model's packed-sequence mask (built
+    from the position restarts) keeps each sequence attending to itself only. Each sequence's first
+    label is masked, so no position predicts the next sequence's first token: the same positions and
+    targets as :func:`collate`, in fewer rows. A row's unused tail is padding with positions of its
+    own and no targets. Rows stay as long as the longest sequence, so attention costs what it costs
+    padded (one long row would make it quadratic in the whole batch). ``row_length`` overrides the
+    row length (at least the longest sequence)."""
+    cap = max(max(len(x["input_ids"]) for x in items), row_length or 0)
+    rows: list[list[dict]] = []
+    used: list[int] = []
+    for x in sorted(items, key=lambda x: -len(x["input_ids"])):
+        n = len(x["input_ids"])
+        r = next((i for i, u in enumerate(used) if u + n <= cap), None)
+        if r is None:
+            rows.append([])
+            used.append(0)
+            r = len(rows) - 1
+        rows[r].append(x)
+        used[r] += n
+    ids = torch.full((len(rows), cap), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), cap), -100, dtype=torch.long)
+    pos = torch.zeros((len(rows), cap), dtype=torch.long)
+    for r, row in enumerate(rows):
+        k = 0
+        for x in row:
+            n = len(x["input_ids"])
+            ids[r, k:k + n] = torch.tensor(x["input_ids"])
+            labels[r, k + 1:k + n] = torch.tensor(x["labels"][1:], dtype=torch.long)
+            pos[r, k:k + n] = torch.arange(n)
+            k += n
+        pos[r, k:] = torch.arange(cap - k)
+    return {"input_ids": ids, "labels": labels, "position_ids": pos}
 
 
 @torch.no_grad()
 def packing_works(model: nn.Module, items: list[dict], pad_id: int, rtol: float = 1e-4) -> bool:
-    """Whether this model keeps packed sequences apart: the loss of `items` packed equals their
-    padded loss. A model that ignores position restarts when it builds its attention mask would let
-    sequences attend to each other and fail here."""
+    """Whether this model keeps packed sequences apart: the loss of `items` packed all into one row
+    equals their padded loss. A model that ignores position restarts when it builds its attention
+    mask would let sequences attend to each other and fail here."""
     if len(items) < 2:
         return True
     was = model.training
     model.eval()
     try:
         padded = completion_loss(model, collate(items, pad_id)).item()
-        packed = completion_loss(model, pack(items)).item()
+        one_row = pack(items, pad_id, row_length=sum(len(x["input_ids"]) for x in items))
+        packed = completion_loss(model, one_row).item()
     except (TypeError, ValueError, RuntimeError):
         return False
     finally:
@@ -114,7 +137,7 @@ def packing_works(model: nn.Module, items: list[dict], pad_id: int, rtol: float 
 
 
 def make_batch(items: list[dict], pad_id: int, packing: bool) -> dict[str, torch.Tensor]:
-    return pack(items) if packing else collate(items, pad_id)
+    return pack(items, pad_id) if packing else collate(items, pad_id)
 
 
 def _inputs(batch: dict) -> dict:
@@ -273,12 +296,13 @@ def train(
         t0 = time.perf_counter()
         loss_sum, ntok = 0.0, 0
         for j in range(cfg.grad_accum):
-            b = make_batch([train_rows[i] for i in order[step * cfg.grad_accum + j]], pad_id, packing)
+            items = [train_rows[i] for i in order[step * cfg.grad_accum + j]]
+            b = make_batch(items, pad_id, packing)
             with _autocast(autocast):
                 loss = completion_loss(model, b)
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.item() / cfg.grad_accum
-            ntok += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+            ntok += sum(len(x["input_ids"]) for x in items)
         if not math.isfinite(loss_sum):
             raise Diverged(step + 1, loss_sum)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
