@@ -6,10 +6,10 @@ In one fresh process: the matmul rate of torch on a training-like shape ([512 ×
 float32, the model's width and MLP width, about the tokens of one batch), then the full arm
 trained with lorafair's loop, then the matmul rate again (the load of the machine may change).
 Model FLOP/s = 6 × parameters × real tokens / training wall time (the usual estimate: forward 2,
-backward 4 per parameter and token). The loop packs each batch's sequences into one row
-(`training.packing`, the default), so it processes no padding; the same run with right-padded
-batches (`packing: false`) is measured after it, with its share also counted on padded tokens
-(what the hardware processes). ``packed`` is the headline, ``padded`` the comparison.
+backward 4 per parameter and token). The loop packs each batch's sequences into rows as long as
+its longest sequence (`training.packing`, the default), so it processes less padding; the same run
+with right-padded batches (`packing: false`) is measured after it. Both also give the share counted
+on the tokens a padded batch would hold. ``packed`` is the headline, ``padded`` the comparison.
 The share is against the mean of the two matmul measurements.
 """
 

@@ -56,23 +56,19 @@ def run_analyses(runner, splits: dict[str, list[dict]]) -> dict:
             return m(input_ids=ids, attention_mask=attn).logits.float()
 
     # ---- token-posterior KL: held-out fine-tuning examples (prompt + target) and evaluation prompts
-    t = time.perf_counter()
     heldout = (splits.get("heldout") or splits["val"])[: a.n_sequences]
     kl = {}
     rows_all = []
     sets = {"heldout": encode(tok, heldout, study.training.max_length)}
     prompts = runner.task.kl_prompts(ctx)[: a.n_sequences]
     if prompts:
-        sets["prompts"] = [{"input_ids": tok(p)["input_ids"][: study.training.max_length],
-                            "labels": [-100] * len(tok(p)["input_ids"][: study.training.max_length])} for p in prompts]
-    forward = _forward_seconds(logits_fn, arms, _batches(sets["heldout"] or sets.get("prompts", []), tok.pad_token_id,
-                                                          a.batch_size, dev))
+        ids = [tok(p)["input_ids"][: study.training.max_length] for p in prompts]
+        sets["prompts"] = [{"input_ids": x, "labels": [-100] * len(x)} for x in ids]
+    batches = {name: _batches(items, tok.pad_token_id, a.batch_size, dev) for name, items in sets.items() if items}
+    forward = _forward_seconds(logits_fn, arms, next(iter(batches.values()), []))
     t = time.perf_counter()
-    for set_name, items in sets.items():
-        if not items:
-            continue
-        res = compute_pairwise_kl(logits_fn, arms, _batches(items, tok.pad_token_id, a.batch_size, dev),
-                                  reference=reference, n_boot=study.evaluation.bootstrap)
+    for set_name, set_batches in batches.items():
+        res = compute_pairwise_kl(logits_fn, arms, set_batches, reference=reference, n_boot=study.evaluation.bootstrap)
         kl[set_name] = res["summary"]
         rows_all.append(res["rows"].assign(set=set_name))
     if rows_all:

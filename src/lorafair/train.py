@@ -44,7 +44,7 @@ class TrainResult:
     tokens: int = 0
     wall_s: float = 0.0
     peak_mem_mb: float = 0.0
-    packed: bool = False  # batches packed into one row (training.packing and the model supports it)
+    packed: bool = False  # batches packed (training.packing, and the model keeps packed sequences apart)
 
     def summary(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in ("log", "val_curve")}
