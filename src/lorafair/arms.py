@@ -1,7 +1,9 @@
 """Arms as models: wrap a base model for an arm (PEFT LoRA / full / base), save and load the result.
 
 `ArmBank` is the one place where arms are swapped in for evaluation: the base model is loaded once,
-LoRA adapters are attached to it by name, and the full arm is a second model loaded once.
+LoRA adapters are attached to it by name, and the full arm is a second model loaded once. Base and
+plain/rsLoRA adapters can also share one forward pass, each row with its own adapter (PEFT's
+`adapter_names`): `mixable` says which, `logits_many` runs them.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class ArmBank:
         self.peft = None
         self.full: nn.Module | None = None
         self.adapters: set[str] = set()
+        self.dora: set[str] = set()
 
     def add_lora(self, name: str, adapter_dir: Path) -> None:
         from peft import PeftModel
@@ -110,6 +113,8 @@ class ArmBank:
             self.peft.load_adapter(str(adapter_dir), adapter_name=key)
         self.peft.eval()
         self.adapters.add(name)
+        if getattr(self.peft.peft_config[key], "use_dora", False):
+            self.dora.add(name)
 
     def add_full(self, model: nn.Module) -> None:
         self.full = model.eval()
@@ -131,6 +136,33 @@ class ArmBank:
             yield self.peft
         else:
             raise KeyError(f"arm {name} not loaded")
+
+    def adapter_key(self, name: str) -> str:
+        """The PEFT adapter name of an arm ("__base__" for base: adapters off)."""
+        return "__base__" if name == "base" else name.replace(".", "_")
+
+    def mixable(self, names: list[str]) -> list[str]:
+        """The arms of `names` that can share a batch: base and LoRA adapters without DoRA (PEFT
+        does not mix DoRA rows), provided at least one adapter is loaded."""
+        if self.peft is None:
+            return []
+        return [n for n in names if n == "base" or (n in self.adapters and n not in self.dora)]
+
+    def logits_many(self, names: list[str], ids: torch.Tensor, attn: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Float32 logits of each arm on the same batch, mixable arms in one forward pass."""
+        mix = self.mixable(names) if len(names) > 1 else []
+        out = {}
+        if len(mix) > 1:
+            k = len(mix)
+            rows = [self.adapter_key(n) for n in mix for _ in range(ids.shape[0])]
+            logits = self.peft(input_ids=ids.repeat(k, 1), attention_mask=attn.repeat(k, 1),
+                               adapter_names=rows).logits.float()
+            out = dict(zip(mix, logits.chunk(k)))
+        for n in names:
+            if n not in out:
+                with self.use(n) as m:
+                    out[n] = m(input_ids=ids, attention_mask=attn).logits.float()
+        return out
 
     @property
     def names(self) -> list[str]:

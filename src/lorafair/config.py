@@ -76,7 +76,8 @@ class EvaluationConfig:
     top_p: float = 0.9
     greedy: bool = False
     n_prompts: int | None = 100
-    batch_size: int = 32
+    batch_size: int = 32  # sequences per forward pass and arm
+    mix_arms: bool = True  # base and LoRA arms generate in shared batches (batch_size rows per arm)
     bootstrap: int = 1000
     threshold: float = 0.5
     probes: list[str] = field(default_factory=list)  # crows-pairs, stereoset

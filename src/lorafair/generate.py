@@ -107,45 +107,91 @@ def generate(
     k samples; prompts are batched by token length so that little compute goes to padding.
     `batch_size` counts sequences (prompts x samples) decoded together.
     """
+    return _generate(model, tokenizer, prompts, samples, max_new_tokens, seed, temperature, top_p, greedy,
+                     batch_size, [None])[None]
+
+
+@torch.no_grad()
+def generate_adapters(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[dict],
+    adapters: list[str],
+    samples: int,
+    max_new_tokens: int,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    batch_size: int = 32,
+) -> dict[str, list[dict]]:
+    """`generate` for several LoRA adapters of one PEFT model at once ("__base__": adapters off).
+
+    Rows of every adapter share each forward pass (PEFT's per-row `adapter_names`), so a sweep of
+    arms with few prompts each still fills the batch; `batch_size` counts rows of all adapters
+    together. Each (prompt, sample) uses the same stream under every adapter, as with `generate`
+    called once per adapter, and gives the same continuation up to float rounding of the batch.
+    Returns {adapter: rows as `generate` returns them}.
+    """
+    if not adapters or len(set(adapters)) != len(adapters):
+        raise ValueError(f"adapters must be distinct and non-empty, got {adapters}")
+    return _generate(model, tokenizer, prompts, samples, max_new_tokens, seed, temperature, top_p, greedy,
+                     batch_size, list(adapters))
+
+
+def _generate(model, tokenizer, prompts, samples, max_new_tokens, seed, temperature, top_p, greedy, batch_size,
+              adapters: list) -> dict:
     samples = 1 if greedy else samples
-    per_batch = max(1, batch_size // samples)
+    per_batch = max(1, batch_size // (samples * len(adapters)))
     lengths = [len(tokenizer(p["prompt"])["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     dev = next(model.parameters()).device
-    texts: dict[int, list[str]] = {}
+    texts: dict = {a: {} for a in adapters}
     try:
         for j in range(0, len(order), per_batch):
             idx = order[j:j + per_batch]
             chunk = [prompts[i] for i in idx]
             enc = tokenizer([p["prompt"] for p in chunk], return_tensors="pt", padding=True).to(dev)
+            ids, attn = enc["input_ids"].repeat(len(adapters), 1), enc["attention_mask"].repeat(len(adapters), 1)
             u = None
             if not greedy:
-                u = uniforms(seed, [(str(p["id"]), s) for p in chunk for s in range(samples)], max_new_tokens).to(dev)
-            new = _decode(model, enc["input_ids"], enc["attention_mask"], samples, max_new_tokens, u,
-                          temperature, top_p, tokenizer.eos_token_id, tokenizer.pad_token_id)
+                u = uniforms(seed, [(str(p["id"]), s) for p in chunk for s in range(samples)], max_new_tokens)
+                u = u.repeat(len(adapters), 1).to(dev)
+            names = None if adapters == [None] else [a for a in adapters for _ in chunk]
+            new = _decode(model, ids, attn, samples, max_new_tokens, u, temperature, top_p,
+                          tokenizer.eos_token_id, tokenizer.pad_token_id, names)
             decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-            for n, i in enumerate(idx):
-                texts[i] = decoded[n * samples:(n + 1) * samples]
+            rows_per_adapter = len(chunk) * samples
+            for k, a in enumerate(adapters):
+                part = decoded[k * rows_per_adapter:(k + 1) * rows_per_adapter]
+                for n, i in enumerate(idx):
+                    texts[a][i] = part[n * samples:(n + 1) * samples]
     finally:
         tokenizer.padding_side = old_side
-    return [{"prompt_id": p["id"], "sample": s, "continuation": texts[i][s]}
-            for i, p in enumerate(prompts) for s in range(samples)]
+    return {a: [{"prompt_id": p["id"], "sample": s, "continuation": texts[a][i][s]}
+                for i, p in enumerate(prompts) for s in range(samples)] for a in adapters}
 
 
 def _decode(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, samples: int, max_new_tokens: int,
-            u: torch.Tensor | None, temperature: float, top_p: float, eos_id: int, pad_id: int) -> torch.Tensor:
+            u: torch.Tensor | None, temperature: float, top_p: float, eos_id: int, pad_id: int,
+            adapter_names: list[str] | None = None) -> torch.Tensor:
     """Prefill left-padded prompts ids/attn [b, s] once, repeat each row's cache `samples` times, then
-    decode with the KV cache. u: [b * samples, max_new_tokens] uniforms, or None for greedy.
-    Returns the new tokens [b * samples, <= max_new_tokens] (pad after an end-of-sequence)."""
+    decode with the KV cache. u: [b * samples, max_new_tokens] uniforms, or None for greedy;
+    adapter_names: one PEFT adapter per prompt row, or None. Only the last position goes through
+    the output head at prefill. Returns the new tokens [b * samples, <= max_new_tokens] (pad after an
+    end-of-sequence)."""
+    extra = {} if adapter_names is None else {"adapter_names": adapter_names}
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
     cache, logits = out.cache, out.logits[:, -1].float()
     if samples > 1:
         cache.batch_repeat_interleave(samples)
         attn = attn.repeat_interleave(samples, 0)
         logits = logits.repeat_interleave(samples, 0)
+        if adapter_names is not None:
+            extra = {"adapter_names": [a for a in adapter_names for _ in range(samples)]}
     nxt_pos = attn.sum(-1, keepdim=True)
     done = torch.zeros(attn.shape[0], dtype=torch.bool, device=attn.device)
     new = []
@@ -158,7 +204,7 @@ def _decode(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, samples: in
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=nxt_pos, cache=cache,
-                    use_cache=True)
+                    use_cache=True, **extra)
         cache, logits = out.cache, out.logits[:, -1].float()
         nxt_pos = nxt_pos + 1
     return torch.stack(new, dim=1)

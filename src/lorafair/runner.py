@@ -286,33 +286,44 @@ class Runner:
                                                     dtype=torch.float32).to(models.device()).eval()
 
     def evaluate_all(self, arms: list[Arm], force: bool) -> dict[tuple[str, int], pd.DataFrame]:
-        done = self.trained(arms)
-        bank = None
-        results = {}
-        for arm, seed in done:
+        results, pending = {}, []
+        for arm, seed in self.trained(arms):
             h = store.content_hash({"train": self.arm_hash(arm, seed) if arm.type != "base" else "base",
-                                    "eval": dataclasses.asdict(self.study.evaluation),
+                                    "eval": _eval_key(self.study.evaluation),
                                     "task": self.task.corpus_key()})
             cached = self.rd.read_eval(arm.name, seed, self.task.name)
             if cached is not None and cached[0].get("hash") == h and not force:
                 results[(arm.name, seed)] = cached[1]
-                continue
-            bank = bank or self.bank(arms)
+            else:
+                pending.append((arm, seed, h))
+        bank = self.bank(arms) if pending else None
+        names = {(arm.name, seed): "full" if arm.type == "full" else "base" if arm.type == "base"
+                 else f"{arm.name}@{seed}" for arm, seed, _ in pending}
+        # base and LoRA arms generate together, rows of every arm in each batch
+        t = time.perf_counter()
+        mix = bank.mixable(list(names.values())) if bank and self.study.evaluation.mix_arms else []
+        shared = self.task.generate_many(self.ctx, bank, mix) if mix else {}
+        shared_s = (time.perf_counter() - t) / max(1, len(shared))
+        if shared:
+            self.log(f"generated for {len(shared)} arms together in {time.perf_counter() - t:.0f}s")
+        for arm, seed, h in pending:
             t = time.perf_counter()
+            name = names[(arm.name, seed)]
             if arm.type == "full":
                 bank.add_full(self.load_full(seed))
-                name = "full"
-            else:
-                name = "base" if arm.type == "base" else f"{arm.name}@{seed}"
             with bank.use(name) as model:
-                summary, rows = self.task.evaluate(self.ctx, model, arm.name)
+                if name in shared:
+                    summary, rows = self.task.evaluate(self.ctx, model, arm.name, generated=shared[name])
+                else:
+                    summary, rows = self.task.evaluate(self.ctx, model, arm.name)
                 if self.study.evaluation.probes:
                     from lorafair.probes import evaluate_probes
 
                     p_summary, p_rows = evaluate_probes(self.ctx, model, self.study.evaluation.probes)
                     p_summary.update(hash=h, arm=arm.name, seed=seed)
                     self.rd.write_eval(arm.name, seed, "probes", p_summary, p_rows)
-            summary.update(hash=h, arm=arm.name, seed=seed, wall_s=round(time.perf_counter() - t, 2))
+            wall = time.perf_counter() - t + (shared_s if name in shared else 0.0)
+            summary.update(hash=h, arm=arm.name, seed=seed, wall_s=round(wall, 2))
             self.rd.write_eval(arm.name, seed, self.task.name, summary, rows)
             results[(arm.name, seed)] = rows
             self.log(f"evaluated {arm.name} seed {seed} in {summary['wall_s']:.0f}s")
@@ -323,6 +334,13 @@ class Runner:
         out = self.task.compare(self.ctx, results)
         store.write_json(self.rd.path / "compare.json", out)
         return out
+
+
+def _eval_key(e) -> dict:
+    """What in the evaluation settings determines results (how arms share batches does not)."""
+    d = dataclasses.asdict(e)
+    d.pop("mix_arms", None)
+    return d
 
 
 def lr_candidates(arm: Arm, search) -> list[float]:

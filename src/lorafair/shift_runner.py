@@ -55,6 +55,10 @@ def run_analyses(runner, splits: dict[str, list[dict]]) -> dict:
         with bank.use(names[arm]) as m:
             return m(input_ids=ids, attention_mask=attn).logits.float()
 
+    def logits_many(group, ids, attn):
+        got = bank.logits_many([names[a] for a in group], ids, attn)
+        return {a: got[names[a]] for a in group}
+
     # ---- token-posterior KL: held-out fine-tuning examples (prompt + target) and evaluation prompts
     heldout = (splits.get("heldout") or splits["val"])[: a.n_sequences]
     kl = {}
@@ -68,7 +72,8 @@ def run_analyses(runner, splits: dict[str, list[dict]]) -> dict:
     forward = _forward_seconds(logits_fn, arms, next(iter(batches.values()), []))
     t = time.perf_counter()
     for set_name, set_batches in batches.items():
-        res = compute_pairwise_kl(logits_fn, arms, set_batches, reference=reference, n_boot=study.evaluation.bootstrap)
+        res = compute_pairwise_kl(logits_fn, arms, set_batches, reference=reference, n_boot=study.evaluation.bootstrap,
+                                  logits_many=logits_many, group_rows=a.batch_size * 4)
         kl[set_name] = res["summary"]
         rows_all.append(res["rows"].assign(set=set_name))
     if rows_all:

@@ -66,8 +66,14 @@ def compute_pairwise_kl(
     n_boot: int = 1000,
     seed: int = 0,
     chunk_size: int = DEFAULT_CHUNK,
+    logits_many: Callable[[list[str], Tensor, Tensor], dict[str, Tensor]] | None = None,
+    group_rows: int = 64,
 ) -> dict[str, Any]:
     """KL between every arm and the references, per token, summarised per arm.
+
+    logits_many (optional): the logits of several arms on one batch at once (e.g. LoRA adapters
+    sharing a forward pass); the non-reference arms are then fetched in groups of up to
+    `group_rows` // batch rows. Results are the same as with `logits_fn` alone.
 
     batches: dicts with ``input_ids`` [b, s], ``attention_mask`` [b, s] (1 = real token) and
     optionally ``loss_mask`` [b, s] (1 = target token, for the target log-likelihood).
@@ -111,8 +117,18 @@ def compute_pairwise_kl(
                 ref[full_name] = log_probs(logits_fn(full_name, ids, attn), chunk_size)
                 kl_fb, _ = kl_pair(ref[full_name], ref[base_name], chunk_size)
                 full_base_seq.append(_seq_mean(kl_fb.cpu(), valid))
+            others = [a for a in arms if a not in ref]
+            per_group = max(1, group_rows // b) if logits_many is not None else 1
+            fetched: dict[str, Tensor] = {}
             for arm in arms:
-                logits = ref[arm] if arm in ref else logits_fn(arm, ids, attn)
+                if arm in ref:
+                    logits = ref[arm]
+                else:
+                    if arm not in fetched:
+                        group = others[others.index(arm):][:per_group]
+                        fetched = (logits_many(group, ids, attn) if len(group) > 1
+                                   else {arm: logits_fn(arm, ids, attn)})
+                    logits = fetched.pop(arm)
                 kls = _arm_kls(logits, ref[base_name], ref.get(full_name), chunk_size)
                 for col, val in kls.items():
                     rows[col].append(val[bidx, pidx].numpy())

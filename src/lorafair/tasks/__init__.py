@@ -64,6 +64,11 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, ctx, model, arm: str) -> tuple[dict, pd.DataFrame]: ...
 
+    def generate_many(self, ctx, bank, names: list[str]) -> dict[str, list]:
+        """Generations of several arms of `bank` at once, passed back to `evaluate` as `generated`;
+        {} for tasks that do not generate."""
+        return {}
+
     def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> dict:
         return {}
 

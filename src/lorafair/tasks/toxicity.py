@@ -19,7 +19,7 @@ import pandas as pd
 
 from lorafair import metrics, prompts as prompt_sets
 from lorafair.errors import UserError
-from lorafair.generate import generate
+from lorafair.generate import generate, generate_adapters
 from lorafair.tasks import CorpusOptions, Task, register
 
 PROMPT_SETS = ("rtp-toxic", "identity", "identity-race", "identity-religion")
@@ -124,11 +124,23 @@ class Toxicity(Task):
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, ctx, model, arm: str) -> tuple[dict, pd.DataFrame]:
+    def generate_many(self, ctx, bank, names: list[str]) -> dict[str, list[dict]]:
+        """Base and LoRA arms of the bank in shared batches (the same streams as `evaluate`)."""
+        if len(names) < 2:
+            return {}
+        e = ctx.study.evaluation
+        keys = {bank.adapter_key(n): n for n in names}
+        gen = generate_adapters(bank.peft, ctx.tokenizer, self.eval_prompts(ctx), list(keys), e.samples,
+                                e.max_new_tokens, seed=ctx.eval_seed, temperature=e.temperature, top_p=e.top_p,
+                                greedy=e.greedy, batch_size=e.batch_size * len(keys))
+        return {keys[k]: rows for k, rows in gen.items()}
+
+    def evaluate(self, ctx, model, arm: str, generated: list[dict] | None = None) -> tuple[dict, pd.DataFrame]:
         e = ctx.study.evaluation
         rows = self.eval_prompts(ctx)
-        gen = generate(model, ctx.tokenizer, rows, e.samples, e.max_new_tokens, seed=ctx.eval_seed,
-                       temperature=e.temperature, top_p=e.top_p, greedy=e.greedy, batch_size=e.batch_size)
+        gen = generated if generated is not None else generate(
+            model, ctx.tokenizer, rows, e.samples, e.max_new_tokens, seed=ctx.eval_seed, temperature=e.temperature,
+            top_p=e.top_p, greedy=e.greedy, batch_size=e.batch_size)
         scores = ctx.scorer.score([g["continuation"] for g in gen])
         by_id = {r["id"]: r for r in rows}
         df = pd.DataFrame(gen)
