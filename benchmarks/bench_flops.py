@@ -11,6 +11,13 @@ its longest sequence (`training.packing`, the default), so it processes less pad
 with right-padded batches (`packing: false`) is measured after it. Both also give the share counted
 on the tokens a padded batch would hold. ``packed`` is the headline, ``padded`` the comparison.
 The share is against the mean of the two matmul measurements.
+
+`model_shapes` says how much of the gap is the model's own matrix shapes: the matmul rate of
+every Linear layer's three products in training (forward x·Wᵀ, input gradient dY·W, weight
+gradient dYᵀ·x) at the run's mean tokens per step, weighted by their FLOPs (the output head at the
+completion tokens only, as the loss computes it). `share_of_model_shapes` is the training FLOP/s
+over that rate: what remains besides the shapes is attention, norms, activations, the optimizer and
+the loop.
 """
 
 from __future__ import annotations
@@ -42,6 +49,32 @@ def matmul_rate(seconds: float = 3.0) -> float:
     return best
 
 
+def shape_rate(model, tokens: int, head_tokens: int, seconds: float = 0.4) -> dict:
+    """FLOP-weighted float32 rate of the Linear layers' training products at `tokens` rows."""
+    import torch
+
+    shapes: dict[tuple[int, int, int], int] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            m = head_tokens if name.endswith("lm_head") else tokens
+            for key in ((m, mod.in_features, mod.out_features), (m, mod.out_features, mod.in_features),
+                        (mod.out_features, m, mod.in_features)):
+                shapes[key] = shapes.get(key, 0) + 1
+    total_flops, total_s = 0.0, 0.0
+    for (m, k, n), count in shapes.items():
+        a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+        torch.mm(a, b, out=out)
+        best, t_end = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = min(best, time.perf_counter() - t0)
+        total_flops += count * 2 * m * k * n
+        total_s += count * best
+    return {"tokens": tokens, "head_tokens": head_tokens, "distinct_shapes": len(shapes),
+            "gflops": round(total_flops / total_s / 1e9, 1)}
+
+
 def worker(steps: str, mode: str) -> dict:
     import torch
 
@@ -57,8 +90,9 @@ def worker(steps: str, mode: str) -> dict:
     rows = encode(tok, corpus(steps_i * batch), 96)
     model = wrap_for_training(models.load_model(MODEL), Arm("full", "full"), seed=0)
     n_params = sum(p.numel() for p in model.parameters())
-    padded = sum(collate([rows[i] for i in b], tok.pad_token_id)["input_ids"].numel()
-                 for b in schedule_order(len(rows), batch, steps_i, 0))
+    order = schedule_order(len(rows), batch, steps_i, 0)
+    padded = sum(collate([rows[i] for i in b], tok.pad_token_id)["input_ids"].numel() for b in order)
+    completions = sum(sum(t != -100 for t in rows[i]["labels"]) for b in order for i in b) / steps_i
     before = matmul_rate()
     cfg = TrainingConfig(max_steps=steps_i, batch_size=batch, max_length=96, eval_every=10**9, checkpoint_every=10**9,
                          packing=mode == "packed")
@@ -67,6 +101,8 @@ def worker(steps: str, mode: str) -> dict:
     wall = time.perf_counter() - t0
     after = matmul_rate()
     peak = (before + after) / 2
+    rows_per_step = res.tokens / steps_i if mode == "packed" else padded / steps_i
+    shapes = shape_rate(model, int(rows_per_step), int(completions))
     model_gflops = 6 * n_params * res.tokens / wall / 1e9
     padded_gflops = 6 * n_params * padded / wall / 1e9
     return {
@@ -74,6 +110,7 @@ def worker(steps: str, mode: str) -> dict:
         "train_wall_s": round(wall, 2), "matmul_gflops_before": round(before, 1), "matmul_gflops_after": round(after, 1),
         "model_gflops_real_tokens": round(model_gflops, 2), "model_gflops_padded_tokens": round(padded_gflops, 2),
         "share_real_tokens": round(model_gflops / peak, 3), "share_padded_tokens": round(padded_gflops / peak, 3),
+        "model_shapes": shapes, "share_of_model_shapes": round(model_gflops / shapes["gflops"], 3),
         "threads": torch.get_num_threads(),
     }
 
@@ -88,7 +125,8 @@ def run(quick: bool = False) -> dict:
     for mode, x in r.items():
         print(f"  flops ({mode}): {x['model_gflops_real_tokens']} GFLOP/s of {x['matmul_gflops_before']}/"
               f"{x['matmul_gflops_after']} matmul -> share {x['share_real_tokens']} (padded tokens "
-              f"{x['share_padded_tokens']})", flush=True)
+              f"{x['share_padded_tokens']}); the model's own shapes allow {x['model_shapes']['gflops']} "
+              f"-> share {x['share_of_model_shapes']}", flush=True)
     return res
 
 

@@ -5,7 +5,8 @@ global RNG. Each (prompt, sample) pair gets a vector of uniforms drawn from its 
 at step t the next token is the inverse-CDF pick of u[t] from the temperature- and top-p-adjusted
 distribution. Decoding runs on the model's own KV cache: each prompt is prefilled once and its cache
 repeated for its k samples (k times less prompt compute than expanding the prompts first), and
-prompts are batched by length. `FixedStreamSampler` offers the same pick as a logits processor for
+prompts are batched by length. `generate_adapters` decodes several LoRA adapters of one PEFT model
+in shared batches, each row under its own adapter. `FixedStreamSampler` offers the same pick as a logits processor for
 transformers' `generate`, for users who drive generation themselves.
 """
 
@@ -15,7 +16,6 @@ import hashlib
 
 import torch
 from torch import nn
-
 
 
 def stream_seed(seed: int, prompt_id: str, sample: int) -> int:
@@ -107,25 +107,15 @@ def generate(
     k samples; prompts are batched by token length so that little compute goes to padding.
     `batch_size` counts sequences (prompts x samples) decoded together.
     """
-    return _generate(model, tokenizer, prompts, samples, max_new_tokens, seed, temperature, top_p, greedy,
-                     batch_size, [None])[None]
+    return _generate(model, tokenizer, prompts, samples, max_new_tokens, [None], seed=seed, temperature=temperature,
+                     top_p=top_p, greedy=greedy, batch_size=batch_size)[None]
 
 
 @torch.no_grad()
-def generate_adapters(
-    model: nn.Module,
-    tokenizer,
-    prompts: list[dict],
-    adapters: list[str],
-    samples: int,
-    max_new_tokens: int,
-    seed: int = 0,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    greedy: bool = False,
-    batch_size: int = 32,
-) -> dict[str, list[dict]]:
-    """`generate` for several LoRA adapters of one PEFT model at once ("__base__": adapters off).
+def generate_adapters(model: nn.Module, tokenizer, prompts: list[dict], adapters: list[str], samples: int,
+                      max_new_tokens: int, **options) -> dict[str, list[dict]]:
+    """`generate` for several LoRA adapters of one PEFT model at once ("__base__": adapters off);
+    `options` are those of `generate`.
 
     Rows of every adapter share each forward pass (PEFT's per-row `adapter_names`), so a sweep of
     arms with few prompts each still fills the batch; `batch_size` counts rows of all adapters
@@ -135,12 +125,11 @@ def generate_adapters(
     """
     if not adapters or len(set(adapters)) != len(adapters):
         raise ValueError(f"adapters must be distinct and non-empty, got {adapters}")
-    return _generate(model, tokenizer, prompts, samples, max_new_tokens, seed, temperature, top_p, greedy,
-                     batch_size, list(adapters))
+    return _generate(model, tokenizer, prompts, samples, max_new_tokens, list(adapters), **options)
 
 
-def _generate(model, tokenizer, prompts, samples, max_new_tokens, seed, temperature, top_p, greedy, batch_size,
-              adapters: list) -> dict:
+def _generate(model, tokenizer, prompts, samples, max_new_tokens, adapters: list, seed=0, temperature=1.0,
+              top_p=1.0, greedy=False, batch_size=32) -> dict:
     samples = 1 if greedy else samples
     per_batch = max(1, batch_size // (samples * len(adapters)))
     lengths = [len(tokenizer(p["prompt"])["input_ids"]) for p in prompts]
