@@ -6,8 +6,8 @@ at step t the next token is the inverse-CDF pick of u[t] from the temperature- a
 distribution. Decoding runs on the model's own KV cache: each prompt is prefilled once and its cache
 repeated for its k samples (k times less prompt compute than expanding the prompts first), and
 prompts are batched by length. `generate_adapters` decodes several LoRA adapters of one PEFT model
-in shared batches, each row under its own adapter. `FixedStreamSampler` offers the same pick as a logits processor for
-transformers' `generate`, for users who drive generation themselves.
+in shared batches, each row under its own adapter. `FixedStreamSampler` offers the same pick as a
+logits processor for transformers' `generate`, for users who drive generation themselves.
 """
 
 from __future__ import annotations
