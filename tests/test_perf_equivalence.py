@@ -182,3 +182,4 @@ def test_packing_check_rejects_a_model_that_lets_sequences_mix(rows, tok):
     model.get_decoder = lambda: None  # the loss goes through model.forward
     model.forward = no_restarts
     assert not packing_works(model, rows[:4], tok.pad_token_id, rtol=1e-6)
+    assert not packing_works(model, rows[:2], tok.pad_token_id, rtol=1e-6)  # two sequences, as train() checks

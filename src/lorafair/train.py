@@ -278,7 +278,8 @@ def train(
     opt = make_optimizer(params, lr, cfg.weight_decay)
     sched = make_scheduler(opt, cfg, steps)
     res = TrainResult(lr=lr, steps=steps, examples_seen=sum(len(b) for b in order))
-    packing = res.packed = cfg.packing and packing_works(model, [train_rows[i] for i in order[0]], pad_id)
+    # two sequences show whether the model keeps packed sequences apart; more only cost time
+    packing = res.packed = cfg.packing and packing_works(model, [train_rows[i] for i in order[0][:2]], pad_id)
     best_state, bad_evals, start = None, 0, 0
     torch.manual_seed(seed)
     if checkpoint is not None and (checkpoint / "state.pt").is_file():
