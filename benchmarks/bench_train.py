@@ -8,7 +8,9 @@ both see the same real tokens), AdamW, cosine schedule with 10% warm-up, clippin
 evaluation, no saving. Arms: full fine-tuning and LoRA r=8 (alpha 16) on all 7 projections.
 Each (implementation, arm) runs in a fresh process; tokens/s = real (non-padding) tokens over the
 wall time of the training call; peak memory = ru_maxrss of that process (model load included,
-identical for both).
+identical for both). Each (implementation, arm) runs twice, alternating (trainer, lorafair, trainer,
+lorafair); the best of the two is reported for both measures: between runs Trainer's peak alone
+varied by 160 MB (8%) on this machine, more than the difference measured.
 """
 
 from __future__ import annotations
@@ -105,18 +107,31 @@ def worker(impl: str, arm_type: str, steps: str, batch: str) -> dict:
     return out
 
 
+REPEATS = 2
+
+
+def _best(runs: list[dict]) -> dict:
+    """The fastest run, with the lowest peak of all runs; every run's figures kept under `runs`."""
+    best = dict(max(runs, key=lambda r: r["tokens_per_s"]))
+    best["peak_rss_mb"] = min(r["peak_rss_mb"] for r in runs)
+    best["runs"] = [{k: r[k] for k in ("tokens_per_s", "peak_rss_mb", "wall_s")} for r in runs]
+    return best
+
+
 def run(quick: bool = False) -> dict:
     steps = 3 if quick else 8
     results: dict = {"setup": {"model": MODEL, "batch": 8, "max_length": MAX_LEN, "steps": steps, "dtype": "float32",
                                "lora": "r=8, alpha=16, all 7 projections", "schedule": "cosine, 10% warm-up",
-                               "lr": LR}, "arms": {}}
+                               "lr": LR, "repeats": REPEATS}, "arms": {}}
     for arm in ("full", "lora"):
-        runs = {}
-        for impl in ("trainer", "lorafair"):
-            runs[impl] = run_worker(__file__, impl, arm, str(steps), str(BATCH[arm]))
-            r = runs[impl]
-            print(f"  train {arm:4s} {impl:8s} {r['tokens_per_s']:8.1f} tok/s  peak {r['peak_rss_mb']:7.0f} MB", flush=True)
-        lf, tr = runs["lorafair"], runs["trainer"]
+        runs: dict = {"trainer": [], "lorafair": []}
+        for _ in range(REPEATS):
+            for impl in ("trainer", "lorafair"):
+                r = run_worker(__file__, impl, arm, str(steps), str(BATCH[arm]))
+                runs[impl].append(r)
+                print(f"  train {arm:4s} {impl:8s} {r['tokens_per_s']:8.1f} tok/s  peak {r['peak_rss_mb']:7.0f} MB",
+                      flush=True)
+        lf, tr = _best(runs["lorafair"]), _best(runs["trainer"])
         results["arms"][arm] = {
             "lorafair": lf, "trainer": tr,
             "tokens_per_s_ratio": ratio(lf["tokens_per_s"], tr["tokens_per_s"]),
