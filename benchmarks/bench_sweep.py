@@ -9,10 +9,11 @@ prompts, 2 continuations, 16 new tokens, top-p 0.9) and the token KL of the arm 
 held-out sequences. lorafair (as `lorafair run` evaluates): one ArmBank; the arms generate together,
 each forward pass holding rows of every adapter (`generate_adapters`, 32 rows per arm); the KL of
 all arms with `compute_pairwise_kl`, base logits once per batch and the adapters' logits from
-shared forward passes (`ArmBank.logits_many`, up to 64 rows). Peer: per arm, load the base from disk, attach the adapter, generate, and compute the
-KL against base with the adapter disabled (the per-model way: nothing shared between arms). Both
-run in one process after one warm-up load, in the order fresh, bank, bank, fresh (times are the
-mean of the two runs); the continuations and KL means must agree.
+shared forward passes (`ArmBank.logits_many`, up to 64 rows). Peer: per arm, load the base from
+disk, attach the adapter, generate, and compute the KL against base with the adapter disabled (the
+per-model way: nothing shared between arms). Both run in one process after one warm-up load, in
+the order fresh, bank, bank, fresh (times are the mean of the two runs); the continuations and KL
+means must agree.
 """
 
 from __future__ import annotations
@@ -71,11 +72,7 @@ def sweep_bank(source: str, adapters: list[Path], prompts: list[dict], kl_texts:
     rows = generate_adapters(bank.peft, tok, prompts, names, SAMPLES, NEW, seed=0, top_p=0.9, batch_size=32 * len(names))
     gens = {name: [g["continuation"] for g in rows[name]] for name in names}
 
-    def logits_fn(arm, ids, attn):
-        with bank.use(arm) as m:
-            return m(input_ids=ids, attention_mask=attn).logits
-
-    res = compute_pairwise_kl(logits_fn, ["base", *names], kl_batches(tok, kl_texts), reference=("base", None), n_boot=10,
+    res = compute_pairwise_kl(bank.logits, ["base", *names], kl_batches(tok, kl_texts), reference=("base", None), n_boot=10,
                               logits_many=bank.logits_many, group_rows=64)
     return {n: {"continuations": gens[n], "kl": res["summary"]["arms"][n]["kl_arm_base"]["mean"]} for n in names}
 

@@ -18,6 +18,11 @@ from lorafair.config import Arm
 from lorafair.errors import UserError
 
 
+def bank_name(arm: Arm, seed: int) -> str:
+    """The name an arm trained with `seed` has in an ArmBank: base, full, or '<arm>@<seed>'."""
+    return arm.type if arm.type in ("base", "full") else f"{arm.name}@{seed}"
+
+
 def linear_names(model: nn.Module) -> dict[str, tuple[int, int]]:
     """Short names of the model's Linear layers (e.g. q_proj) -> (out_features, in_features)."""
     out = {}
@@ -137,6 +142,11 @@ class ArmBank:
         else:
             raise KeyError(f"arm {name} not loaded")
 
+    def logits(self, name: str, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of one arm."""
+        with self.use(name) as m:
+            return m(input_ids=ids, attention_mask=attn).logits.float()
+
     def adapter_key(self, name: str) -> str:
         """The PEFT adapter name of an arm ("__base__" for base: adapters off)."""
         return "__base__" if name == "base" else name.replace(".", "_")
@@ -160,8 +170,7 @@ class ArmBank:
             out = dict(zip(mix, logits.chunk(k)))
         for n in names:
             if n not in out:
-                with self.use(n) as m:
-                    out[n] = m(input_ids=ids, attention_mask=attn).logits.float()
+                out[n] = self.logits(n, ids, attn)
         return out
 
     @property

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from lorafair import models, store
-from lorafair.arms import ArmBank, check_arm, save_final, wrap_for_training
+from lorafair.arms import ArmBank, bank_name, check_arm, save_final, wrap_for_training
 from lorafair.config import Arm, Study, build_options, expand_arms, resolved_dict
 from lorafair.errors import UserError
 from lorafair.store import RunDir
@@ -276,7 +276,7 @@ class Runner:
         bank = ArmBank(self.ctx.base_model())
         for arm, seed in self.trained(arms):
             if arm.type == "lora":
-                bank.add_lora(f"{arm.name}@{seed}", self.rd.weights_dir(arm.name, seed, "lora"))
+                bank.add_lora(bank_name(arm, seed), self.rd.weights_dir(arm.name, seed, "lora"))
         return bank
 
     def load_full(self, seed: int):
@@ -297,18 +297,18 @@ class Runner:
             else:
                 pending.append((arm, seed, h))
         bank = self.bank(arms) if pending else None
-        names = {(arm.name, seed): "full" if arm.type == "full" else "base" if arm.type == "base"
-                 else f"{arm.name}@{seed}" for arm, seed, _ in pending}
         # base and LoRA arms generate together, rows of every arm in each batch
         t = time.perf_counter()
-        mix = bank.mixable(list(names.values())) if bank and self.study.evaluation.mix_arms else []
+        mix = []
+        if bank is not None and self.study.evaluation.mix_arms:
+            mix = bank.mixable([bank_name(a, s) for a, s, _ in pending])
         shared = self.task.generate_many(self.ctx, bank, mix) if mix else {}
         shared_s = (time.perf_counter() - t) / max(1, len(shared))
         if shared:
             self.log(f"generated for {len(shared)} arms together in {time.perf_counter() - t:.0f}s")
         for arm, seed, h in pending:
             t = time.perf_counter()
-            name = names[(arm.name, seed)]
+            name = bank_name(arm, seed)
             if arm.type == "full":
                 bank.add_full(self.load_full(seed))
             with bank.use(name) as model:

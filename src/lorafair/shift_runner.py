@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from lorafair import store
+from lorafair.arms import bank_name
 from lorafair.analysis import lens as lens_mod
 from lorafair.analysis import weights as W
 from lorafair.analysis.shift import compute_lens, compute_pairwise_kl
@@ -39,8 +40,7 @@ def run_analyses(runner, splits: dict[str, list[dict]]) -> dict:
         runner.log("analyses: no finished arms; skipped")
         return {}
     bank = getattr(runner, "_bank", None) or runner.bank(runner.arms)
-    names = {arm.name: ("base" if arm.type == "base" else "full" if arm.type == "full" else f"{arm.name}@{seed}")
-             for arm, _ in done}
+    names = {arm.name: bank_name(arm, seed) for arm, _ in done}
     has_full = "full" in names
     if has_full:
         bank.add_full(runner.load_full(seed))
@@ -52,8 +52,7 @@ def run_analyses(runner, splits: dict[str, list[dict]]) -> dict:
     timings = {}
 
     def logits_fn(arm, ids, attn):
-        with bank.use(names[arm]) as m:
-            return m(input_ids=ids, attention_mask=attn).logits.float()
+        return bank.logits(names[arm], ids, attn)
 
     def logits_many(group, ids, attn):
         got = bank.logits_many([names[a] for a in group], ids, attn)

@@ -131,16 +131,14 @@ class Toxicity(Task):
         e = ctx.study.evaluation
         keys = {bank.adapter_key(n): n for n in names}
         gen = generate_adapters(bank.peft, ctx.tokenizer, self.eval_prompts(ctx), list(keys), e.samples,
-                                e.max_new_tokens, seed=ctx.eval_seed, temperature=e.temperature, top_p=e.top_p,
-                                greedy=e.greedy, batch_size=e.batch_size * len(keys))
+                                e.max_new_tokens, **_sampling(ctx), batch_size=e.batch_size * len(keys))
         return {keys[k]: rows for k, rows in gen.items()}
 
     def evaluate(self, ctx, model, arm: str, generated: list[dict] | None = None) -> tuple[dict, pd.DataFrame]:
         e = ctx.study.evaluation
         rows = self.eval_prompts(ctx)
         gen = generated if generated is not None else generate(
-            model, ctx.tokenizer, rows, e.samples, e.max_new_tokens, seed=ctx.eval_seed, temperature=e.temperature,
-            top_p=e.top_p, greedy=e.greedy, batch_size=e.batch_size)
+            model, ctx.tokenizer, rows, e.samples, e.max_new_tokens, **_sampling(ctx), batch_size=e.batch_size)
         scores = ctx.scorer.score([g["continuation"] for g in gen])
         by_id = {r["id"]: r for r in rows}
         df = pd.DataFrame(gen)
@@ -175,3 +173,9 @@ class Toxicity(Task):
             }
             out["pooled"][arm]["n_seeds"] = len(frames)
         return out
+
+
+def _sampling(ctx) -> dict:
+    """How evaluation samples continuations: the same streams and settings for every arm."""
+    e = ctx.study.evaluation
+    return {"seed": ctx.eval_seed, "temperature": e.temperature, "top_p": e.top_p, "greedy": e.greedy}
