@@ -109,18 +109,20 @@ def test_identical_arms_give_zero_difference():
         stats.crossed_difference(x, x[:, :-1])
 
 
-def test_cell_table_and_pair_seeds():
+def test_cell_table_and_pair_cells():
     df = pd.DataFrame({"seed": [0, 0, 1, 1, 1], "unit": ["a", "b", "a", "b", "c"], "v": [1., 2, 3, 4, 5]})
     x, seeds, units = stats.cell_table(df, ["v"], "unit")
     assert seeds == [0, 1] and units == ["a", "b"]  # c is missing under seed 0
     np.testing.assert_array_equal(x[..., 0], [[1, 2], [3, 4]])
-    base = x[:1] * 0
-    xa, xb, s = stats.pair_seeds(base, [7], x, [0, 1])
-    assert xa.shape == xb.shape and s == [0, 1]
-    xa, xb, s = stats.pair_seeds(x, [0, 1], x[1:], [1])
+    xa, xb = stats.pair_cells((x[:1] * 0, [7], units), (x, seeds, units))  # base: one untrained seed
+    assert xa.shape == xb.shape == (2, 2, 1)
+    xa, xb = stats.pair_cells((x, [0, 1], ["a", "b"]), (x[1:, ::-1], [1], ["b", "a"]))
     np.testing.assert_array_equal(xa, x[1:])
+    np.testing.assert_array_equal(xb, x[1:])  # units put back in a's order
     with pytest.raises(UserError):
-        stats.pair_seeds(x, [0, 1], x, [2, 3])
+        stats.pair_cells((x, [0, 1], units), (x, [2, 3], units))
+    with pytest.raises(UserError):
+        stats.pair_cells((x, seeds, units), (x, seeds, ["y", "z"]))
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -230,3 +232,16 @@ def test_gap_difference_of_identical_arms_is_zero_and_paired():
     y[:, :, 0, 0] += 2  # arm a: group 0 much higher
     r = stats.gap_difference(y, x, lambda m: m[..., 0] / m[..., 1], n_boot=300)
     assert r["lo"] > 0
+
+
+def test_decide_all_uses_margins_and_says_how_much_more_data():
+    comp = {"seed": 1e-6, "unit": 0.01, "inter": 0.001}
+    wide = {"value": 0.001, "lo": -0.03, "hi": 0.032, "lo90": -0.025, "hi90": 0.027,
+            "higher_is_better": False, "components": comp, "n_seeds": 3, "n_units": 64}
+    narrow = {**wide, "lo": -0.004, "hi": 0.006, "lo90": -0.003, "hi90": 0.005}
+    out = stats.decide_all({"lora-r1": {"toxic_fraction": wide, "other": narrow},
+                            "lora-r8": {"toxic_fraction": narrow}}, {"toxic_fraction": 0.02})
+    r1 = out["lora-r1"]["toxic_fraction"]
+    assert r1["decision"] == "inconclusive" and r1["more_data"]["units"] > 64
+    assert out["lora-r1"]["other"]["decision"] == "no margin"
+    assert out["lora-r8"]["toxic_fraction"]["decision"] == "equivalent"

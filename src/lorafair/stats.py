@@ -71,23 +71,29 @@ def cell_table(frame: pd.DataFrame, cols: list[str], unit_col: str, seed_col: st
     return x, seeds, units
 
 
-def pair_seeds(xa: np.ndarray, seeds_a: list, xb: np.ndarray, seeds_b: list
-               ) -> tuple[np.ndarray, np.ndarray, list]:
-    """Align two arms' cells ``[S, U, C]`` on seeds for a paired difference.
+Cells = tuple[np.ndarray, list, list]  # (x [S, U, ...], seeds, units), as cell_table returns
 
-    Common seeds are paired; an arm with a single seed that the other lacks (the untrained base)
-    is repeated for every seed of the other. Returns (xa, xb, seeds)."""
+
+def pair_cells(a: Cells, b: Cells) -> tuple[np.ndarray, np.ndarray]:
+    """Align two arms' cells for a paired difference: common units in ``a``'s order, common seeds
+    paired; an arm with a single seed that the other lacks (the untrained base) is repeated for
+    every seed of the other. Returns (xa, xb) of equal shape ``[S, U, ...]``."""
+    (xa, seeds_a, units_a), (xb, seeds_b, units_b) = a, b
+    pos_b = {u: i for i, u in enumerate(units_b)}
+    keep = [i for i, u in enumerate(units_a) if u in pos_b]
+    if not keep:
+        raise UserError("paired difference: the two arms share no evaluation unit; "
+                        "evaluate both on the same prompts, rows or environments")
+    xa, xb = xa[:, keep], xb[:, [pos_b[units_a[i]] for i in keep]]
     common = [s for s in seeds_a if s in seeds_b]
-    if len(seeds_a) == 1 and not common:
-        return np.repeat(xa, len(seeds_b), axis=0), xb, list(seeds_b)
-    if len(seeds_b) == 1 and not common:
-        return xa, np.repeat(xb, len(seeds_a), axis=0), list(seeds_a)
+    if not common and len(seeds_a) == 1:
+        return np.repeat(xa, len(seeds_b), axis=0), xb
+    if not common and len(seeds_b) == 1:
+        return xa, np.repeat(xb, len(seeds_a), axis=0)
     if not common:
         raise UserError(f"paired difference: seeds {seeds_a} and {seeds_b} share none; "
                         "train both arms with the same seeds")
-    ia = [seeds_a.index(s) for s in common]
-    ib = [seeds_b.index(s) for s in common]
-    return xa[ia], xb[ib], common
+    return xa[[seeds_a.index(s) for s in common]], xb[[seeds_b.index(s) for s in common]]
 
 
 # ----------------------------------------------------------------------------- variance components
@@ -172,7 +178,7 @@ def crossed_difference(xa: np.ndarray, xb: np.ndarray, measure: Measure = lambda
                        alpha: float = 0.05) -> dict:
     """Paired difference ``measure(a) − measure(b)`` of two arms on the same seeds and units.
 
-    xa, xb: [S, U, C] aligned cell by cell (see :func:`pair_seeds`). The influence values of the
+    xa, xb: [S, U, C] aligned cell by cell (see :func:`pair_cells`). The influence values of the
     two arms are subtracted cell by cell and analysed as in :func:`crossed_interval`, so what the
     arms share (a hard prompt, an unlucky seed's data order) cancels. Identical inputs give 0 with
     interval [0, 0]."""
@@ -326,6 +332,31 @@ def margin_for(metric: str, margins: dict[str, float]) -> float | None:
         return float(margins[metric])
     keys = [k for k in margins if metric.startswith(k + "_")]
     return float(margins[max(keys, key=len)]) if keys else None
+
+
+def decide_all(minus_full: dict[str, dict[str, dict]], margins: dict[str, float]
+               ) -> dict[str, dict[str, dict]]:
+    """Every arm − full difference decided against its margin.
+
+    minus_full: arm -> metric -> difference record (with ``higher_is_better`` where known).
+    Returns arm -> metric -> ``{decision, margin, beyond_margin, value, lo, hi, lo90, hi90,
+    n_seeds, n_units, more_data}`` (``more_data`` from :func:`more_data` for an inconclusive one);
+    a metric without a margin gets ``decision: "no margin"``."""
+    out: dict[str, dict[str, dict]] = {}
+    for arm, recs in minus_full.items():
+        for metric, r in (recs or {}).items():
+            if not (isinstance(r, dict) and isinstance(r.get("value"), (int, float))):
+                continue
+            delta = margin_for(metric, margins)
+            keep = {k: r.get(k) for k in ("value", "lo", "hi", "lo90", "hi90", "n_seeds", "n_units")}
+            if delta is None:
+                d = {"decision": "no margin", "margin": None, "beyond_margin": None}
+            else:
+                d = decide(r, delta, r.get("higher_is_better"))
+                if d["decision"] == "inconclusive":
+                    d["more_data"] = more_data(r, delta)
+            out.setdefault(arm, {})[metric] = {**d, **keep}
+    return out
 
 
 def rank_recommendation(decisions: dict[str, dict[str, dict]], ranks: dict[str, int],
