@@ -101,3 +101,15 @@ def offline(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A Ray cluster on this machine, started once per test session: two CPUs, two declared GPUs
+    (Ray sets CUDA_VISIBLE_DEVICES for a task that asks for one; nothing here touches CUDA), no
+    dashboard, a small object store."""
+    import ray  # the ray extra; make test installs it
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
+             log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -66,12 +66,17 @@ def _progress():
     return factory
 
 
-def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report: bool) -> None:
-    from lorafair.config import load_study
+def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report: bool,
+         execution: dict | None = None) -> None:
+    from lorafair.config import load_study, validate_execution
     from lorafair.runner import Runner
     from lorafair.summary import print_summary
 
     study = load_study(path)
+    for key, value in (execution or {}).items():
+        if value is not None:
+            setattr(study.execution, key, value)
+    validate_execution(study.execution, "command line")
     runner = Runner(study, log=lambda m: console.print(m, highlight=False), progress=_progress())
     runner.run(only=arms, force=force, analyses=analyses, report=report)
     print_summary(runner.rd.path, out)
@@ -81,9 +86,14 @@ def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report
 def run(study: Path, arms: Optional[list[str]] = typer.Option(None, "--arms", help="only these arms"),
         force: bool = typer.Option(False, "--force", help="retrain finished arms"),
         no_analyses: bool = typer.Option(False, "--no-analyses", help="skip KL, Logit Lens and weight analyses"),
-        no_report: bool = typer.Option(False, "--no-report")):
+        no_report: bool = typer.Option(False, "--no-report"),
+        backend: Optional[str] = typer.Option(None, "--backend", help="local or ray (default: the study's execution)"),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: auto or host:port"),
+        num_cpus: Optional[float] = typer.Option(None, "--num-cpus", help="CPUs per job (ray)"),
+        num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs per job (ray)")):
     """Train every arm of STUDY and evaluate it."""
-    _run(study, arms, force, not no_analyses, not no_report)
+    _run(study, arms, force, not no_analyses, not no_report,
+         {"backend": backend, "address": address, "num_cpus": num_cpus, "num_gpus": num_gpus})
 
 
 @command()

@@ -96,6 +96,18 @@ class AnalysesConfig:
 
 
 @dataclass
+class ExecutionConfig:
+    """Where the study's jobs run. local: one after another in this process. ray: as Ray tasks,
+    each with num_cpus/num_gpus of the cluster; address joins a running cluster ("auto" or
+    host:port), none starts one on this machine."""
+
+    backend: str = "local"  # local | ray
+    address: str | None = None
+    num_cpus: float = 1.0  # per job
+    num_gpus: float = 0.0  # per job
+
+
+@dataclass
 class ArmSpec:
     type: str = "lora"  # base | full | lora
     rank: int | None = None
@@ -119,6 +131,7 @@ class Study:
     arms: list[ArmSpec] = field(default_factory=lambda: [ArmSpec(type="base"), ArmSpec(type="full")])
     seeds: list[int] = field(default_factory=lambda: [0])
     output: str | None = None  # default runs/<name>
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     source_path: str | None = None
 
 
@@ -220,6 +233,7 @@ def validate(study: Study) -> None:
         raise UserError(f"{src}: evaluation.samples: k must be >= 1, got {study.evaluation.samples}")
     if study.model.precision not in ("auto", "float32", "bfloat16"):
         raise UserError(f"{src}: model.precision: {study.model.precision!r} is not auto, float32 or bfloat16")
+    validate_execution(study.execution, src)
     for i, spec in enumerate(study.arms):
         where = f"{src}: arms[{i}]"
         if spec.type not in ("base", "full", "lora"):
@@ -239,6 +253,14 @@ def validate(study: Study) -> None:
         if not 0 <= spec.dropout < 1:
             raise UserError(f"{where}.dropout: must be in [0, 1), got {spec.dropout}")
     expand_arms(study)
+
+
+def validate_execution(e: ExecutionConfig, src: str | None) -> None:
+    if e.backend not in ("local", "ray"):
+        raise UserError(f"{src}: execution.backend: {e.backend!r} is not one of local, ray")
+    for key in ("num_cpus", "num_gpus"):
+        if getattr(e, key) < 0:
+            raise UserError(f"{src}: execution.{key}: must be >= 0, got {getattr(e, key)}")
 
 
 def _key_lines(node, prefix=()) -> dict[tuple, int]:

@@ -8,7 +8,10 @@ with the base loaded once and adapters swapped in -> compare arms -> analyses ->
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,6 +23,7 @@ from lorafair import models, store
 from lorafair.arms import ArmBank, bank_name, check_arm, save_final, wrap_for_training
 from lorafair.config import Arm, Study, build_options, expand_arms, resolved_dict
 from lorafair.errors import UserError
+from lorafair.execute import Job, make_executor, raise_failures
 from lorafair.store import RunDir
 from lorafair.tasks import Task, get_task
 from lorafair.train import Diverged, encode, train, validation_loss
@@ -170,25 +174,80 @@ class Runner:
                                    "model": self.study.model.source, "corpus": self.corpus_hash})
 
     def train_all(self, arms: list[Arm], splits, force: bool) -> None:
-        tok = self.ctx.tokenizer
-        enc_train = encode(tok, splits["train"], self.study.training.max_length)
-        enc_val = encode(tok, splits["val"], self.study.training.max_length)
+        """Learning-rate searches (one job per arm that needs one), then trainings (one job per
+        arm x seed not finished with the same hash), through the study's executor."""
+        self.splits = splits
+        todo = []
         for arm in arms:
             if arm.type == "base":
                 continue
             for seed in self.study.seeds:
-                h = self.arm_hash(arm, seed)
-                if not force and self.rd.is_done(arm.name, seed, h):
+                if not force and self.rd.is_done(arm.name, seed, self.arm_hash(arm, seed)):
                     self.log(f"{arm.name} seed {seed}: finished earlier, skipped (--force retrains)")
                     continue
                 if force:
                     self.rd.clear_arm(arm.name, seed)
-                lr, search = self.choose_lr(arm, enc_train, enc_val)
-                self.train_one(arm, seed, lr, search, enc_train, enc_val, h)
+                todo.append((arm, seed))
+        searching = list({a.name: a for a, _ in todo if self.needs_search(a)}.values())
+        failures = self.executor.run([Job(f"learning-rate search {a.name}", "search", (a.name,)) for a in searching])
+        failed = {f.job.args[0] for f in failures}
+        failures += self.executor.run([Job(f"train {a.name} seed {s}", "train", (a.name, s)) for a, s in todo
+                                       if a.name not in failed])
+        raise_failures("train", failures, self.log)
+
+    # ------------------------------------------------------------------ jobs
+
+    @functools.cached_property
+    def executor(self):
+        study = dataclasses.replace(self.study, output=str(self.rd.path.resolve()))
+        return make_executor(study, self.do, self.log)
+
+    def do(self, job: Job):
+        """Carry out one job of the study in this process (see lorafair.execute)."""
+        return getattr(self, f"_job_{job.kind}")(*job.args)
+
+    def _arm(self, name: str) -> Arm:
+        return next(a for a in self.arms if a.name == name)
+
+    @functools.cached_property
+    def encoded(self) -> tuple[list[dict], list[dict]]:
+        """(train, validation) examples encoded for training."""
+        tok, n = self.ctx.tokenizer, self.study.training.max_length
+        return encode(tok, self.splits["train"], n), encode(tok, self.splits["val"], n)
+
+    def _job_search(self, arm_name: str) -> float:
+        return self.choose_lr(self._arm(arm_name), *self.encoded)[0]
+
+    def _job_train(self, arm_name: str, seed: int) -> None:
+        arm = self._arm(arm_name)
+        h = self.arm_hash(arm, seed)
+        if self.rd.is_done(arm.name, seed, h):  # an earlier attempt of this job finished it
+            return
+        lr, search = self.choose_lr(arm, *self.encoded)
+        self.train_one(arm, seed, lr, search, *self.encoded, h)
+
+    def _job_evaluate(self, names: tuple[tuple[str, int], ...], bank_arms: tuple[str, ...]) -> None:
+        """Evaluate these (arm, seed); the base carries the adapters of `bank_arms` (default: these)."""
+        pending = [(self._arm(a), s, self.eval_hash(self._arm(a), s)) for a, s in names]
+        arms = [self._arm(a) for a in bank_arms] or list({a.name: a for a, _, _ in pending}.values())
+        self.evaluate_pending(pending, arms)
 
     def _fresh(self, arm: Arm, seed: int):
         model = self.ctx.load_base()
         return wrap_for_training(model, arm, seed)
+
+    def search_key(self, arm: Arm) -> str:
+        t = self.study.training
+        return store.content_hash({"arm": arm.to_dict(), "search": dataclasses.asdict(t.lr_search),
+                                   "corpus": self.corpus_hash, "training": dataclasses.asdict(t),
+                                   "model": self.study.model.source})
+
+    def needs_search(self, arm: Arm) -> bool:
+        """Whether the arm's learning rate comes from a search not yet recorded for this key."""
+        if arm.lr is not None or not self.study.training.lr_search.enabled:
+            return False
+        cached = self.rd.read_lr_search(arm.name)
+        return not (cached and cached.get("key") == self.search_key(arm))
 
     def choose_lr(self, arm: Arm, enc_train, enc_val) -> tuple[float, dict | None]:
         """The arm's learning rate: fixed by hand, or the best of a short search on validation loss."""
@@ -198,8 +257,7 @@ class Runner:
             return arm.lr, {"fixed": arm.lr}
         if not s.enabled:
             return default, {"fixed": default, "reason": "lr_search disabled"}
-        key = store.content_hash({"arm": arm.to_dict(), "search": dataclasses.asdict(s), "corpus": self.corpus_hash,
-                                  "training": dataclasses.asdict(t), "model": self.study.model.source})
+        key = self.search_key(arm)
         cached = self.rd.read_lr_search(arm.name)
         if cached and cached.get("key") == key:
             return cached["chosen"], cached
@@ -252,8 +310,10 @@ class Runner:
         self.rd.write_train_log(arm.name, seed, res.log, res.val_curve)
         if not hasattr(self, "_model_hash"):
             self._model_hash = models.model_hash(self.study.model.source)
+        # where it ran: the host, and the GPUs a scheduler (Ray, Slurm) made visible to this process
+        where = {"host": socket.gethostname(), "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
         self.rd.mark_done(arm.name, seed, {"hash": h, "lr_search": search, "model_hash": self._model_hash,
-                                           **res.summary()})
+                                           **where, **res.summary()})
         self.log(f"{arm.name} seed {seed}: {res.steps} steps, lr {lr:g}, final loss {res.log[-1]['loss']:.4f}, "
                  f"best val {res.best_val_loss:.4f}, {res.tokens / max(res.wall_s, 1e-9):.0f} tok/s, "
                  f"{res.wall_s:.0f}s, peak {res.peak_mem_mb:.0f} MB")
@@ -285,17 +345,46 @@ class Runner:
         return AutoModelForCausalLM.from_pretrained(self.rd.weights_dir("full", seed, "full"),
                                                     dtype=torch.float32).to(models.device()).eval()
 
-    def evaluate_all(self, arms: list[Arm], force: bool) -> dict[tuple[str, int], pd.DataFrame]:
+    def eval_hash(self, arm: Arm, seed: int) -> str:
+        return store.content_hash({"train": self.arm_hash(arm, seed) if arm.type != "base" else "base",
+                                   "eval": _eval_key(self.study.evaluation), "task": self.task.corpus_key()})
+
+    def _eval_status(self, arms: list[Arm], force: bool):
+        """(results read back from earlier evaluations, [(arm, seed, hash)] still to evaluate)."""
         results, pending = {}, []
         for arm, seed in self.trained(arms):
-            h = store.content_hash({"train": self.arm_hash(arm, seed) if arm.type != "base" else "base",
-                                    "eval": _eval_key(self.study.evaluation),
-                                    "task": self.task.corpus_key()})
+            h = self.eval_hash(arm, seed)
             cached = self.rd.read_eval(arm.name, seed, self.task.name)
             if cached is not None and cached[0].get("hash") == h and not force:
                 results[(arm.name, seed)] = cached[1]
             else:
                 pending.append((arm, seed, h))
+        return results, pending
+
+    def evaluate_all(self, arms: list[Arm], force: bool) -> dict[tuple[str, int], pd.DataFrame]:
+        """Evaluate every finished arm x seed not evaluated with the same settings. Locally one job
+        evaluates them all (base and LoRA arms share batches); on Ray, full fine-tuning arms are
+        jobs of their own and the rest one job."""
+        results, pending = self._eval_status(arms, force)
+        if not pending:
+            return results
+        if self.executor.name == "local":
+            groups = [pending]
+        else:
+            groups = [[p for p in pending if p[0].type != "full"]] + [[p] for p in pending if p[0].type == "full"]
+        everyone = tuple(a.name for a in arms)
+        jobs = [Job(f"evaluate {', '.join(bank_name(a, s) for a, s, _ in g)}", "evaluate",
+                    (tuple((a.name, s) for a, s, _ in g), everyone if len(groups) == 1 else ()))
+                for g in groups if g]
+        raise_failures("evaluate", self.executor.run(jobs), self.log)
+        if self.executor.name == "local":
+            return results | self._evaluated
+        return self._eval_status(arms, False)[0]
+
+    def evaluate_pending(self, pending: list[tuple[Arm, int, str]], arms: list[Arm]) -> dict[tuple[str, int], pd.DataFrame]:
+        """Evaluate these (arm, seed, hash) with the base loaded once (carrying the finished
+        adapters of `arms`) and write each one's results."""
+        results = self._evaluated = {}
         bank = self.bank(arms) if pending else None
         # base and LoRA arms generate together, rows of every arm in each batch
         t = time.perf_counter()
@@ -358,6 +447,22 @@ def _total(t, n):
     from lorafair.train import total_steps
 
     return total_steps(t, n)
+
+
+_WORKER: dict = {}
+
+
+def worker_runner(study: Study) -> Runner:
+    """The runner of a worker process that carries out jobs of `study`: built on the first job
+    (tokenizer loaded, corpus read back from the run directory) and kept for the next ones."""
+    key = (store.content_hash(resolved_dict(study)), study.output)
+    if key not in _WORKER:
+        _WORKER.clear()
+        r = Runner(study, log=lambda m: print(m, flush=True))
+        r.ctx = Context(study, r.log)
+        r.splits = r.corpus()
+        _WORKER[key] = r
+    return _WORKER[key]
 
 
 __all__ = ["Runner", "Context", "split_corpus", "validation_loss", "check_arm"]
