@@ -97,6 +97,18 @@ def run(study: Path, arms: Optional[list[str]] = typer.Option(None, "--arms", he
 
 
 @command()
+def train(study: Path, arm: str = typer.Option(..., "--arm", help="the arm to train, e.g. full or lora-r8"),
+          seed: int = typer.Option(0, "--seed"),
+          force: bool = typer.Option(False, "--force", help="retrain if finished")):
+    """Train one arm x seed of STUDY. Launched by `torchrun --nproc_per_node N` (or accelerate
+    launch), it trains data-parallel on N processes; `lorafair run` then evaluates it."""
+    from lorafair.config import load_study
+    from lorafair.runner import train_arm
+
+    train_arm(load_study(study), arm, seed, force, log=lambda m: console.print(m, highlight=False))
+
+
+@command()
 def demo(force: bool = typer.Option(False, "--force")):
     """Run studies/demo.yaml on the packaged default model."""
     _run(STUDIES / "demo.yaml", None, force, True, True)

@@ -226,4 +226,7 @@ def pick_dtype(precision: str) -> torch.dtype:
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """cuda (the process's own GPU when a launcher such as torchrun set LOCAL_RANK) or cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")

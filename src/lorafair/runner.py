@@ -108,6 +108,7 @@ class Runner:
         self.progress = progress
         self.task = make_task(study)
         self.timings: dict[str, float] = {}
+        self.main = True  # False in the other processes of a multi-process launch: they write nothing
 
     # ------------------------------------------------------------------ stages
 
@@ -286,26 +287,30 @@ class Runner:
         best = min(finite, key=lambda r: r["val_loss"])
         record = {"key": key, "arm": arm.name, "candidates": rows, "chosen": best["lr"], "seed": seed,
                   "criterion": "validation loss after a short run"}
-        self.rd.write_lr_search(arm.name, record)
+        if self.main:
+            self.rd.write_lr_search(arm.name, record)
         return best["lr"], record
 
     def train_one(self, arm: Arm, seed: int, lr: float, search, enc_train, enc_val, h: str) -> None:
         model = self._fresh(arm, seed)
-        folder = self.rd.arm_dir(arm.name, seed)
-        self.rd.write_arm_config(arm.name, seed, {"arm": arm.to_dict(), "seed": seed, "lr": lr, "hash": h,
-                                                  "training": dataclasses.asdict(self.study.training)})
+        if self.main:
+            self.rd.write_arm_config(arm.name, seed, {"arm": arm.to_dict(), "seed": seed, "lr": lr, "hash": h,
+                                                      "training": dataclasses.asdict(self.study.training)})
         on_step = self.progress(arm.name, seed) if self.progress else None
         try:
             res = train(model, arm, enc_train, enc_val, self.study.training, seed, lr,
                         self.ctx.tokenizer.pad_token_id, checkpoint=self.rd.checkpoint_dir(arm.name, seed),
                         on_step=on_step, autocast=self.ctx.autocast)
         except Diverged as e:
-            self.rd.write_failed(arm.name, seed, {"step": e.step, "loss": str(e.loss), "lr": lr})
+            if self.main:
+                self.rd.write_failed(arm.name, seed, {"step": e.step, "loss": str(e.loss), "lr": lr})
             self.log(f"{arm.name} seed {seed}: STOPPED, loss became {e.loss} at step {e.step}; other arms go on")
             return
         finally:
             if on_step is not None and hasattr(on_step, "close"):
                 on_step.close()
+        if not self.main:  # another process of a multi-process launch: the main one writes
+            return
         self.rd.save_weights(arm.name, seed, lambda p: save_final(model, arm, p), arm.type)
         self.rd.write_train_log(arm.name, seed, res.log, res.val_curve)
         if not hasattr(self, "_model_hash"):
@@ -447,6 +452,39 @@ def _total(t, n):
     from lorafair.train import total_steps
 
     return total_steps(t, n)
+
+
+def train_arm(study: Study, arm_name: str, seed: int, force: bool, log: Callable[[str], None]) -> None:
+    """Train one arm x seed of `study`. Launched by torchrun or accelerate on N processes, every
+    process runs this; the training is data parallel (see lorafair.train.train) and only the main
+    process writes. The corpus is built by the main process first and read back by the others."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    r = Runner(study, log=log if state.is_main_process else (lambda m: None))
+    arm = r._select([arm_name])[0]
+    if arm.type == "base":
+        raise UserError("--arm base: the base model is not trained; name a full or LoRA arm")
+    if seed not in study.seeds:
+        raise UserError(f"--seed {seed}: not one of the study's seeds {study.seeds}")
+    r.main = state.is_main_process
+    r.ctx = Context(study, r.log)
+    with state.main_process_first():
+        if r.main:
+            check_model(study, [arm])
+            r.rd.check_writable()
+            r.rd.write_study(resolved_dict(study))
+        r.splits = r.corpus()
+    h = r.arm_hash(arm, seed)
+    if not force and r.rd.is_done(arm.name, seed, h):
+        r.log(f"{arm.name} seed {seed}: finished earlier, skipped (--force retrains)")
+        return
+    if force and r.main:
+        r.rd.clear_arm(arm.name, seed)
+    state.wait_for_everyone()
+    lr, search = r.choose_lr(arm, *r.encoded)
+    r.train_one(arm, seed, lr, search, *r.encoded, h)
+    state.wait_for_everyone()
 
 
 _WORKER: dict = {}

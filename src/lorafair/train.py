@@ -45,6 +45,8 @@ class TrainResult:
     wall_s: float = 0.0
     peak_mem_mb: float = 0.0
     packed: bool = False  # batches packed (training.packing, and the model keeps packed sequences apart)
+    resumed_from: int = 0  # the checkpoint's step when the run continued a killed one
+    processes: int = 1  # data-parallel processes that shared each batch
 
     def summary(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in ("log", "val_curve")}
@@ -160,15 +162,16 @@ def _decoder_and_head(model: nn.Module):
     return dec, head, (float(cap) if cap else None)
 
 
-def completion_loss(model: nn.Module, batch: dict, reduction: str = "mean") -> torch.Tensor:
+def completion_loss(model: nn.Module, batch: dict, reduction: str = "mean", whole: bool = False) -> torch.Tensor:
     """Cross-entropy of next-token predictions on completion tokens, in float32.
 
     Only the positions that predict a completion token go through the output head: the same loss as
     on the full [b, s, V] logits, without computing or storing the logits of prompt and padding
-    positions (the largest tensor of a step, vocabulary × positions).
+    positions (the largest tensor of a step, vocabulary × positions). `whole`: through the model's
+    own forward (a DDP or FSDP wrapper must see the forward pass to exchange gradients).
     """
     target = batch["labels"][:, 1:]
-    parts = _decoder_and_head(model)
+    parts = None if whole else _decoder_and_head(model)
     if parts is None:
         logits = model(**_inputs(batch), use_cache=False).logits
         logits = logits[:, :-1].float()
@@ -226,20 +229,43 @@ def make_scheduler(opt, cfg: TrainingConfig, steps: int):
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, val: list[dict], pad_id: int, batch_size: int, autocast=None,
-                    packing: bool = False) -> float:
-    """Token-weighted mean completion loss over the validation examples."""
+                    packing: bool = False, acc=None) -> float:
+    """Token-weighted mean completion loss over the validation examples. With an accelerator of
+    several processes each process scores every n-th batch and the sums are added up."""
     if not val:
         return float("nan")
     was = model.training
     model.eval()
+    rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
     total, count = 0.0, 0
-    for i in range(0, len(val), batch_size):
+    for i in range(rank * batch_size, len(val), batch_size * world):
         b = make_batch(val[i:i + batch_size], pad_id, packing)
         with _autocast(autocast):
             total += completion_loss(model, b, reduction="sum").item()
         count += int((b["labels"][:, 1:] != -100).sum())
     model.train(was)
+    if world > 1:
+        total, count = acc.reduce(torch.tensor([total, count], dtype=torch.float64), "sum").tolist()
     return total / max(count, 1)
+
+
+def targets(items: list[dict]) -> int:
+    """Completion tokens the batch predicts (its loss is their mean)."""
+    return sum(sum(1 for t in x["labels"][1:] if t != -100) for x in items)
+
+
+def step_loss(model: nn.Module, items: list[dict], pad_id: int, packing: bool, acc) -> torch.Tensor:
+    """This process's part of one micro-batch's loss. One process: the mean over the batch's
+    completion tokens, as always. N processes (data parallel): process r takes items r, r+N, ...
+    and returns its summed loss x N / (the whole batch's completion tokens), so that the gradients
+    averaged across processes are those of the whole batch's mean."""
+    if acc.num_processes == 1:
+        return completion_loss(model, make_batch(items, pad_id, packing))
+    mine = items[acc.process_index::acc.num_processes]
+    # a process with no example of its own still joins the gradient exchange, with a zero loss
+    b = make_batch(mine or items[:1], pad_id, packing)
+    loss = completion_loss(model, b, reduction="sum", whole=True)
+    return loss * (acc.num_processes / max(targets(items), 1) if mine else 0.0)
 
 
 def _autocast(dtype):
@@ -271,7 +297,14 @@ def train(
     on_step: Callable[[dict], None] | None = None,
     autocast: torch.dtype | None = None,
 ) -> TrainResult:
-    """Train `model` (already wrapped for `arm`) in place; `train_rows`/`val_rows` are encoded."""
+    """Train `model` (already wrapped for `arm`) in place; `train_rows`/`val_rows` are encoded.
+
+    The loop runs under an accelerate ``Accelerator``: in one process it is the plain loop; launched
+    by torchrun or ``accelerate launch`` on N processes, every micro-batch is split across them
+    (data parallel), so the global batch, the schedule and the loss curve are those of one process.
+    Only the main process writes checkpoints; every process reads them back on resume."""
+    from accelerate import Accelerator
+
     steps = steps if steps is not None else total_steps(cfg, len(train_rows))
     order = schedule_order(len(train_rows), cfg.batch_size, steps * cfg.grad_accum, seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -280,15 +313,21 @@ def train(
     res = TrainResult(lr=lr, steps=steps, examples_seen=sum(len(b) for b in order))
     # two sequences show whether the model keeps packed sequences apart; more only cost time
     packing = res.packed = cfg.packing and packing_works(model, [train_rows[i] for i in order[0][:2]], pad_id)
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, device_placement=False,
+                      cpu=not torch.cuda.is_available())  # cpu: processes on CPU talk over gloo
+    bare = model
+    model, opt = acc.prepare(model, opt)  # the scheduler stays ours: one step per optimizer step
+    res.processes = acc.num_processes
     best_state, bad_evals, start = None, 0, 0
     torch.manual_seed(seed)
     if checkpoint is not None and (checkpoint / "state.pt").is_file():
         ck = torch.load(checkpoint / "state.pt", weights_only=False)
-        load_trainable_state(model, ck["params"])
+        load_trainable_state(bare, ck["params"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["rng"])
         start, res.log, res.val_curve, res.tokens = ck["step"], ck["log"], ck["val_curve"], ck["tokens"]
+        res.resumed_from = start
         best_state, bad_evals = ck.get("best_state"), ck.get("bad_evals", 0)
         res.wall_s = ck.get("wall_s", 0.0)
     model.train()
@@ -298,15 +337,16 @@ def train(
         loss_sum, ntok = 0.0, 0
         for j in range(cfg.grad_accum):
             items = [train_rows[i] for i in order[step * cfg.grad_accum + j]]
-            b = make_batch(items, pad_id, packing)
-            with _autocast(autocast):
-                loss = completion_loss(model, b)
-            (loss / cfg.grad_accum).backward()
-            loss_sum += loss.item() / cfg.grad_accum
+            with acc.accumulate(model):
+                with _autocast(autocast):
+                    loss = step_loss(model, items, pad_id, packing, acc)
+                acc.backward(loss)  # divided by grad_accum, as the mean over the step's micro-batches
+            part = loss.detach() if acc.num_processes == 1 else acc.reduce(loss.detach(), "mean")
+            loss_sum += part.item() / cfg.grad_accum
             ntok += sum(len(x["input_ids"]) for x in items)
         if not math.isfinite(loss_sum):
             raise Diverged(step + 1, loss_sum)
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        acc.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -316,7 +356,7 @@ def train(
         res.log.append(row)
         last = step + 1 == steps
         if val_rows and ((step + 1) % cfg.eval_every == 0 or last):  # no validation split: no evaluation
-            v = validation_loss(model, val_rows, pad_id, cfg.batch_size, autocast, packing)
+            v = validation_loss(bare, val_rows, pad_id, cfg.batch_size, autocast, packing, acc)
             if not math.isfinite(v):
                 raise Diverged(step + 1, v)
             prev_best = min((r["val_loss"] for r in res.val_curve), default=float("inf"))
@@ -324,7 +364,7 @@ def train(
             row["val_loss"] = v
             if cfg.early_stopping_patience is not None:
                 if v < prev_best:
-                    best_state, bad_evals = trainable_state(model), 0
+                    best_state, bad_evals = trainable_state(bare), 0
                 else:
                     bad_evals += 1
                 if bad_evals >= cfg.early_stopping_patience:
@@ -333,19 +373,21 @@ def train(
             on_step(row)
         res.wall_s = time.perf_counter() - t_start
         if checkpoint is not None and ((step + 1) % cfg.checkpoint_every == 0) and not last and not res.stopped_early:
-            _save_checkpoint(checkpoint, model, opt, sched, step + 1, res, best_state, bad_evals)
+            if acc.is_main_process:
+                _save_checkpoint(checkpoint, bare, opt.optimizer, sched, step + 1, res, best_state, bad_evals)
+            acc.wait_for_everyone()
         if res.stopped_early:
             res.steps = step + 1
             res.examples_seen = sum(len(b) for b in order[: (step + 1) * cfg.grad_accum])
             break
     if best_state is not None and res.stopped_early:
-        load_trainable_state(model, best_state)
+        load_trainable_state(bare, best_state)
     vals = [r["val_loss"] for r in res.val_curve]
     res.best_val_loss = min(vals) if vals else float("nan")
     res.final_val_loss = vals[-1] if vals else float("nan")
     res.wall_s = time.perf_counter() - t_start
     res.peak_mem_mb = peak_mem_mb()
-    model.eval()
+    bare.eval()
     return res
 
 

@@ -1,0 +1,82 @@
+"""One arm on two processes (torchrun, gloo on the loopback): the loss curve and the final weights
+of a one-process run at the same global batch, a run killed mid-way resumed from its checkpoint.
+torchrun runs in its own process group (gloo inside a large pytest process can deadlock)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lorafair.config import study_from_dict
+from lorafair.runner import train_arm
+from lorafair.store import read_json, read_jsonl
+
+from conftest import tiny_study_dict, write_corpus, write_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+# batches of 3 split 2 + 1 over the processes; the epoch's last batch is smaller
+SECTIONS = dict(arms=[{"type": "lora", "rank": 2}], training={
+    "max_steps": 24, "batch_size": 3, "grad_accum": 2, "eval_every": 8, "checkpoint_every": 3, "lr_lora": 3e-3,
+    "lr_search": {"enabled": False}})
+
+
+def _torchrun(study: Path) -> subprocess.Popen:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "lorafair", "train", str(study), "--arm", "lora-r2", "--seed", "0"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(cmd, env=env, cwd=study.parent, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    two = write_yaml(tmp_path / "two.yaml", tiny_study_dict(tmp_path / "two", corpus, **SECTIONS))
+
+    proc = _torchrun(two)
+    arm = tmp_path / "two" / "lora-r2" / "seed-0"
+    deadline = time.time() + 600
+    try:
+        while not any(not f.name.endswith(".tmp") for f in arm.glob("checkpoint/*")):  # one written in full
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+    finally:  # torchrun and both training processes (they run in sessions of their own)
+        for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+            p.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (arm / "done.json").exists()
+
+    again = _torchrun(two)
+    out = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, out[-3000:]
+    done = read_json(arm / "done.json")
+    assert done["processes"] == 2 and 0 < done["resumed_from"] < 24
+
+    one = study_from_dict(tiny_study_dict(tmp_path / "one", corpus, **SECTIONS), "one.yaml")
+    train_arm(one, "lora-r2", 0, False, log=lambda m: None)
+    ref = tmp_path / "one" / "lora-r2" / "seed-0"
+    assert read_json(ref / "done.json")["processes"] == 1
+
+    a, b = read_jsonl(arm / "train_log.jsonl"), read_jsonl(ref / "train_log.jsonl")
+    assert [x["step"] for x in a] == list(range(1, 25))
+    assert [x["loss"] for x in a] == pytest.approx([x["loss"] for x in b], abs=1e-5)
+    assert [x["val_loss"] for x in read_json(arm / "val_curve.json")] == pytest.approx(
+        [x["val_loss"] for x in read_json(ref / "val_curve.json")], abs=1e-5)
+    wa, wb = load_file(arm / "adapter" / "adapter_model.safetensors"), load_file(ref / "adapter" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=0)
