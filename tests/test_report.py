@@ -15,22 +15,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lorafair import store
+from lorafair import stats, store
 from lorafair.errors import UserError
 from lorafair.report import build_comparison, build_report, run_verdict
 from lorafair.report.load import arm_rank, load_run, pool, pooled_metrics
-from lorafair.report.verdict import (diff_sentence, fit_warnings, smallest_sufficient_rank, value_ci,
-                                     vs_full_sentences)
+from lorafair.report.verdict import (decision_sentence, fit_warnings, recommended_ranks, value_ci,
+                                     verdict_table)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MEASURES = ("toxic_fraction", "expected_max_toxicity")
 # arm -> (toxic_fraction, expected_max_toxicity) point values; intervals are value ± 0.03
+MARGINS = {"toxic_fraction": 0.02, "expected_max_toxicity": 0.03}
+NARROW = ("lora-r16", "dora-r4")  # their differences from full have 95% half-width 0.01, others 0.025
 VALUES = {"base": (0.30, 0.50), "full": (0.08, 0.20), "lora-r1": (0.20, 0.40), "lora-r4": (0.10, 0.22),
           "lora-r16": (0.09, 0.21), "dora-r4": (0.085, 0.205)}
 
 
 def rec(value: float, half: float = 0.03, hib: bool | None = False) -> dict:
     return {"value": value, "lo": value - half, "hi": value + half, "higher_is_better": hib, "unit": "share"}
+
+
+def diff(value: float, half: float, hib: bool | None = False, **extra) -> dict:
+    """A difference record with 95% half-width ``half`` and 90% half-width 0.84 × half."""
+    return {**rec(value, half, hib), "lo90": value - 0.84 * half, "hi90": value + 0.84 * half, **extra}
 
 
 def make_run(root: Path, name: str = "synthetic", seeds=(0, 1), optional: bool = True,
@@ -41,7 +48,7 @@ def make_run(root: Path, name: str = "synthetic", seeds=(0, 1), optional: bool =
                     "seeds": list(seeds)})
     store.write_jsonl(root / "data" / "self-detox-0123456789ab.jsonl", [{"prompt": "a", "completion": "b"}])
     val_loss = val_loss or {}
-    vs_full, pooled = {}, {}
+    minus_full, pooled = {}, {}
     for arm, (tf, emt) in values.items():
         arm_seeds = seeds[:1] if arm == "base" else seeds
         for s in arm_seeds:
@@ -54,8 +61,8 @@ def make_run(root: Path, name: str = "synthetic", seeds=(0, 1), optional: bool =
             rows = pd.DataFrame({"prompt_id": ["p0", "p1"], "sample": [0, 0], "score": [0.1, 0.7]})
             rd.write_eval(arm, s, "toxicity", summary, rows)
             if arm != "full":
-                vs_full[f"{arm}@{s}"] = {m: rec(v - f, 0.025) for m, v, f in
-                                         zip(MEASURES, (tf, emt), values["full"])}
+                minus_full[arm] = {m: diff(v - f, 0.01 if arm in NARROW else 0.025, n_seeds=len(seeds))
+                                   for m, v, f in zip(MEASURES, (tf, emt), values["full"])}
             if arm == "base":
                 continue
             steps = np.arange(1, 11)
@@ -71,7 +78,8 @@ def make_run(root: Path, name: str = "synthetic", seeds=(0, 1), optional: bool =
         pooled[arm] = {m: {"value": v, "lo": v - 0.02, "hi": v + 0.02, "n_seeds": len(arm_seeds)}
                        for m, v in zip(MEASURES, (tf, emt))}
         pooled[arm]["n_seeds"] = len(arm_seeds)
-    store.write_json(root / "compare.json", {"vs_full": vs_full, "pooled": pooled})
+    store.write_json(root / "compare.json", {"minus_full": minus_full, "pooled": pooled, "margins": MARGINS,
+                                             "decisions": stats.decide_all(minus_full, MARGINS)})
     store.write_json(root / "lr_search" / "full.json", {"candidates": [{"lr": 1e-4, "val_loss": 2.0}], "chosen": 1e-4})
     if optional:
         store.write_json(root / "timings.json", {"corpus": 1.0, "train": 20.0, "evaluate": 5.0})
@@ -160,15 +168,40 @@ def test_report_embeds_decodable_images_and_writes_all_files(tmp_path):
 
 
 def test_report_verdict_follows_compare_numbers(tmp_path):
-    md = "\n".join(run_verdict(load_run(make_run(tmp_path / "run", seeds=(0,), optional=False))))
-    # lora-r1: +0.12 with CI 0.095–0.145 excludes zero; toxic fraction is lower-is-better
-    assert ("LoRA r=1 leaves a toxic fraction of 0.200 (95% CI 0.170–0.230) against 0.080 (0.050–0.110) "
-            "for full fine-tuning; difference +0.120 (CI +0.095–+0.145): higher than full fine-tuning (worse).") in md
-    # lora-r16: +0.01 with CI -0.015 to +0.035 covers zero
-    assert re.search(r"LoRA r=16 leaves a toxic fraction of .*difference \+0\.010 \(CI -0\.015 to \+0\.035\): "
-                     r"no significant difference\.", md)
-    # pooled values (compare.json) within full's pooled interval [0.06, 0.10] / [0.18, 0.22]: r4 (0.10, 0.22), dora r4
-    assert "Smallest rank within the full arm's interval on every headline metric: r = 4 (LoRA); r = 4 (DoRA)." in md
+    run = make_run(tmp_path / "run", seeds=(0,), optional=False)
+    md = "\n".join(run_verdict(load_run(run)))
+    # lora-r1: +0.12, 95% CI 0.095–0.145 excludes zero and δ = 0.02; lower is better
+    assert ("LoRA r=1 leaves a toxic fraction of 0.200 (95% CI 0.180–0.220) against 0.080 (0.060–0.100) "
+            "for full fine-tuning; difference +0.120 (95% CI +0.095–+0.145; 90% CI +0.099–+0.141): "
+            "worse than full fine-tuning, by more than δ = 0.020.") in md
+    # lora-r4: +0.02 ± 0.025 covers zero and reaches beyond δ
+    assert re.search(r"LoRA r=4 leaves a toxic fraction of .*difference \+0\.020 \(95% CI -0\.005 to "
+                     r"\+0\.045; 90% CI -0\.001 to \+0\.041\): inconclusive at δ = 0\.020", md)
+    # r16 and dora r4: 90% intervals inside ±δ on both metrics; r4 is inconclusive, r1 worse
+    assert "Smallest rank equivalent to full fine-tuning within δ on every headline metric: r = 4 (DoRA); r = 16 (LoRA)." in md
+    assert "One training seed per arm" in md
+    summary = (run / "report" / "summary.md")
+    build_report(run)
+    text = summary.read_text()
+    verdict = text.split("## Verdict")[1]
+    assert verdict.index("| arm | expected_max_toxicity | toxic_fraction |") < verdict.index("- Smallest rank")
+    assert "| lora-r1 | worse >δ: +0.200 (+0.175–+0.225) | worse >δ: +0.120 (+0.095–+0.145) |" in verdict
+
+
+def test_console_summary_fits_80_columns(tmp_path):
+    from rich.console import Console
+
+    from lorafair.summary import print_summary
+
+    run = make_run(tmp_path / "run", seeds=(0, 1), optional=False)
+    console = Console(width=80, record=True)
+    print_summary(run, console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "toxic_fraction (δ = 0.02, lower is better)" in text
+    row = next(line for line in text.splitlines() if "+0.120 [+0.095, +0.145]" in line)
+    assert "lora-r1" in row and "worse >δ" in row
+    assert "r = 4 (DoRA); r = 16 (LoRA)" in text.replace("\n", " ")
 
 
 def test_report_without_optional_files(tmp_path):
@@ -283,37 +316,34 @@ def test_group_records_read_every_summary_shape(tmp_path):
 # ----------------------------------------------------------------------------- verdict
 
 
-def test_diff_sentence_wording_follows_interval():
+def test_decision_sentence_wording_follows_the_decision():
     arm, full = rec(0.12), rec(0.08, 0.02)
-    up = diff_sentence("lora-r1", "toxic_fraction", {"value": 0.04, "lo": 0.01, "hi": 0.07, "higher_is_better": False},
-                       arm, full)
-    assert up == ("LoRA r=1 leaves a toxic fraction of 0.120 (95% CI 0.090–0.150) against 0.080 (0.060–0.100) "
-                  "for full fine-tuning; difference +0.040 (CI +0.010–+0.070): higher than full fine-tuning (worse).")
-    covers = diff_sentence("lora-r8", "toxic_fraction", {"value": 0.01, "lo": -0.02, "hi": 0.04}, arm, full)
-    assert covers.endswith("difference +0.010 (CI -0.020 to +0.040): no significant difference.")
-    down = diff_sentence("rslora-r4", "accuracy", {"value": -0.05, "lo": -0.08, "hi": -0.02, "higher_is_better": True})
-    assert down.startswith("rsLoRA r=4 minus full fine-tuning on accuracy")
-    assert down.endswith("lower than full fine-tuning (worse).")
-    better = diff_sentence("dora-r2", "toxic_fraction", {"value": -0.03, "lo": -0.05, "hi": -0.01, "higher_is_better": False})
-    assert better.endswith("lower than full fine-tuning (better).")
-    nan = diff_sentence("lora-r2", "x", {"value": 0.1, "lo": float("nan"), "hi": float("nan")})
-    assert "no comparison is made" in nan and "significant" not in nan
+    worse = stats.decide_all({"a": {"toxic_fraction": diff(0.04, 0.01)}}, MARGINS)["a"]["toxic_fraction"]
+    s = decision_sentence("lora-r1", "toxic_fraction", worse, arm, full)
+    assert s == ("LoRA r=1 leaves a toxic fraction of 0.120 (95% CI 0.090–0.150) against 0.080 (0.060–0.100) "
+                 "for full fine-tuning; difference +0.040 (95% CI +0.030–+0.050; 90% CI +0.032–+0.048): "
+                 "worse than full fine-tuning, by more than δ = 0.020.")
+    small = {"decision": "better", "beyond_margin": False, "margin": 0.02, **diff(-0.01, 0.008)}
+    assert decision_sentence("dora-r2", "toxic_fraction", small).endswith(
+        "better than full fine-tuning, possibly by less than δ = 0.020.")
+    need = {"decision": "inconclusive", "margin": 0.02, **diff(0.005, 0.03),
+            "more_data": {"units": 900, "seeds": 12, "n_units": 64, "n_seeds": 3}}
+    assert decision_sentence("lora-r8", "toxic_fraction", need, unit="prompts").endswith(
+        "inconclusive at δ = 0.020; about 900 prompts (now 64) or about 12 training seeds (now 3) would "
+        "bring the 90% interval within ±δ if the difference stays as observed.")
+    eq = {"decision": "equivalent", "margin": 0.02, **diff(0.001, 0.01)}
+    assert decision_sentence("lora-r8", "accuracy", eq).startswith("LoRA r=8 minus full fine-tuning on accuracy")
+    assert "equivalent within δ = 0.020 (the 90% interval lies inside ±δ)" in decision_sentence("lora-r8", "a", eq)
+    nan = {"decision": "undefined", "margin": 0.02, "value": 0.1, "lo": float("nan"), "hi": float("nan")}
+    assert "no decision is made" in decision_sentence("lora-r2", "x", nan)
 
 
-def test_vs_full_sentences_use_each_seeds_records():
-    evals = {("lora-r2", 1): {"metrics": {"accuracy": rec(0.5)}}, ("full", 1): {"metrics": {"accuracy": rec(0.3)}},
-             ("lora-r2", 0): {"metrics": {"accuracy": rec(0.4)}}, ("full", 0): {"metrics": {"accuracy": rec(0.35)}}}
-    s = vs_full_sentences({"lora-r2@1": {"accuracy": {"value": 0.2, "lo": 0.1, "hi": 0.3}},
-                           "lora-r2@0": {"accuracy": {"value": 0.05, "lo": -0.1, "hi": 0.2}}}, evals)
-    assert s[0].startswith("LoRA r=2 (seed 0) leaves an accuracy of 0.400") and "against 0.350" in s[0]
-    assert s[1].startswith("LoRA r=2 (seed 1) leaves an accuracy of 0.500") and "against 0.300" in s[1]
-
-
-def test_pooled_minus_full_sentences():
-    pooled = {"lora-r2": {"profit": rec(4.0, 0.5, True)}, "full": {"profit": rec(5.0, 0.5, True)}}
-    s = vs_full_sentences({"lora-r2": {"profit": {"value": -1.0, "lo": -1.6, "hi": -0.4}}}, {}, pooled)
-    assert s == ["LoRA r=2 leaves a profit of 4.000 (95% CI 3.500–4.500) against 5.000 (4.500–5.500) for full "
-                 "fine-tuning; difference -1.000 (CI -1.600 to -0.400): lower than full fine-tuning (worse)."]
+def test_verdict_table_cells():
+    dec = stats.decide_all({"lora-r1": {"a": diff(0.001, 0.01)}, "base": {"a": diff(0.3, 0.01)}}, {"a": 0.02})
+    header, rows = verdict_table(dec)
+    assert header == ["arm", "a"]
+    assert rows == [["base", "worse >δ: +0.300 (+0.290–+0.310)"],
+                    ["lora-r1", "equivalent: +0.001 (-0.009 to +0.011)"]]
 
 
 def test_value_ci_precision():
@@ -321,15 +351,15 @@ def test_value_ci_precision():
     assert value_ci({"value": 12.345, "lo": 11.0, "hi": 13.5}) == "12.345 (95% CI 11.000–13.500)"
 
 
-def test_smallest_sufficient_rank():
-    pooled = {"full": {"a": rec(0.10, 0.02), "b": rec(0.5, 0.1)},
-              "lora-r1": {"a": rec(0.30), "b": rec(0.5)},  # a outside [0.08, 0.12]
-              "lora-r2": {"a": rec(0.11), "b": rec(0.7)},  # b outside [0.4, 0.6]
-              "lora-r8": {"a": rec(0.12), "b": rec(0.41)},  # both inside (edges count)
-              "lora-r16": {"a": rec(0.10), "b": rec(0.5)},
-              "dora-r4": {"a": rec(0.2), "b": rec(0.5)}}
-    assert smallest_sufficient_rank(pooled, ["a", "b"]) == {"lora": 8, "dora": None}
-    assert smallest_sufficient_rank(pooled, ["b"]) == {"lora": 1, "dora": 4}
+def test_recommended_ranks_need_equivalence_on_every_metric():
+    eq, inc = {"decision": "equivalent"}, {"decision": "inconclusive"}
+    worse = {"decision": "worse"}
+    dec = {"lora-r1": {"a": eq, "b": inc}, "lora-r2": {"a": worse, "b": eq}, "lora-r8": {"a": eq, "b": eq},
+           "lora-r16": {"a": eq, "b": eq}, "dora-r4": {"a": inc, "b": eq}, "base": {"a": worse, "b": worse}}
+    assert recommended_ranks(dec) == {"dora": None, "lora": 8}
+    # a metric nobody set a margin for does not block a recommendation
+    nomargin = {"decision": "no margin"}
+    assert recommended_ranks({"lora-r1": {"a": eq, "z": nomargin}}) == {"lora": 1}
 
 
 def test_fit_warnings_tolerance():

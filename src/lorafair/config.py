@@ -82,6 +82,12 @@ class EvaluationConfig:
     threshold: float = 0.5
     probes: list[str] = field(default_factory=list)  # crows-pairs, stereoset
     n_probe_items: int | None = 200
+    # Equivalence margin δ per headline metric (or metric-name prefix, e.g. accuracy_disparity for
+    # accuracy_disparity_race), overriding the task's defaults: an arm is equivalent to full
+    # fine-tuning on a metric when the 90% interval of arm − full lies inside (−δ, δ).
+    margins: dict = field(default_factory=dict)
+    min_group_size: int = 30  # groups with fewer test units are left out of gaps (and listed)
+    merge_small_groups: bool = False  # instead merge them into one group "other"
 
 
 @dataclass
@@ -231,6 +237,13 @@ def validate(study: Study) -> None:
             raise UserError(f"{src}: training.lr_search: learning rate must be > 0, got {lr}")
     if study.evaluation.samples < 1:
         raise UserError(f"{src}: evaluation.samples: k must be >= 1, got {study.evaluation.samples}")
+    for name, delta in study.evaluation.margins.items():
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0:
+            raise UserError(f"{src}: evaluation.margins.{name}: a margin must be a positive number, "
+                            f"got {delta!r}")
+    if study.evaluation.min_group_size < 1:
+        raise UserError(f"{src}: evaluation.min_group_size: must be >= 1, "
+                        f"got {study.evaluation.min_group_size}")
     if study.model.precision not in ("auto", "float32", "bfloat16"):
         raise UserError(f"{src}: model.precision: {study.model.precision!r} is not auto, float32 or bfloat16")
     validate_execution(study.execution, src)

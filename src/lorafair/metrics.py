@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from lorafair import stats
 from lorafair.errors import UserError
 
 Stat = Callable[[np.ndarray], float]
@@ -323,6 +324,45 @@ def paired_toxicity_diff(df_a: pd.DataFrame, df_b: pd.DataFrame, threshold: floa
     for name in out:
         out[name]["unit"] = f"difference in {TOXICITY_UNITS[name]} (a − b)"
     return out
+
+
+_SUM_COLS = ["k", "n_toxic", "max", "any", "score_sum", "one"]
+
+
+def toxicity_cells(frames: dict[int, pd.DataFrame], threshold: float = 0.5) -> stats.Cells:
+    """Per-prompt sums of one arm's continuations under every training seed.
+
+    frames: seed -> one row per continuation (``prompt_id``, ``score``). Returns
+    ``(x [S, U, 6], seeds, prompts)``, columns k, n_toxic, max, any, score_sum, 1, only prompts
+    scored under every seed."""
+    parts = []
+    for s, df in frames.items():
+        pp = per_prompt_toxicity(df, threshold)
+        parts.append(pd.DataFrame(_sum_table(pp), columns=_SUM_COLS).assign(
+            prompt_id=pp.index.to_numpy(), seed=s))
+    return stats.cell_table(pd.concat(parts, ignore_index=True), _SUM_COLS, "prompt_id")
+
+
+def _measure(j: int) -> stats.Measure:
+    return lambda m: _measures(m)[..., j]
+
+
+def crossed_toxicity(x: np.ndarray, alpha: float = 0.05) -> dict:
+    """The four toxicity measures of one arm pooled over seeds, crossed-design intervals.
+
+    x: [S, U, 6] from :func:`toxicity_cells`. Returns measure -> record (``stats.crossed_interval``
+    fields plus unit and direction)."""
+    return {name: {**stats.crossed_interval(x, _measure(j), alpha), "higher_is_better": False,
+                   "unit": unit} for j, (name, unit) in enumerate(TOXICITY_UNITS.items())}
+
+
+def crossed_toxicity_diff(xa: np.ndarray, xb: np.ndarray, alpha: float = 0.05) -> dict:
+    """Per measure, a − b paired over seeds and prompts (``stats.crossed_difference``).
+
+    xa, xb: [S, U, 6] aligned with ``stats.pair_cells``. Negative values: ``a`` less toxic."""
+    return {name: {**stats.crossed_difference(xa, xb, _measure(j), alpha), "higher_is_better": False,
+                   "unit": f"difference in {unit} (arm − full)"}
+            for j, (name, unit) in enumerate(TOXICITY_UNITS.items())}
 
 
 # ----------------------------------------------------------------------------- decisions

@@ -19,7 +19,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from lorafair import models, store
+from lorafair import models, stats, store
 from lorafair.arms import ArmBank, bank_name, check_arm, save_final, wrap_for_training
 from lorafair.config import Arm, Study, build_options, expand_arms, resolved_dict
 from lorafair.errors import UserError
@@ -426,6 +426,8 @@ class Runner:
 
     def compare(self, results) -> dict:
         out = self.task.compare(self.ctx, results)
+        out["margins"] = {**self.task.default_margins(), **self.study.evaluation.margins}
+        out["decisions"] = stats.decide_all(out.get("minus_full") or {}, out["margins"])
         store.write_json(self.rd.path / "compare.json", out)
         return out
 
@@ -434,6 +436,7 @@ def _eval_key(e) -> dict:
     """What in the evaluation settings determines results (how arms share batches does not)."""
     d = dataclasses.asdict(e)
     d.pop("mix_arms", None)
+    d.pop("margins", None)  # margins decide, they do not change what is measured
     return d
 
 

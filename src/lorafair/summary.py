@@ -1,4 +1,5 @@
-"""The table printed at the end of a run: arms by headline metrics, each with its 95% interval."""
+"""What a run prints at its end: training per arm, then per headline metric each arm's value, its
+difference from full fine-tuning and the equivalence decision (readable in 80 columns)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lorafair.store import RunDir, read_json
 
 
 def arm_order(name: str) -> tuple:
@@ -28,45 +28,59 @@ def fmt(rec: dict | None) -> str:
     return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def summary_rows(run_dir: Path) -> tuple[list[str], list[dict]]:
-    """One row per (task, arm, seed): arm, seed, lr, best val loss and every headline metric."""
-    rd = RunDir(run_dir)
-    tasks = sorted({p.stem for p in Path(run_dir).glob("*/seed-*/eval/*.json")})
-    rows, metrics = [], []
-    for task in tasks:
-        for (arm, seed), s in sorted(rd.evals(task).items(), key=lambda kv: (arm_order(kv[0][0]), kv[0][1])):
-            done = rd.done(arm, seed) or {}
-            row = {"task": task, "arm": arm, "seed": seed, "lr": done.get("lr"), "best_val_loss": done.get("best_val_loss")}
-            for name, rec in s.get("metrics", {}).items():
-                if isinstance(rec, dict) and "value" in rec:
-                    row[name] = rec
-                    if name not in metrics:
-                        metrics.append(name)
-            rows.append(row)
-    return metrics, rows
+def _bracket(rec: dict | None, signed: bool = False) -> str:
+    """``0.120 [0.090, 0.150]`` at one precision (``+`` on positive numbers when ``signed``)."""
+    from lorafair.report.verdict import _decimals, num
+
+    if not rec or rec.get("value") is None:
+        return "-"
+    v, lo, hi = rec.get("value"), rec.get("lo"), rec.get("hi")
+    d = _decimals(v, lo, hi)
+    if lo is None or hi is None:
+        return num(v, signed, d)
+    return f"{num(v, signed, d)} [{num(lo, signed, d)}, {num(hi, signed, d)}]"
 
 
 def print_summary(run_dir: Path, console: Console) -> None:
-    metrics, rows = summary_rows(run_dir)
-    if not rows:
+    """Training per arm and seed, then one table per headline metric: each arm's value (seeds
+    pooled), its difference from full fine-tuning and the decision; fits 80 columns."""
+    from lorafair.report.load import headline_names, load_run, pooled_metrics
+    from lorafair.report.verdict import decision_label, rank_sentence
+
+    run = load_run(run_dir)
+    task = run.task if run.task in run.evals else next(iter(sorted(run.evals)), None)
+    if task is None:
         console.print(f"{run_dir}: no evaluated arms yet")
         return
-    table = Table(title=f"{Path(run_dir).name}: metrics with 95% bootstrap intervals")
-    for col in ["task", "arm", "seed", "lr", "best val loss"] + metrics:
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        lr = f"{r['lr']:.2g}" if r.get("lr") else "-"
-        vl = f"{r['best_val_loss']:.3f}" if r.get("best_val_loss") is not None else "-"
-        table.add_row(r["task"], r["arm"], str(r["seed"]), lr, vl, *[fmt(r.get(m)) for m in metrics])
-    console.print(table)
-    cmp = Path(run_dir) / "compare.json"
-    if cmp.is_file():
-        diffs = read_json(cmp).get("vs_full", {})
-        if diffs:
-            t2 = Table(title="arm minus full fine-tuning (paired bootstrap over the same prompts)")
-            names = list(next(iter(diffs.values())).keys())
-            for col in ["arm@seed"] + names:
-                t2.add_column(col, overflow="fold")
-            for k in sorted(diffs, key=lambda k: arm_order(k.split("@")[0])):
-                t2.add_row(k, *[fmt(diffs[k].get(n)) for n in names])
-            console.print(t2)
+    train = Table(title=f"{run.name}: training", title_justify="left")
+    for col in ("arm", "seed", "lr", "best val loss"):
+        train.add_column(col)
+    for (arm, seed) in sorted(run.evals[task], key=lambda k: (arm_order(k[0]), k[1])):
+        done = run.done.get((arm, seed)) or {}
+        lr, vl = done.get("lr"), done.get("best_val_loss")
+        train.add_row(arm, str(seed), f"{lr:.2g}" if lr else "-", f"{vl:.3f}" if vl is not None else "-")
+    console.print(train)
+    pooled = pooled_metrics(run, task)
+    decisions = run.compare.get("decisions") or {}
+    margins = run.compare.get("margins") or {}
+    for m in headline_names(run, task):
+        hib = next((r.get("higher_is_better") for r in (a.get(m) or {} for a in pooled.values())
+                    if r.get("higher_is_better") is not None), None)
+        delta = next((d[m].get("margin") for d in decisions.values() if m in d), None)
+        bits = [f"δ = {delta:g}" if delta else "no margin"]
+        bits += [] if hib is None else ["higher is better" if hib else "lower is better"]
+        t = Table(title=f"{m} ({', '.join(bits)})", title_justify="left")
+        for col in ("arm", "value [95% CI]", "arm − full [95% CI]", "decision"):
+            t.add_column(col)
+        for arm in sorted(pooled, key=arm_order):
+            d = (decisions.get(arm) or {}).get(m)
+            t.add_row(arm, _bracket(pooled[arm].get(m)), _bracket(d, signed=True) if d else "-",
+                      decision_label(d) if d else "-")
+        console.print(t)
+    if decisions:
+        console.print("equivalent: 90% CI of arm − full inside ±δ; better/worse: 95% CI excludes 0 "
+                      "(>δ: beyond the margin too); inconclusive: neither. Seeds pooled, "
+                      "crossed-design intervals.", highlight=False)
+        console.print(rank_sentence(decisions) or "", highlight=False)
+    elif margins or run.compare:
+        console.print("No equivalence decisions in compare.json.", highlight=False)

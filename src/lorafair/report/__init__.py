@@ -15,7 +15,7 @@ from lorafair.report import html as H
 from lorafair.report import plots
 from lorafair.report.load import (Run, arm_order, arm_rank, best_val_loss, group_records, headline_names,
                                   is_record, lens_table, load_run, pooled_metrics)
-from lorafair.report.verdict import verdict
+from lorafair.report.verdict import num, verdict, verdict_table
 
 Figure = tuple[str, str, bytes]  # (file name, caption, PNG bytes)
 
@@ -87,14 +87,6 @@ def figures(run: Run) -> dict[str, list[Figure]]:
     return out
 
 
-def _vs_full_table(vs_full: dict) -> tuple[list[str], list[list[object]]]:
-    names: list[str] = []
-    for v in vs_full.values():
-        names += [n for n, r in (v or {}).items() if is_record(r) and n not in names]
-    keys = sorted(vs_full, key=lambda k: (arm_order(k.rpartition("@")[0] or k), k))
-    return ["arm@seed", *names], [[k, *[H.fmt(vs_full[k].get(n)) for n in names]] for k in keys]
-
-
 def _weights_html(weights: dict | None) -> str:
     arms = (weights or {}).get("arms")
     parts = []
@@ -116,22 +108,35 @@ def _cell(v: object) -> str:
     return str(v)
 
 
-def _vs_full(run: Run) -> dict:
-    """Arm-minus-full differences of compare.json ("vs_full" per seed, or "minus_full" pooled)."""
-    for key in ("vs_full", "minus_full"):
-        if isinstance(run.compare.get(key), dict) and run.compare[key]:
-            return run.compare[key]
-    return {}
-
-
 def run_verdict(run: Run) -> list[str]:
     """The verdict sentences of a loaded run (its study's task, or the first task evaluated)."""
-    task = run.task if run.task in run.evals else (_tasks(run) or [None])[0]
+    task = _main_task(run)
     if task is None:
         return []
-    evals = run.evals.get(task, {})
-    return verdict(_vs_full(run), evals, pooled_metrics(run, task), headline_names(run, task),
-                   best_val_loss(run), run.failed, run.kl, order=arm_order)
+    return verdict(run.compare, pooled_metrics(run, task), best_val_loss(run), run.failed, run.kl,
+                   order=arm_order)
+
+
+def _main_task(run: Run) -> str | None:
+    return run.task if run.task in run.evals else (_tasks(run) or [None])[0]
+
+
+def _verdict_section(run: Run) -> tuple[str, list[str]]:
+    """The verdict as HTML and Markdown: the decision table first, then the sentences."""
+    sentences = run_verdict(run)
+    decisions = run.compare.get("decisions") or {}
+    html, md = "", []
+    if decisions:
+        header, rows = verdict_table(decisions, arm_order, headline_names(run, _main_task(run) or ""))
+        margins = ", ".join(f"{m} {num(d)}" for m, d in (run.compare.get("margins") or {}).items())
+        note = ("Each cell: the decision for arm − full fine-tuning, the difference and its 95% "
+                "interval. Equivalent: the 90% interval lies inside ±δ; better/worse: the 95% "
+                f"interval excludes 0 (>δ: also beyond the margin). Margins δ: {margins}.")
+        html += H.table(header, rows) + f"<p>{H.esc(note)}</p>"
+        md += [H.md_table(header, rows), "", note, ""]
+    html += H.bullets(sentences) if sentences else "<p>No evaluated arms yet.</p>"
+    md += [f"- {s}" for s in sentences] + [""]
+    return html, md
 
 
 def _eval_warnings(run: Run) -> list[str]:
@@ -160,10 +165,9 @@ def build_report(run_dir: Path) -> Path:
     """Write ``<run>/report/{report.html, summary.md, *.png}``; returns the HTML's path."""
     run = load_run(run_dir)
     figs = figures(run)
-    sentences = run_verdict(run)
-    sections, md = [], [f"# {run.name}: lorafair report", ""]
-    sections.append(("Verdict", H.bullets(sentences) if sentences else "<p>No evaluated arms yet.</p>"))
-    md += ["## Verdict", ""] + [f"- {s}" for s in sentences] + [""]
+    verdict_html, verdict_md = _verdict_section(run)
+    sections, md = [("Verdict", verdict_html)], [f"# {run.name}: lorafair report", "", "## Verdict", ""]
+    md += verdict_md
     warns = _eval_warnings(run)
     if warns:
         sections.append(("Warnings from evaluation", H.bullets(warns, "warn")))
@@ -174,11 +178,6 @@ def build_report(run_dir: Path) -> Path:
         header, rows = ["arm", "seeds", *names], H.metric_rows(pooled_metrics(run, task), names)
         metric_html.append(f"<h3>{H.esc(task)}</h3>" + H.table(header, rows))
         md += [f"## {task}: metrics (95% intervals, seeds pooled)", "", H.md_table(header, rows), ""]
-    vs_full = _vs_full(run)
-    if vs_full:
-        header, rows = _vs_full_table(vs_full)
-        metric_html.append("<h3>Arm minus full fine-tuning (paired over the same prompts)</h3>" + H.table(header, rows))
-        md += ["## Arm minus full fine-tuning (paired)", "", H.md_table(header, rows), ""]
     sections.append(("Headline metrics", "".join(metric_html) + "".join(H.figure(c, p) for _, c, p in figs["metrics"])))
     sections.append(("Groups", "".join(H.figure(c, p) for _, c, p in figs["groups"])))
     sections.append(("Where the shift went: KL, Logit Lens, weight space",
@@ -242,10 +241,9 @@ def build_comparison(run_dirs: list[Path], out_dir: Path) -> Path:
                 parts.append(H.figure(figs[-1][1], png))
         sections.append((f"{task}: studies side by side", "".join(parts)))
     for lab, r in zip(labels, runs):
-        sentences = run_verdict(r)
-        if sentences:
-            sections.append((f"Verdict: {lab}", H.bullets(sentences)))
-            md += [f"## Verdict: {lab}", ""] + [f"- {s}" for s in sentences] + [""]
+        verdict_html, verdict_md = _verdict_section(r)
+        sections.append((f"Verdict: {lab}", verdict_html))
+        md += [f"## Verdict: {lab}", ""] + verdict_md
     prov = [[lab, w, v] for lab, r in zip(labels, runs) for w, v in H.provenance(r)]
     sections.append(("Provenance", H.table(["study", "what", "value"], prov)))
     out = Path(out_dir)

@@ -1,11 +1,13 @@
-"""The verdict: sentences generated from the numbers and their 95% intervals, nothing else.
+"""The verdict: a table and sentences generated from the decisions in compare.json, nothing else.
 
 Rules:
-- a difference from full fine-tuning is called significant only when its paired interval excludes
-  zero; then the sentence says which arm is higher (and, when the metric records its direction,
-  whether that is better or worse); otherwise it says "no significant difference";
-- "within the full arm's interval" means the arm's (pooled) value lies in full fine-tuning's
-  interval ``[lo, hi]``;
+- each arm is compared with full fine-tuning through the paired difference arm − full and its
+  decision (``lorafair.stats.decide``): *equivalent* within the metric's margin δ when the 90%
+  interval lies inside ±δ; *better*/*worse* (*higher*/*lower* without a direction) when the 95%
+  interval excludes zero, saying whether it also exceeds δ; otherwise *inconclusive*, with a rough
+  count of the evaluation units or training seeds that would settle it;
+- the rank recommendation is the smallest rank *equivalent* on every metric with a margin, or
+  "none established"; it never rests on overlapping intervals;
 - fit check: an arm whose best validation loss exceeds the best arm's by more than
   ``FIT_TOLERANCE`` (relative, 5%) did not fit the data as well, so its differences from other arms
   may reflect training rather than rank or method;
@@ -18,6 +20,7 @@ import math
 from typing import Any
 
 from lorafair.report.load import arm_rank, finite, is_record
+from lorafair.stats import rank_recommendation
 
 FIT_TOLERANCE = 0.05
 
@@ -81,105 +84,134 @@ def metric_label(name: str) -> str:
     return name.replace("_", " ")
 
 
-def significance(diff: dict) -> str | None:
-    """"higher" / "lower" when the interval excludes 0, "none" when it covers 0, None if undefined."""
-    lo, hi = diff.get("lo"), diff.get("hi")
-    if not (finite(lo) and finite(hi)):
-        return None
-    if lo > 0:
-        return "higher"
-    if hi < 0:
-        return "lower"
-    return "none"
+DECISION_LABELS = {"equivalent": "equivalent", "better": "better", "worse": "worse", "higher": "higher",
+                   "lower": "lower", "inconclusive": "inconclusive", "undefined": "no interval",
+                   "no margin": "no margin"}
 
 
-def diff_sentence(arm: str, metric: str, diff: dict, arm_rec: dict | None = None,
-                  full_rec: dict | None = None, seed: int | None = None) -> str:
-    """One arm against full fine-tuning on one metric, with the paired difference (arm − full)."""
-    who = _cap(arm_label(arm)) + (f" (seed {seed})" if seed is not None else "")
-    m = metric_label(metric)
+def decision_label(d: dict) -> str:
+    """``"worse >δ"`` / ``"equivalent"`` / ...: the decision, marked when it exceeds the margin."""
+    word = DECISION_LABELS.get(d.get("decision"), str(d.get("decision")))
+    return word + (" >δ" if d.get("beyond_margin") else "")
+
+
+def decision_cell(d: dict) -> str:
+    """One verdict-table cell: ``"equivalent: +0.003 (-0.010 to +0.016)"`` (95% interval)."""
+    return f"{decision_label(d)}: {value_ci(d, signed=True, label='')}"
+
+
+def _more_data_clause(d: dict, unit: str) -> str:
+    need = d.get("more_data")
+    if need is None:
+        if finite(d.get("value")) and finite(d.get("margin")) and abs(d["value"]) >= d["margin"]:
+            return (" (the observed difference is at or beyond δ, so more data would not be expected "
+                    "to show equivalence)")
+        return ""
+    parts = []
+    if need.get("units"):
+        parts.append(f"about {need['units']} {unit} (now {need['n_units']})")
+    if need.get("seeds"):
+        parts.append(f"about {need['seeds']} training seeds (now {need['n_seeds']})")
+    if not parts:
+        return ""
+    return ("; " + " or ".join(parts) + " would bring the 90% interval within ±δ if the difference "
+            "stays as observed")
+
+
+def decision_sentence(arm: str, metric: str, d: dict, arm_rec: dict | None = None,
+                      full_rec: dict | None = None, unit: str = "evaluation units") -> str:
+    """One arm against full fine-tuning on one metric: the paired difference and its decision."""
+    who, m = _cap(arm_label(arm)), metric_label(metric)
     if is_record(arm_rec) and is_record(full_rec):
         head = (f"{who} leaves {_article(m)} {m} of {value_ci(arm_rec)} against "
                 f"{value_ci(full_rec, label='')} for full fine-tuning; ")
     else:
         head = f"{who} minus full fine-tuning on {m}: "
-    body = "difference " + value_ci(diff, signed=True, label="CI ")
-    sig = significance(diff)
-    if sig is None:
-        return head + body + ": the interval is undefined, so no comparison is made."
-    if sig == "none":
-        return head + body + ": no significant difference."
-    hib = diff.get("higher_is_better")
-    if hib is None and is_record(arm_rec):
-        hib = arm_rec.get("higher_is_better")
-    tail = f"{sig} than full fine-tuning"
-    if hib is not None:
-        tail += " (better)" if (sig == "higher") == bool(hib) else " (worse)"
-    return head + body + f": {tail}."
+    body = "difference " + value_ci(d, signed=True)
+    if finite(d.get("lo90")) and finite(d.get("hi90")):
+        dec = _decimals(d.get("value"), d.get("lo"), d.get("hi"))
+        sep = " to " if min(d["lo90"], d["hi90"]) < 0 else "–"
+        body = body[:-1] + f"; 90% CI {num(d['lo90'], True, dec)}{sep}{num(d['hi90'], True, dec)})"
+    what, delta = d.get("decision"), num(d.get("margin"))
+    if what == "equivalent":
+        tail = f"equivalent within δ = {delta} (the 90% interval lies inside ±δ)"
+    elif what in ("better", "worse", "higher", "lower"):
+        than = f"{what} than full fine-tuning"
+        tail = (than + f", by more than δ = {delta}" if d.get("beyond_margin")
+                else than + f", possibly by less than δ = {delta}")
+    elif what == "inconclusive":
+        tail = f"inconclusive at δ = {delta}" + _more_data_clause(d, unit)
+    elif what == "no margin":
+        tail = "no margin is set for this metric (evaluation.margins), so no decision is made"
+    else:
+        tail = "the interval is undefined, so no decision is made"
+    return head + body + ": " + tail + "."
 
 
-def vs_full_sentences(vs_full: dict, evals: dict[tuple[str, int], dict], pooled: dict | None = None,
-                      order: Any = None) -> list[str]:
-    """Sentences for every entry of compare.json's arm-minus-full differences.
-
-    vs_full: ``"arm@seed"`` (one training seed) or ``"arm"`` (seeds pooled) -> metric -> record.
-    evals: (arm, seed) -> evaluation summary, whose "metrics" give each side's own record for a
-    per-seed entry; pooled: arm -> metric -> record, the sides of a pooled entry.
-    """
-    out = []
-    keys = sorted(vs_full, key=lambda k: (order(k.partition("@")[0]) if order else k, k))
-    multi = len({k.partition("@")[2] for k in vs_full}) > 1
-    for key in keys:
-        arm, _, s = key.partition("@")
-        seed = int(s) if s.lstrip("-").isdigit() else None
-        if seed is None:
-            own, full = (pooled or {}).get(arm) or {}, (pooled or {}).get("full") or {}
-        else:
-            own = (evals.get((arm, seed)) or {}).get("metrics") or {}
-            full = (evals.get(("full", seed)) or {}).get("metrics") or {}
-        for metric, diff in (vs_full.get(key) or {}).items():
-            if is_record(diff):
-                out.append(diff_sentence(arm, metric, diff, own.get(metric), full.get(metric),
-                                         seed if multi else None))
+def decided_metrics(decisions: dict[str, dict[str, dict]], order: list[str] | None = None) -> list[str]:
+    """Metrics with a decision: those of ``order`` first, in that order, then the rest as met."""
+    seen = {m for recs in decisions.values() for m in recs}
+    out = [m for m in order or [] if m in seen]
+    for recs in decisions.values():
+        out += [m for m in recs if m not in out]
     return out
 
 
-def within(rec: dict, ref: dict) -> bool | None:
-    """Is ``rec``'s value inside ``ref``'s interval? None when either number is missing."""
-    if not (is_record(rec) and is_record(ref) and finite(ref.get("lo")) and finite(ref.get("hi"))):
-        return None
-    return ref["lo"] <= rec["value"] <= ref["hi"]
+def verdict_table(decisions: dict[str, dict[str, dict]], order: Any = None,
+                  metrics: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Arm × headline metric → decision with the difference and its 95% interval; columns follow
+    ``metrics`` where given."""
+    metrics = decided_metrics(decisions, metrics)
+    arms = sorted(decisions, key=order or (lambda a: a))
+    rows = [[arm, *[decision_cell(decisions[arm][m]) if m in decisions[arm] else "-" for m in metrics]]
+            for arm in arms]
+    return ["arm", *metrics], rows
 
 
-def smallest_sufficient_rank(pooled: dict[str, dict[str, dict]], metrics: list[str]) -> dict[str, int | None]:
-    """Per LoRA variant, the smallest rank whose value is within full's interval on every metric.
-
-    pooled: arm -> metric -> record (must contain "full"). Metrics full has no interval for are
-    skipped; a variant is listed only when it has at least one ranked arm.
-    """
-    full = pooled.get("full") or {}
-    usable = [m for m in metrics if within(full.get(m, {}), full.get(m, {})) is not None]  # has an interval
-    out: dict[str, int | None] = {}
-    ranked = sorted(((arm_rank(a), a) for a in pooled if arm_rank(a)[1] is not None), key=lambda t: t[0][1])
-    for (variant, rank), arm in ranked:
-        out.setdefault(variant, None)
-        if out[variant] is None and usable and all(within(pooled[arm].get(m, {}), full[m]) for m in usable):
-            out[variant] = rank
-    return out
+def recommended_ranks(decisions: dict[str, dict[str, dict]]) -> dict[str, int | None]:
+    """Per LoRA variant, the smallest rank equivalent to full on every metric that has a margin
+    (``stats.rank_recommendation``); None: none established."""
+    metrics = [m for m in decided_metrics(decisions)
+               if any((r.get(m) or {}).get("decision") != "no margin" for r in decisions.values())]
+    by_variant: dict[str, dict[str, int]] = {}
+    for arm in decisions:
+        variant, rank = arm_rank(arm)
+        if rank is not None:
+            by_variant.setdefault(variant, {})[arm] = rank
+    return {v: rank_recommendation(decisions, ranks, metrics) for v, ranks in sorted(by_variant.items())}
 
 
-def rank_sentence(pooled: dict[str, dict[str, dict]], metrics: list[str]) -> str | None:
-    if "full" not in pooled:
-        return None
-    found = smallest_sufficient_rank(pooled, metrics)
+def rank_sentence(decisions: dict[str, dict[str, dict]]) -> str | None:
+    found = recommended_ranks(decisions)
     if not found:
         return None
     parts = []
     for variant, rank in found.items():
-        text = f"r = {rank}" if rank is not None else "none"
+        text = f"r = {rank}" if rank is not None else "none established"
         parts.append(text + (f" ({VARIANT_LABELS.get(variant, variant)})" if len(found) > 1 else ""))
-    return ("Smallest rank within the full arm's interval on every headline metric: "
+    return ("Smallest rank equivalent to full fine-tuning within δ on every headline metric: "
             + "; ".join(parts) + ".")
+
+
+def decision_sentences(decisions: dict[str, dict[str, dict]], pooled: dict[str, dict[str, dict]],
+                       order: Any = None, unit: str = "evaluation units") -> list[str]:
+    """A sentence per (arm, metric) decision, arms in ``order``, metrics in ``pooled``'s order."""
+    full = pooled.get("full") or {}
+    metrics = decided_metrics(decisions, [m for recs in pooled.values() for m in recs])
+    out = []
+    for arm in sorted(decisions, key=order or (lambda a: a)):
+        for metric in (m for m in metrics if m in decisions[arm]):
+            out.append(decision_sentence(arm, metric, decisions[arm][metric],
+                                         (pooled.get(arm) or {}).get(metric), full.get(metric), unit))
+    return out
+
+
+def _seed_note(decisions: dict[str, dict[str, dict]]) -> list[str]:
+    seeds = {d.get("n_seeds") for recs in decisions.values() for d in recs.values()}
+    if seeds == {1}:
+        return ["One training seed per arm: the intervals cover evaluation variation only, not how "
+                "much a result would move with another training seed."]
+    return []
 
 
 def fit_warnings(best_val: dict[str, float], tolerance: float = FIT_TOLERANCE) -> list[str]:
@@ -224,13 +256,20 @@ def shift_sentences(kl: dict | None) -> list[str]:
     return out
 
 
-def verdict(vs_full: dict, evals: dict, pooled: dict, metrics: list[str], best_val: dict,
-            failed: dict | None = None, kl: dict | None = None, order: Any = None) -> list[str]:
-    """All verdict sentences in reading order."""
-    out = vs_full_sentences(vs_full or {}, evals, pooled, order)
-    r = rank_sentence(pooled, metrics)
-    if r:
-        out.append(r)
+def verdict(compare: dict, pooled: dict, best_val: dict, failed: dict | None = None,
+            kl: dict | None = None, order: Any = None) -> list[str]:
+    """All verdict sentences in reading order: the rank recommendation, one sentence per decision,
+    then shift captured, fit checks and failures. ``compare``: compare.json's content."""
+    decisions = compare.get("decisions") or {}
+    out = []
+    if decisions:
+        r = rank_sentence(decisions)
+        out += [r] if r else []
+        out += _seed_note(decisions)
+        out += decision_sentences(decisions, pooled, order, compare.get("unit", "evaluation units"))
+    elif compare.get("vs_full") or compare.get("minus_full"):
+        out.append("This run's compare.json has differences from full fine-tuning but no equivalence "
+                   "decisions; run the study again with this version to decide them.")
     out += shift_sentences(kl)
     out += fit_warnings(best_val)
     out += failure_sentences(failed or {})

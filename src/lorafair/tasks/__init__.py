@@ -3,7 +3,9 @@
 - `Options` (the study's `task:` section) and `DataOptions` (its `data:` section), strict dataclasses;
 - `build_corpus(ctx)` -> fine-tuning rows {prompt, completion, ...}, cached by the runner by hash;
 - `evaluate(ctx, model, arm)` -> (summary dict of metric records, per-sample DataFrame);
-- `compare(ctx, rows)` -> cross-arm results (each LoRA arm against full, seeds pooled);
+- `compare(ctx, rows)` -> cross-arm results: ``pooled`` (arm -> metric -> record, seeds pooled)
+  and ``minus_full`` (arm -> metric -> paired difference record, crossed-design intervals);
+- `MARGINS` / `default_margins()` -> equivalence margin δ of every headline metric;
 - `kl_prompts(ctx)` -> evaluation prompts on which the token-posterior KL is also measured.
 
 Adding a task is one module with `@register("name")`; the runner never changes.
@@ -53,6 +55,7 @@ class Task(ABC):
     name: str = ""
     Options: type = dict
     DataOptions: type = CorpusOptions
+    MARGINS: dict[str, float] = {}  # equivalence margin per headline metric (or name prefix)
 
     def __init__(self, options: Any, data: Any):
         self.options = options
@@ -74,6 +77,11 @@ class Task(ABC):
 
     def kl_prompts(self, ctx) -> list[str]:
         return []
+
+    def default_margins(self) -> dict[str, float]:
+        """Equivalence margin δ per headline metric (or metric-name prefix); the study's
+        ``evaluation.margins`` override these."""
+        return dict(self.MARGINS)
 
     def corpus_key(self) -> dict:
         """What determines the corpus (hashed for the cache)."""
