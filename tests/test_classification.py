@@ -37,7 +37,7 @@ def _study(out: Path, source: str = "tiny-random", n_test: int = 24, arms=None, 
         "training": {"max_steps": 2, "batch_size": 4, "max_length": 112, "eval_every": 1,
                      "checkpoint_every": 2, "lr_search": {"enabled": False}},
         "evaluation": {"bootstrap": 200, "batch_size": 8, "probes": ["crows-pairs", "stereoset"],
-                       "n_probe_items": 6},
+                       "n_probe_items": 6, "min_group_size": 3},
         "analyses": {"kl": False, "lens": False, "weights": False},
         "arms": arms or ["base", "full", {"type": "lora", "rank": 2}],
         "seeds": [0], "output": str(out),
@@ -66,7 +66,10 @@ def test_every_metric_for_every_arm(run):
         assert set(summary["by_group"]) == set(ATTRS)
         assert set(summary["by_group"]["sex"]) == set(rows["sex"])
         assert len(rows) == 24 and rows["id"].is_unique
-        assert any("fewer than 30" in w for w in summary["warnings"])  # 24 rows: every group is small
+        assert set(summary["small_groups"]) == set(ATTRS)  # groups under min_group_size = 3, listed
+        for a, left in summary["small_groups"].items():
+            assert left == {g: n for g, n in rows[a].astype(str).value_counts().items() if n < 3}
+            assert all(any(f"group {g} has" in w for w in summary["warnings"]) for g in left)
 
 
 def test_metrics_match_hand_computation(run):
@@ -76,8 +79,9 @@ def test_metrics_match_hand_computation(run):
         correct = rows["pred"] == rows["label"]
         assert m["accuracy"]["value"] == pytest.approx(correct.mean())
         for a in ATTRS:
-            acc = correct.groupby(rows[a]).mean()
-            sel = rows["pred"].groupby(rows[a]).mean()
+            big = rows[a].map(rows[a].value_counts()) >= 3  # min_group_size: smaller groups left out
+            acc = correct[big].groupby(rows[a][big]).mean()
+            sel = rows["pred"][big].groupby(rows[a][big]).mean()
             assert m[f"accuracy_disparity_{a}"]["value"] == pytest.approx(acc.max() - acc.min())
             assert m[f"demographic_parity_difference_{a}"]["value"] == pytest.approx(sel.max() - sel.min())
             assert m[f"flip_rate_{a}"]["value"] == pytest.approx((rows["pred"] != rows[f"cf_pred_{a}"]).mean())
@@ -115,17 +119,27 @@ def test_decision_is_argmax_of_direct_forward(run):
 
 
 def test_compare_against_full(run):
-    comp = json.loads((run / "compare.json").read_text())["vs_full"]
-    assert set(comp) == {"base@0", "lora-r2@0"}
+    cmp = json.loads((run / "compare.json").read_text())
+    comp = cmp["minus_full"]
+    assert set(comp) == {"base", "lora-r2"} and set(cmp["pooled"]) == set(ARMS)
     _, full = _read(run, "full", "classification")
     for arm in ("base", "lora-r2"):
         _, rows = _read(run, arm, "classification")
-        c = comp[f"{arm}@0"]
+        c = comp[arm]
+        assert set(HEADLINE) <= set(c)
         diff = (rows["pred"] == rows["label"]).mean() - (full["pred"] == full["label"]).mean()
         assert c["accuracy"]["value"] == pytest.approx(diff)
         assert c["accuracy"]["lo"] <= c["accuracy"]["value"] + 1e-12 <= c["accuracy"]["hi"] + 2e-12
         for a in ATTRS:
-            assert {f"accuracy_disparity_{a}", f"flip_rate_{a}"} <= set(c)
+            def disparity(df, a=a):
+                acc = (df["pred"] == df["label"]).groupby(df[a]).mean()
+                small = df[a].value_counts() < 3
+                return acc[~small.reindex(acc.index)].pipe(lambda s: s.max() - s.min())
+            assert c[f"accuracy_disparity_{a}"]["value"] == pytest.approx(disparity(rows) - disparity(full))
+            flips = (rows["pred"] != rows[f"cf_pred_{a}"]).mean() - (full["pred"] != full[f"cf_pred_{a}"]).mean()
+            assert c[f"flip_rate_{a}"]["value"] == pytest.approx(flips)
+        assert cmp["decisions"][arm]["accuracy"]["margin"] == 0.02
+    assert cmp["unit"] == "test rows"
 
 
 def test_probes_on_every_arm(run):

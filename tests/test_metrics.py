@@ -187,7 +187,7 @@ def test_decision_metrics_hand_case():
     y_true = [1, 1, 1, 0, 0, 1, 0, 0, 0, 0]
     y_pred = [1, 1, 0, 0, 1, 1, 0, 0, 0, 0]
     group = ["A"] * 5 + ["B"] * 5
-    r = decision_metrics(y_true, y_pred, pd.Series(group), n_boot=300)
+    r = decision_metrics(y_true, y_pred, pd.Series(group), n_boot=300, min_group_size=5)
     m, g = r["metrics"], r["by_group"]
     assert m["accuracy"]["value"] == pytest.approx(0.8)
     assert m["balanced_accuracy"]["value"] == pytest.approx((3 / 4 + 5 / 6) / 2)
@@ -198,7 +198,7 @@ def test_decision_metrics_hand_case():
     assert g["A"]["false_positive_rate"]["value"] == pytest.approx(0.5)
     assert g["B"]["selection_rate"]["value"] == pytest.approx(0.2)
     assert g["B"]["count"] == 5
-    assert len(r["warnings"]) == 2 and all("fewer than 30" in w for w in r["warnings"])
+    assert r["warnings"] == [] and r["small_groups"] == {}
     group_records = [v for e in g.values() for v in e.values() if isinstance(v, dict)]
     for rec in list(m.values()) + group_records:
         assert RECORD_KEYS <= rec.keys()
@@ -258,7 +258,7 @@ def test_decision_small_group_and_undefined_rates():
     sens = np.array(["big"] * (n - 1) + ["tiny"])
     y_true = np.array([1, 0] * 99 + [1, 0])  # tiny group: one row, a negative
     y_pred = y_true.copy()
-    r = decision_metrics(y_true, y_pred, sens, n_boot=500)
+    r = decision_metrics(y_true, y_pred, sens, n_boot=500, min_group_size=1)
     tiny = r["by_group"]["tiny"]
     assert np.isnan(tiny["true_positive_rate"]["value"])  # no positives: undefined, not 0
     assert tiny["false_positive_rate"]["value"] == 0.0
@@ -267,8 +267,28 @@ def test_decision_small_group_and_undefined_rates():
     assert 250 < used < 400
     assert r["metrics"]["accuracy_disparity"]["n_boot"] == used
     assert r["metrics"]["accuracy"]["n_boot"] == 500
-    assert any("tiny has 1 examples" in w for w in r["warnings"])
     assert any("no positive examples" in w for w in r["warnings"])
+
+
+def test_small_groups_left_out_of_disparities_or_merged():
+    """COMPAS-like: two large groups and two of 2 rows that would otherwise decide the max − min."""
+    rng = np.random.default_rng(3)
+    sens = np.array(["a"] * 100 + ["b"] * 100 + ["c"] * 2 + ["d"] * 2)
+    y_true = rng.integers(0, 2, 204)
+    y_pred = y_true.copy()
+    y_pred[200:] = 1 - y_true[200:]  # the tiny groups are always wrong: accuracy 0
+    r = decision_metrics(y_true, y_pred, sens, n_boot=200)
+    assert r["small_groups"] == {"c": 2, "d": 2}
+    assert r["metrics"]["accuracy_disparity"]["value"] == 0.0  # a and b are both perfect
+    assert sum("left out of the disparities" in w for w in r["warnings"]) == 2
+    assert r["by_group"]["c"]["count"] == 2  # still reported per group
+    every = decision_metrics(y_true, y_pred, sens, n_boot=200, min_group_size=1)
+    assert every["metrics"]["accuracy_disparity"]["value"] == 1.0
+    merged = decision_metrics(y_true, y_pred, sens, n_boot=200, min_group_size=4, merge_small=True)
+    assert merged["small_groups"] == {} and merged["by_group"]["other"]["count"] == 4
+    assert merged["metrics"]["accuracy_disparity"]["value"] == 1.0
+    alone = decision_metrics(y_true, y_pred, sens, n_boot=50, min_group_size=101)
+    assert np.isnan(alone["metrics"]["accuracy_disparity"]["value"])
 
 
 def test_decision_bad_input():

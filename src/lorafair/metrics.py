@@ -429,6 +429,7 @@ _GROUP_METRICS = {  # name: (higher_is_better, unit)
     "true_positive_rate": (True, "share of positive examples"),
     "false_positive_rate": (False, "share of negative examples"),
 }
+_SPREADS = ("accuracy_disparity", "demographic_parity_difference", "equalized_odds_difference")
 _HEADLINE = {  # result key: (key in decision_stats_from_counts, higher_is_better, unit)
     "accuracy": ("overall_accuracy", True, "share of examples"),
     "balanced_accuracy": ("balanced_accuracy", True, "mean recall of the two classes"),
@@ -440,19 +441,37 @@ _HEADLINE = {  # result key: (key in decision_stats_from_counts, higher_is_bette
 }
 
 
+def small_groups(sensitive: pd.Series, min_size: int, merge: bool = False
+                 ) -> tuple[pd.Series, dict[str, int]]:
+    """Groups with fewer than ``min_size`` units: (labels, left out {group: size}).
+
+    With ``merge`` the small groups are first relabelled "other" (one group); whatever is still
+    below ``min_size`` is returned as left out. The labels are returned unchanged otherwise."""
+    counts = sensitive.value_counts()
+    small = [g for g, n in counts.items() if n < min_size]
+    if merge and len(small) > 0:
+        sensitive = sensitive.where(~sensitive.isin(small), "other")
+        counts = sensitive.value_counts()
+    return sensitive, {str(g): int(n) for g, n in sorted(counts.items(), key=lambda kv: str(kv[0]))
+                       if n < min_size}
+
+
 def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray,
                      n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
-                     min_group_size: int = 30, pos_label: Any = 1) -> dict:
+                     min_group_size: int = 30, pos_label: Any = 1, merge_small: bool = False) -> dict:
     """Fairness of binary decisions per protected group, with bootstrap intervals over rows.
 
     y_true, y_pred, sensitive: [n]. Point values come from fairlearn (``MetricFrame`` with
     accuracy, selection rate, TPR, FPR, count; ``demographic_parity_difference``,
     ``equalized_odds_difference``); a rate whose denominator is zero is reported as NaN (fairlearn
     returns 0 there) with a warning. Intervals resample rows; a replicate in which a statistic is
-    undefined (its group absent, no positives) is skipped for that statistic.
+    undefined (its group absent, no positives) is skipped for that statistic. Groups with fewer
+    than ``min_group_size`` rows are left out of the disparities (``small_groups`` lists them;
+    ``merge_small`` first merges them into one group "other"); the disparities are NaN when fewer
+    than two groups remain.
 
     Returns ``{"metrics": {name: record}, "by_group": {group: {"count": int, metric: record}},
-    "warnings": [str], "n": int}``.
+    "small_groups": {group: count}, "warnings": [str], "n": int}``.
     """
     from fairlearn.metrics import (MetricFrame, count, demographic_parity_difference,
                                    equalized_odds_difference, false_positive_rate, selection_rate,
@@ -470,8 +489,12 @@ def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray
     if sens.isna().any():
         raise UserError(f"decision metrics: sensitive attribute missing for "
                         f"{int(sens.isna().sum())} examples; fill or drop them first")
+    sens, left_out = small_groups(sens.astype(str) if merge_small else sens, min_group_size, merge_small)
     codes, names = pd.factorize(sens, sort=True)
     G = len(names)
+    kept = np.array([str(g) not in left_out for g in names])
+    rows = kept[codes]
+    sub_codes = pd.factorize(codes[rows], sort=True)[0]
 
     mf = MetricFrame(metrics={"accuracy": accuracy_score, "selection_rate": selection_rate,
                               "true_positive_rate": true_positive_rate,
@@ -480,17 +503,28 @@ def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray
     point = decision_stats_from_counts(_confusion((2 * yt + yp)[None], codes[None], G))
     point = {k: v[0] for k, v in point.items()}
     fair = {"overall_accuracy": float(mf.overall["accuracy"]),
-            "accuracy_disparity": float(mf.difference(method="between_groups")["accuracy"]),
-            "demographic_parity_difference": float(demographic_parity_difference(
-                yt, yp, sensitive_features=codes)),
-            "equalized_odds_difference": float(equalized_odds_difference(
-                yt, yp, sensitive_features=codes)),
             "balanced_accuracy": float(point["balanced_accuracy"])}
+    nan = float("nan")
+    if kept.sum() >= 2:  # disparities over the groups large enough
+        yk, pk = yt[rows], yp[rows]
+        acc = MetricFrame(metrics=accuracy_score, y_true=yk, y_pred=pk, sensitive_features=sub_codes)
+        fair.update(accuracy_disparity=float(acc.difference(method="between_groups")),
+                    demographic_parity_difference=float(demographic_parity_difference(
+                        yk, pk, sensitive_features=sub_codes)),
+                    equalized_odds_difference=float(equalized_odds_difference(
+                        yk, pk, sensitive_features=sub_codes)))
+    else:
+        fair.update(accuracy_disparity=nan, demographic_parity_difference=nan,
+                    equalized_odds_difference=nan)
 
     rng = np.random.default_rng(seed)
     cells = 2 * yt + yp
-    reps = [decision_stats_from_counts(_confusion(cells[idx], codes[idx], G))
-            for idx in _index_chunks(rng, len(yt), n_boot)]
+    reps = []
+    for idx in _index_chunks(rng, len(yt), n_boot):
+        c = _confusion(cells[idx], codes[idx], G)
+        r = decision_stats_from_counts(c)
+        r.update({k: v for k, v in decision_stats_from_counts(c[:, kept]).items() if k in _SPREADS})
+        reps.append(r)
     boot = {k: np.concatenate([r[k] for r in reps]) for k in reps[0]}
 
     metrics = {}
@@ -509,14 +543,18 @@ def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray
             lo, hi, used = _percentile(boot[key][:, i], alpha)
             entry[key] = record(value, lo, hi, higher_is_better=hib, unit=unit, n_boot=used)
         by_group[str(g)] = entry
-        if entry["count"] < min_group_size:
+        if not kept[i]:
             warnings.append(f"group {g!s} has {entry['count']} examples (fewer than "
-                            f"{min_group_size}): its rates and the disparities are unreliable")
+                            f"{min_group_size}): left out of the disparities")
         for key, label in (("true_positive_rate", "positive"), ("false_positive_rate", "negative")):
             if np.isnan(point[key][i]):
                 warnings.append(f"group {g!s} has no {label} examples: its {key} is undefined "
                                 "(NaN); equalized_odds_difference counts it as 0")
-    return {"metrics": metrics, "by_group": by_group, "warnings": warnings, "n": int(len(yt))}
+    if kept.sum() < 2:
+        warnings.append(f"fewer than two groups have {min_group_size} examples or more: "
+                        "no disparity is reported")
+    return {"metrics": metrics, "by_group": by_group, "small_groups": left_out,
+            "warnings": warnings, "n": int(len(yt))}
 
 
 def flip_rate(pred_a: Any, pred_b: Any, prob_a: Any | None = None, prob_b: Any | None = None,

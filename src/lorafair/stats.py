@@ -436,18 +436,20 @@ def group_gap(x: np.ndarray, groups: np.ndarray, measure: Measure, strata: np.nd
             "n_perm": int(n_perm), "interval": "permutation"}
 
 
-def gap_difference(xa: np.ndarray, xb: np.ndarray, measure: Measure, n_boot: int = 1000,
-                   seed: int = 0, alpha: float = 0.05) -> dict:
-    """Paired difference of the max − min gap over groups, arm a minus arm b, crossed bootstrap.
+def max_min(measure: Measure) -> Callable[[np.ndarray], np.ndarray]:
+    """Group sums ``[..., G, C]`` → max − min over groups of ``measure`` ``[...]``."""
+    return lambda sums: _spread(measure(sums))[0]
+
+
+def gap_difference(xa: np.ndarray, xb: np.ndarray, gap: Callable[[np.ndarray], np.ndarray],
+                   n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Paired difference of a disparity over groups, arm a minus arm b, crossed bootstrap interval.
 
     xa, xb: [S, U, G, C] cell sums per seed, unit and group on the same seeds and units (a unit is
     what is resampled: a template that has one prompt per group, or a test row that belongs to one
-    group and is zero elsewhere). Each replicate draws units once for both arms and every seed."""
+    group and is zero elsewhere); gap: group sums ``[..., G, C]`` → disparity ``[...]``, e.g.
+    :func:`max_min` of a measure. Each replicate draws units once for both arms and every seed."""
     xa, xb = np.asarray(xa, np.float64), np.asarray(xb, np.float64)
-
-    def gap(sums: np.ndarray) -> np.ndarray:
-        return _spread(measure(sums))[0]
-
     point = gap(xa.sum(axis=(0, 1))) - gap(xb.sum(axis=(0, 1)))
     boots = crossed_bootstrap([xa, xb], lambda s: gap(s[0]) - gap(s[1]), n_boot, seed)
     return bootstrap_record(float(point), boots, alpha)

@@ -20,13 +20,11 @@ prompts of the token-posterior KL.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-
 import numpy as np
 import pandas as pd
 import torch
 
-from lorafair import lm, metrics
+from lorafair import lm, metrics, stats
 from lorafair.datasets import tabular
 from lorafair.errors import UserError
 from lorafair.tasks import CorpusOptions, Task, register
@@ -54,6 +52,9 @@ class ClassificationData(CorpusOptions):
 class Classification(Task):
     Options = ClassificationOptions
     DataOptions = ClassificationData
+    MARGINS = {"accuracy": 0.02, "balanced_accuracy": 0.02, "answer_mass": 0.05,
+               "accuracy_disparity": 0.03, "demographic_parity_difference": 0.03,
+               "equalized_odds_difference": 0.05, "flip_rate": 0.02, "mean_abs_delta_p": 0.02}
 
     def __init__(self, options: ClassificationOptions, data: ClassificationData):
         super().__init__(options, data)
@@ -127,15 +128,18 @@ class Classification(Task):
         headline = {"answer_mass": metrics.record(
             ci["value"], ci["lo"], ci["hi"], higher_is_better=None, n=ci["n"], n_boot=ci["n_boot"],
             unit="probability of either answer word (how much the model answers at all)")}
-        by_group, warnings = {}, []
+        by_group, small, warnings = {}, {}, []
         for a in self.protected:
             rows[a] = [ex[a] for ex in test]
-            dm = metrics.decision_metrics(labels, pred, rows[a].to_numpy(), n_boot=e.bootstrap, seed=0)
+            dm = metrics.decision_metrics(labels, pred, rows[a].to_numpy(), n_boot=e.bootstrap, seed=0,
+                                          min_group_size=e.min_group_size,
+                                          merge_small=e.merge_small_groups)
             headline.setdefault("accuracy", dm["metrics"]["accuracy"])  # the same for every attribute
             headline.setdefault("balanced_accuracy", dm["metrics"]["balanced_accuracy"])
             for key in ("accuracy_disparity", "demographic_parity_difference", "equalized_odds_difference"):
                 headline[f"{key}_{a}"] = dm["metrics"][key]
             by_group[a] = dm["by_group"]
+            small[a] = dm["small_groups"]
             warnings += [f"{a}: {w}" for w in dm["warnings"]]
             twins = [tabular.counterfactual(ex, a) for ex in test]
             cf_pred, cf_p, _ = self.decide(ctx, model, [t["prompt"] for t in twins])
@@ -145,59 +149,135 @@ class Classification(Task):
             flips = metrics.flip_rate(pred, cf_pred, p_pos, cf_p, n_boot=e.bootstrap, seed=0)
             headline[f"flip_rate_{a}"] = flips["flip_rate"]
             headline[f"mean_abs_delta_p_{a}"] = flips["mean_abs_delta_p"]
-        summary = {"metrics": headline, "by_group": by_group, "warnings": warnings,
+        summary = {"metrics": headline, "by_group": by_group, "small_groups": small, "warnings": warnings,
                    "dataset": self.options.dataset, "answers": list(self.answers), "n_test": len(test)}
         return summary, rows
 
     # ------------------------------------------------------------------ arms against each other
 
     def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> dict:
-        """Each arm minus full of the same seed, resampling the same test rows for both:
-        accuracy, and per protected attribute the accuracy disparity and the flip rate."""
-        n_boot = ctx.study.evaluation.bootstrap
-        out: dict = {"vs_full": {}}
+        """Every headline metric pooled over seeds and each arm minus full, paired over seeds and test
+        rows (crossed design): smooth measures with ``stats.crossed_interval`` /
+        ``crossed_difference``, the disparities (max − min over the groups large enough) with the
+        crossed bootstrap."""
+        e = ctx.study.evaluation
+        frames = {arm: [] for arm, _ in results}
         for (arm, seed), df in sorted(results.items()):
-            full = results.get(("full", seed))
-            if arm == "full" or full is None:
-                continue
-            a, b = _align(df, full)
-            ok_a = (a.pred == a.label).to_numpy(np.float64)
-            ok_b = (b.pred == b.label).to_numpy(np.float64)
-            entry = {"accuracy": _diff(ok_a, ok_b, np.mean, n_boot, "accuracy", True)}
+            frames[arm].append(_cells_frame(df, self.protected).assign(seed=seed))
+        tables = {arm: pd.concat(f, ignore_index=True) for arm, f in frames.items()}
+        smooth = {arm: stats.cell_table(t, SMOOTH_COLS + _attr_cols(self.protected), "id")
+                  for arm, t in tables.items()}
+        conf = {arm: stats.cell_table(t, CONFUSION, "id") for arm, t in tables.items()}
+        groups = _unit_groups(next(iter(tables.values())), self.protected, e)
+        out: dict = {"pooled": {}, "minus_full": {}, "unit": "test rows", "small_groups": groups["left_out"]}
+        measures = _measures(self.protected)
+        for arm in tables:
+            out["pooled"][arm] = {name: {**stats.crossed_interval(smooth[arm][0], f), "higher_is_better": hib,
+                                         "unit": unit} for name, (f, hib, unit) in measures.items()}
             for attr in self.protected:
-                if attr not in a.columns:
-                    continue
-                codes, names = pd.factorize(a[attr], sort=True)
-                spread = partial(_disparity, n_groups=len(names))
-                entry[f"accuracy_disparity_{attr}"] = _diff(
-                    np.column_stack([ok_a, codes]), np.column_stack([ok_b, codes]), spread, n_boot,
-                    "accuracy, max − min over groups", False)
-                fa = (a.pred != a[f"cf_pred_{attr}"]).to_numpy(np.float64)
-                fb = (b.pred != b[f"cf_pred_{attr}"]).to_numpy(np.float64)
-                entry[f"flip_rate_{attr}"] = _diff(fa, fb, np.mean, n_boot, "share of decisions", False)
-            out["vs_full"][f"{arm}@{seed}"] = entry
+                x = _by_group(conf[arm], groups[attr])
+                for key, (hib, unit) in DISPARITIES.items():
+                    gap = _disparity_fn(key)
+                    boots = stats.crossed_bootstrap([x], lambda s, g=gap: g(s[0]), e.bootstrap)
+                    out["pooled"][arm][f"{key}_{attr}"] = {
+                        **stats.bootstrap_record(float(gap(x.sum(axis=(0, 1)))), boots),
+                        "higher_is_better": hib, "unit": unit}
+            out["pooled"][arm]["n_seeds"] = len(smooth[arm][1])
+        if "full" not in tables:
+            return out
+        for arm in tables:
+            if arm == "full":
+                continue
+            xa, xb = stats.pair_cells(smooth[arm], smooth["full"])
+            entry = {name: {**stats.crossed_difference(xa, xb, f), "higher_is_better": hib,
+                            "unit": f"difference in {unit} (arm − full)"}
+                     for name, (f, hib, unit) in measures.items()}
+            ca, cb = stats.pair_cells(conf[arm], conf["full"])
+            units = [u for u in conf[arm][2] if u in set(conf["full"][2])]
+            for attr in self.protected:
+                for key, (hib, unit) in DISPARITIES.items():
+                    d = stats.gap_difference(_by_group((ca, None, units), groups[attr]),
+                                             _by_group((cb, None, units), groups[attr]),
+                                             _disparity_fn(key), e.bootstrap)
+                    entry[f"{key}_{attr}"] = {**d, "higher_is_better": hib,
+                                              "unit": f"difference in {unit} (arm − full)"}
+            out["minus_full"][arm] = entry
         return out
 
 
-def _align(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Both frames on their common test ids, in the same order."""
-    common = a["id"][a["id"].isin(set(b["id"]))]
-    if common.empty:
-        raise UserError("compare: the two arms share no test example; evaluate them on the same data")
-    return (a.set_index("id").loc[common].reset_index(), b.set_index("id").loc[common].reset_index())
+SMOOTH_COLS = ["mass", "ok", "tp", "pos", "tn", "neg"]
+CONFUSION = ["c_tn", "c_fp", "c_fn", "c_tp"]
+DISPARITIES = {  # decision_stats_from_counts key: (higher_is_better, unit)
+    "accuracy_disparity": (False, "accuracy, max − min over groups"),
+    "demographic_parity_difference": (False, "selection rate, max − min over groups"),
+    "equalized_odds_difference": (False, "larger of TPR and FPR max − min over groups"),
+}
 
 
-def _disparity(x: np.ndarray, n_groups: int) -> float:
-    """Max − min of group accuracy.  x: [n, 2] (correct 0/1, group code in 0..n_groups-1);
-    NaN when a group is absent (a bootstrap replicate without it is skipped)."""
-    codes = x[:, 1].astype(np.int64)
-    counts = np.bincount(codes, minlength=n_groups)
-    if (counts == 0).any():
-        return float("nan")
-    return float(np.ptp(np.bincount(codes, weights=x[:, 0], minlength=n_groups) / counts))
+def _attr_cols(protected: tuple[str, ...]) -> list[str]:
+    return [c for a in protected for c in (f"flip_{a}", f"adp_{a}")]
 
 
-def _diff(xa: np.ndarray, xb: np.ndarray, stat, n_boot: int, unit: str, higher_is_better: bool) -> dict:
-    d = metrics.paired_bootstrap_diff(xa, xb, stat, n_boot=n_boot, seed=0)
-    return metrics.record(d["value"], d["lo"], d["hi"], higher_is_better=higher_is_better,
-                          unit=f"difference in {unit} (arm − full)", n=d["n"], n_boot=d["n_boot"])
+def _cells_frame(df: pd.DataFrame, protected: tuple[str, ...]) -> pd.DataFrame:
+    """Per test row: the sums the pooled measures are made of (one evaluation's rows)."""
+    y, p = df["label"].to_numpy(np.int64), df["pred"].to_numpy(np.int64)
+    out = pd.DataFrame({"id": df["id"].to_numpy(),
+                        "mass": np.exp(df["lp_pos"].to_numpy(np.float64)) + np.exp(df["lp_neg"].to_numpy(np.float64)),
+                        "ok": (y == p).astype(float), "tp": (y & p).astype(float), "pos": y.astype(float),
+                        "tn": ((1 - y) & (1 - p)).astype(float), "neg": (1 - y).astype(float)})
+    for i, c in enumerate(CONFUSION):
+        out[c] = (2 * y + p == i).astype(float)
+    for a in protected:
+        out[a] = df[a].to_numpy() if a in df.columns else None
+        if f"cf_pred_{a}" in df.columns:
+            out[f"flip_{a}"] = (df["pred"] != df[f"cf_pred_{a}"]).to_numpy(float)
+            out[f"adp_{a}"] = np.abs(df["p_pos"] - df[f"cf_p_pos_{a}"]).to_numpy(float)
+    return out
+
+
+def _measures(protected: tuple[str, ...]) -> dict:
+    """Smooth headline measures: name -> (function of the mean cell, higher_is_better, unit)."""
+    col = {c: i for i, c in enumerate(SMOOTH_COLS + _attr_cols(protected))}
+    out = {"answer_mass": (lambda m: m[..., col["mass"]], None, "probability of either answer word"),
+           "accuracy": (lambda m: m[..., col["ok"]], True, "share of examples"),
+           "balanced_accuracy": (lambda m: (m[..., col["tp"]] / m[..., col["pos"]]
+                                            + m[..., col["tn"]] / m[..., col["neg"]]) / 2, True,
+                                 "mean recall of the two classes")}
+    for a in protected:
+        out[f"flip_rate_{a}"] = (lambda m, j=col[f"flip_{a}"]: m[..., j], False, "share of decisions")
+        out[f"mean_abs_delta_p_{a}"] = (lambda m, j=col[f"adp_{a}"]: m[..., j], False, "probability")
+    return out
+
+
+def _unit_groups(table: pd.DataFrame, protected: tuple[str, ...], e) -> dict:
+    """Per attribute: id -> group code (−1: a group below evaluation.min_group_size, left out);
+    ``left_out``: attribute -> {group: size}."""
+    rows = table.drop_duplicates("id").set_index("id")
+    out: dict = {"left_out": {}}
+    for a in protected:
+        labels, left = metrics.small_groups(rows[a].astype(str), e.min_group_size, e.merge_small_groups)
+        codes, _ = pd.factorize(labels.where(~labels.isin(list(left))), sort=True)
+        out[a] = dict(zip(rows.index, codes))
+        out["left_out"][a] = left
+    return out
+
+
+def _by_group(cells: tuple, group_of: dict) -> np.ndarray:
+    """Confusion cells [S, U, 4] spread over groups → [S, U, G, 4] (left-out groups dropped)."""
+    x, _, units = cells
+    codes = np.array([group_of.get(u, -1) for u in units])
+    G = max(int(codes.max()) + 1, 0)
+    out = np.zeros(x.shape[:2] + (G, x.shape[-1]))
+    keep = codes >= 0
+    out[:, np.flatnonzero(keep), codes[keep]] = x[:, keep]
+    return out
+
+
+def _disparity_fn(key: str):
+    """Group confusion sums [..., G, 4] → the disparity ``key`` [...] (NaN with fewer than 2 groups)."""
+    def fn(sums: np.ndarray) -> np.ndarray:
+        if sums.shape[-2] < 2:
+            return np.full(sums.shape[:-2], np.nan)
+        return metrics.decision_stats_from_counts(sums)[key]
+
+    return fn
