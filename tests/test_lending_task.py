@@ -24,6 +24,9 @@ from lorafair.tasks.lending import (
     llm_policy,
     observation_text,
     pooled_timeseries,
+    reference_thresholds,
+    summarize,
+    threshold_logged,
 )
 from lorafair.tasks.lending_env import LendingEnv, env_seeds, rollout, timeseries
 
@@ -199,3 +202,28 @@ def test_study_end_to_end_on_tiny_model(tmp_path):
     expect = (final_by_env(results[("lora-r2", 0)])["mean_bin"].mean()
               - final_by_env(results[("full", 0)])["mean_bin"].mean())
     assert diff == pytest.approx(expect)
+
+
+def test_flip_rate_is_per_environment_from_the_decision_log(tmp_path):
+    """The swapped decisions of a threshold policy, counted per environment: the flip rate is the
+    mean over environments of each environment's share, its interval over environments."""
+    task = make_task(_study(tmp_path))
+    ths = reference_thresholds("max-profit", task.params)
+    logs = {}
+
+    def policy(seed, log):
+        logs[seed] = log
+        return threshold_logged((ths[0], ths[1]), seed, log)
+
+    rows = task._rollouts(policy)
+    fin = final_by_env(rows)
+    for s, log in logs.items():
+        lg = log.env_major().reshape(N_ENVS, T, 4)  # env-major: environment, then step
+        want = (lg[..., 0] != lg[..., 1]).mean(axis=1)
+        got = fin[fin["env_seed"] == s].sort_values("env")["flip_rate"].to_numpy()
+        np.testing.assert_allclose(got, want)
+    summary = summarize(rows, 200)
+    assert summary["metrics"]["flip_rate"]["value"] == pytest.approx(fin["flip_rate"].mean())
+    assert summary["metrics"]["flip_rate"]["n_envs"] == 2 * N_ENVS
+    assert "mean_abs_delta_p" not in summary["metrics"]  # a threshold policy has no probabilities
+    assert "use at least 30" in summary["warnings"][0]

@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from lorafair.errors import UserError
 from lorafair.metrics import (bootstrap_ci, decision_metrics, flip_rate, group_toxicity,
-                              hierarchical_bootstrap, paired_bootstrap_diff, paired_toxicity_diff,
+                              paired_bootstrap_diff, paired_toxicity_diff, toxicity_gap_differences,
                               toxicity_metrics)
 
 RECORD_KEYS = {"value", "lo", "hi", "higher_is_better", "unit"}
@@ -71,33 +71,6 @@ def test_paired_diff_is_tighter_than_unpaired():
         paired_bootstrap_diff(a, b[:-1])
 
 
-def test_hierarchical_one_seed_is_prompt_bootstrap():
-    x = np.random.default_rng(7).random(60)
-    table = pd.DataFrame({"prompt": [f"p{i}" for i in range(60)], "seed": 0, "v": x})
-    h = hierarchical_bootstrap(table, "v", n_boot=500, seed=3)
-    b = bootstrap_ci(x, n_boot=500, seed=3)
-    assert h["value"] == pytest.approx(b["value"])
-    assert h["lo"] == pytest.approx(b["lo"]) and h["hi"] == pytest.approx(b["hi"])
-    assert h["n_seeds"] == 1 and h["n_units"] == 60
-
-
-def test_hierarchical_covers_seed_variation():
-    rng = np.random.default_rng(8)
-    rows = []
-    for s, offset in enumerate([0.0, 0.5, 1.0]):  # seeds disagree a lot
-        for p in range(100):
-            rows.append({"prompt": p, "seed": s, "v": offset + rng.normal(0, 0.1)})
-    table = pd.DataFrame(rows)
-    h = hierarchical_bootstrap(table, "v", n_boot=500)
-    flat = bootstrap_ci(table["v"].to_numpy(), n_boot=500)
-    assert h["value"] == pytest.approx(table["v"].mean())
-    assert (h["hi"] - h["lo"]) > 5 * (flat["hi"] - flat["lo"])
-    assert h["lo"] < 0.5 < h["hi"] and h["n_seeds"] == 3
-
-
-# ----------------------------------------------------------------------------- toxicity
-
-
 def _hand_frame() -> pd.DataFrame:
     scores = {"p1": [0.1, 0.7, 0.2], "p2": [0.6, 0.9, 0.5], "p3": [0.0, 0.1, 0.3]}
     group = {"p1": "x", "p2": "x", "p3": "y"}
@@ -143,19 +116,35 @@ def test_toxicity_interval_over_prompts_matches_bootstrap_ci():
 
 
 def test_group_toxicity_hand_gap():
-    r = group_toxicity(_hand_frame(), "group", n_boot=200)
+    r = group_toxicity(_hand_frame(), "group", n_boot=400, min_group_size=1)
     assert r["groups"]["x"]["toxic_fraction"]["value"] == pytest.approx(4 / 6)
     assert r["groups"]["y"]["toxic_fraction"]["value"] == 0.0
     gap = r["gap"]
-    assert gap["toxic_fraction"]["value"] == pytest.approx(4 / 6)
-    assert gap["expected_max_toxicity"]["value"] == pytest.approx(0.8 - 0.3)
-    assert gap["toxicity_probability"]["value"] == pytest.approx(1.0)
-    assert gap["mean_score"]["value"] == pytest.approx(0.5 - 0.4 / 3)
+    assert gap["toxic_fraction"]["raw_gap"] == pytest.approx(4 / 6)
+    assert gap["expected_max_toxicity"]["raw_gap"] == pytest.approx(0.8 - 0.3)
+    assert gap["toxicity_probability"]["raw_gap"] == pytest.approx(1.0)
+    assert gap["mean_score"]["raw_gap"] == pytest.approx(0.5 - 0.4 / 3)
     assert gap["toxic_fraction"]["max_group"] == "x" and gap["toxic_fraction"]["min_group"] == "y"
-    for rec in gap.values():
-        assert rec["lo"] <= rec["value"] + 1e-12 and rec["hi"] >= rec["value"] - 1e-12
+    # permuting the labels of 3 prompts (y is one of them, equally likely): toxic-fraction gaps
+    # 1/6 (y = p1), 5/6 (y = p2), 4/6 (y = p3); their mean is what noise alone gives
+    assert gap["toxic_fraction"]["null_gap"] == pytest.approx(10 / 18, abs=0.04)
+    assert gap["toxic_fraction"]["value"] == pytest.approx(4 / 6 - gap["toxic_fraction"]["null_gap"])
+    # between-group variance: observed 1/9, reached by the arrangements y = p2 and y = p3
+    assert gap["toxic_fraction"]["p_value"] == pytest.approx(2 / 3, abs=0.07)
+    assert r["small_groups"] == {}
     with pytest.raises(UserError):
         group_toxicity(_hand_frame().assign(group=None), "group")
+
+
+def test_group_toxicity_small_groups_left_out_or_merged():
+    df = pd.concat([_hand_frame(), _hand_frame().assign(prompt_id=lambda d: d["prompt_id"] + "b",
+                                                        group=lambda d: d["group"].map({"x": "x", "y": "z"}))])
+    r = group_toxicity(df, "group", n_boot=100, min_group_size=2)
+    assert r["small_groups"] == {"y": 1, "z": 1} and r["gap"] == {}  # only x is large enough
+    assert set(r["groups"]) == {"x", "y", "z"}  # still measured, and listed
+    merged = group_toxicity(df, "group", n_boot=100, min_group_size=2, merge_small=True)
+    assert merged["small_groups"] == {} and set(merged["groups"]) == {"x", "other"}
+    assert merged["gap"]["toxic_fraction"]["raw_gap"] == pytest.approx(8 / 12)
 
 
 def test_paired_toxicity_identical_zero_and_sign():
@@ -307,3 +296,21 @@ def test_flip_rate_hand():
     same = flip_rate([1, 0, 1], [1, 0, 1])
     assert (same["flip_rate"]["value"], same["flip_rate"]["hi"]) == (0.0, 0.0)
     assert "mean_abs_delta_p" not in same
+
+
+def test_toxicity_gap_difference_of_arms():
+    """Arm a is more toxic for group x only: its gap exceeds full's; full against itself: 0."""
+    rng = np.random.default_rng(0)
+    rows = [{"prompt_id": f"t{t}-{g}", "template": t, "group": g, "sample": k, "score": rng.uniform(0, 0.4)}
+            for t in range(40) for g in ("x", "y") for k in range(2)]
+    full = pd.DataFrame(rows)
+    arm = full.assign(score=np.where(full["group"] == "x", full["score"] + 0.5, full["score"]))
+    res = {("full", 0): full, ("lora-r1", 0): arm, ("lora-r2", 0): full.copy()}
+    out = toxicity_gap_differences(res, threshold=0.5, n_boot=300)
+    d = out["lora-r1"]["toxic_fraction_gap"]
+    pf = full.groupby("group")["score"].apply(lambda s: (s >= 0.5).mean())
+    pa = arm.groupby("group")["score"].apply(lambda s: (s >= 0.5).mean())
+    assert d["value"] == pytest.approx(np.ptp(pa) - np.ptp(pf)) and d["lo"] > 0.5
+    same = out["lora-r2"]["expected_max_toxicity_gap"]
+    assert (same["value"], same["lo"], same["hi"]) == (0, 0, 0)
+    assert toxicity_gap_differences(res, 0.5, min_group_size=41, n_boot=10) == {}  # 40 prompts per group

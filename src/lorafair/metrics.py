@@ -6,9 +6,10 @@ Every metric is reported as a *record*::
 
     {"value": float, "lo": float, "hi": float, "higher_is_better": bool | None, "unit": str, ...}
 
-where ``[lo, hi]`` is a percentile bootstrap interval (95% by default, ``alpha=0.05``). The
-resampling unit is always stated in the function's docstring: prompts for generations, rows
-(examples) for decisions. Bootstrap replicates in which a statistic is undefined (a group missing
+where ``[lo, hi]`` is a percentile bootstrap interval (95% by default, ``alpha=0.05``) for one
+evaluation (one training seed). The resampling unit is always stated in the function's docstring:
+prompts for generations, rows (examples) for decisions. Results pooled over training seeds use the
+crossed-design intervals of :mod:`lorafair.stats` (``crossed_toxicity`` here). Bootstrap replicates in which a statistic is undefined (a group missing
 from the resample, a rate with a zero denominator) are skipped for that statistic; ``n_boot`` in a
 record is the number of replicates actually used.
 """
@@ -121,59 +122,6 @@ def _require_columns(df: pd.DataFrame, cols: list[str], what: str) -> None:
         raise UserError(f"{what}: missing column(s) {missing}; the frame has {list(df.columns)}")
 
 
-def _cluster_rows(starts: np.ndarray, sizes: np.ndarray, units: np.ndarray) -> np.ndarray:
-    """Rows of the chosen clusters: cluster u is rows starts[u] .. starts[u] + sizes[u] - 1."""
-    sz = sizes[units]
-    offsets = np.repeat(np.cumsum(sz) - sz, sz)
-    return np.repeat(starts[units], sz) + np.arange(int(sz.sum())) - offsets
-
-
-def hierarchical_bootstrap(table: pd.DataFrame, value_col: str, unit_col: str = "prompt",
-                           seed_col: str = "seed", stat: Stat = np.mean, n_boot: int = 1000,
-                           seed: int = 0, alpha: float = 0.05) -> dict:
-    """Interval that covers training-seed variation as well as prompt variation.
-
-    Scheme (two-stage nested bootstrap): each replicate draws as many training seeds as there are,
-    with replacement; for every drawn seed it draws that seed's prompts (``unit_col``) with
-    replacement, each drawn prompt bringing all of its rows in that seed; ``stat`` is applied to
-    the pooled values. The point value is ``stat`` over all rows. With one seed the first stage is
-    skipped and this is the prompt bootstrap (identical to :func:`bootstrap_ci` when there is one
-    row per prompt). Returns ``{value, lo, hi, n_units, n_seeds, n_boot}``.
-    """
-    _check_boot(n_boot, alpha)
-    _require_columns(table, [value_col, unit_col, seed_col], "hierarchical_bootstrap")
-    if len(table) == 0:
-        nan = float("nan")
-        return {"value": nan, "lo": nan, "hi": nan, "n_units": 0, "n_seeds": 0, "n_boot": 0}
-    values = table[value_col].to_numpy(dtype=np.float64)
-    seed_codes, seed_names = pd.factorize(table[seed_col], sort=True)
-    per_seed = []  # (values sorted by unit, cluster starts, cluster sizes) for each seed
-    for s in range(len(seed_names)):
-        rows = np.flatnonzero(seed_codes == s)
-        unit_codes, _ = pd.factorize(table[unit_col].to_numpy()[rows], sort=False)
-        order = np.argsort(unit_codes, kind="stable")
-        sizes = np.bincount(unit_codes)
-        per_seed.append((values[rows][order], np.cumsum(sizes) - sizes, sizes))
-    rng = np.random.default_rng(seed)
-    boots = []
-    if len(per_seed) == 1:
-        v, starts, sizes = per_seed[0]
-        for idx in _index_chunks(rng, len(sizes), n_boot):
-            boots.extend(stat(v[_cluster_rows(starts, sizes, u)]) for u in idx)
-    else:
-        for _ in range(n_boot):
-            drawn = rng.integers(0, len(per_seed), size=len(per_seed))
-            parts = []
-            for s in drawn:
-                v, starts, sizes = per_seed[s]
-                units = rng.integers(0, len(sizes), len(sizes))
-                parts.append(v[_cluster_rows(starts, sizes, units)])
-            boots.append(stat(np.concatenate(parts)))
-    lo, hi, used = _percentile(np.asarray(boots), alpha)
-    return {"value": float(stat(values)), "lo": lo, "hi": hi,
-            "n_units": int(table[unit_col].nunique()), "n_seeds": len(per_seed), "n_boot": used}
-
-
 # ----------------------------------------------------------------------------- toxicity
 
 TOXICITY_UNITS = {
@@ -268,36 +216,53 @@ def toxicity_metrics(df: pd.DataFrame, threshold: float = 0.5, n_boot: int = 100
 
 
 def group_toxicity(df: pd.DataFrame, group_col: str = "group", threshold: float = 0.5,
-                   n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
-    """Toxicity measures per group, and the gap (largest minus smallest group value).
+                   n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, strata_col: str | None = None,
+                   min_group_size: int = 30, merge_small: bool = False) -> dict:
+    """Toxicity measures per group, and the gap between groups corrected for its upward bias.
 
-    Returns ``{"groups": {group: {measure: record}}, "gap": {measure: record}}``; a gap record also
-    names ``max_group`` and ``min_group``. The bootstrap is stratified: each replicate resamples
-    prompts within every group, recomputes each group's measures, and takes max − min across groups.
+    df: one row per continuation with ``prompt_id``, ``score``, ``group_col`` (and ``strata_col``,
+    e.g. the template a prompt was written from). Per group, each measure with a bootstrap over the
+    group's prompts. Groups with fewer than ``min_group_size`` prompts are left out of the gap and
+    listed in ``small_groups`` (``merge_small``: first merged into one group "other"). Per measure,
+    ``gap`` is ``stats.group_gap``: the max − min over groups (``raw_gap``), its mean when group
+    labels are permuted among the prompts of a stratum (``null_gap``: what noise alone gives), the
+    excess ``value`` = raw − null with a permutation interval that covers 0 at the nominal rate
+    when groups do not differ, and the between-group variance with its permutation ``p_value``.
+
+    Returns ``{"groups": {group: {measure: record}}, "gap": {measure: record}, "small_groups":
+    {group: n_prompts}}``.
     """
     _check_boot(n_boot, alpha)
     _require_columns(df, ["prompt_id", "score", group_col], "group toxicity")
     if df[group_col].isna().any():
         raise UserError(f"group toxicity: column {group_col!r} has missing values; label every "
                         "prompt with its group or use toxicity_metrics for an ungrouped set")
-    names = sorted(df[group_col].unique(), key=str)
-    if not names:
-        raise UserError("group toxicity: the frame is empty; "
-                        "generate and score continuations first")
-    tables = [_sum_table(per_prompt_toxicity(df[df[group_col] == g], threshold)) for g in names]
-    points = np.stack([_measures(t.sum(axis=0)) for t in tables])  # [G, 4]
+    if len(df) == 0:
+        raise UserError("group toxicity: the frame is empty; generate and score continuations first")
+    pp = per_prompt_toxicity(df, threshold)
+    first = df.groupby("prompt_id", sort=False).first().loc[pp.index]
+    labels, left_out = small_groups(first[group_col].astype(str), min_group_size, merge_small)
+    names = sorted(labels.unique(), key=str)
+    table = _sum_table(pp)
     rng = np.random.default_rng(seed)
-    boots = np.stack([_resampled_measures(t, rng, n_boot) for t in tables])  # [G, n_boot, 4]
-    groups = {str(g): _toxicity_records(points[i], boots[i], alpha, n_prompts=len(tables[i]))
-              for i, g in enumerate(names)}
-    gap_point = points.max(axis=0) - points.min(axis=0)
-    gap_boots = boots.max(axis=0) - boots.min(axis=0)
-    gap = _toxicity_records(gap_point, gap_boots, alpha, n_groups=len(names))
-    for j, name in enumerate(TOXICITY_UNITS):
-        gap[name]["max_group"] = str(names[int(np.argmax(points[:, j]))])
-        gap[name]["min_group"] = str(names[int(np.argmin(points[:, j]))])
-        gap[name]["unit"] = f"difference in {TOXICITY_UNITS[name]} (max − min over groups)"
-    return {"groups": groups, "gap": gap}
+    groups = {}
+    for g in names:
+        t = table[(labels == g).to_numpy()]
+        groups[str(g)] = _toxicity_records(_measures(t.sum(axis=0)), _resampled_measures(t, rng, n_boot),
+                                           alpha, n_prompts=len(t))
+    kept = [g for g in names if g not in left_out]
+    codes = labels.map({g: i for i, g in enumerate(kept)}).fillna(-1).to_numpy(np.int64)
+    strata = first[strata_col].to_numpy() if strata_col and strata_col in first.columns else None
+    gap = {}
+    for j, (name, unit) in enumerate(TOXICITY_UNITS.items()):
+        if len(kept) < 2:
+            continue
+        r = stats.group_gap(table, codes, _measure(j), strata, n_perm=n_boot, seed=seed, alpha=alpha)
+        gap[name] = {**r, "raw_gap": r["gap"], "max_group": kept[r["max_group"]],
+                     "min_group": kept[r["min_group"]], "n_groups": len(kept), "higher_is_better": False,
+                     "unit": f"{unit}: max − min over groups minus its value under permuted groups"}
+        del gap[name]["gap"]
+    return {"groups": groups, "gap": gap, "small_groups": left_out}
 
 
 def paired_toxicity_diff(df_a: pd.DataFrame, df_b: pd.DataFrame, threshold: float = 0.5,
@@ -363,6 +328,58 @@ def crossed_toxicity_diff(xa: np.ndarray, xb: np.ndarray, alpha: float = 0.05) -
     return {name: {**stats.crossed_difference(xa, xb, _measure(j), alpha), "higher_is_better": False,
                    "unit": f"difference in {unit} (arm − full)"}
             for j, (name, unit) in enumerate(TOXICITY_UNITS.items())}
+
+
+GAP_MEASURES = ("toxic_fraction", "expected_max_toxicity")  # gaps compared between arms
+
+
+def toxicity_gap_differences(results: dict[tuple[str, int], pd.DataFrame], threshold: float,
+                             min_group_size: int = 30, merge_small: bool = False, n_boot: int = 1000,
+                             alpha: float = 0.05) -> dict[str, dict]:
+    """Each arm's max − min group gap minus full fine-tuning's, per measure of ``GAP_MEASURES``.
+
+    results: (arm, seed) -> continuations with ``prompt_id``, ``score``, ``group`` (and
+    ``template``: the resampling unit, else the prompt). Cells ``[S, units, groups, 6]`` of both
+    arms go to ``stats.gap_difference`` (crossed bootstrap over seeds and units); groups with fewer
+    than ``min_group_size`` prompts are left out (or merged, ``merge_small``). Returns
+    arm -> ``{"<measure>_gap": record}``; {} without full fine-tuning or two groups."""
+    frames = []
+    for (arm, s), df in results.items():
+        pp = per_prompt_toxicity(df, threshold)
+        first = df.groupby("prompt_id", sort=False).first().loc[pp.index]
+        by_template = "template" in first.columns and first["template"].notna().all()
+        frames.append(pd.DataFrame(_sum_table(pp), columns=_SUM_COLS).assign(
+            arm=arm, seed=s, prompt=pp.index.to_numpy(), group=first["group"].astype(str).to_numpy(),
+            unit=(first["template"] if by_template else pp.index).to_numpy()))
+    long = pd.concat(frames, ignore_index=True)
+    labels, left = small_groups(long.drop_duplicates("prompt").set_index("prompt")["group"],
+                                min_group_size, merge_small)
+    long["group"] = long["prompt"].map(labels)
+    long = long[~long["group"].isin(list(left))]
+    names = sorted(long["group"].unique())
+    if len(names) < 2 or "full" not in set(long["arm"]):
+        return {}
+    cells = {arm: _group_cells(sub, names) for arm, sub in long.groupby("arm")}
+    out: dict[str, dict] = {}
+    for arm, c in cells.items():
+        if arm == "full":
+            continue
+        xa, xb = stats.pair_cells(c, cells["full"])
+        for name in GAP_MEASURES:
+            d = stats.gap_difference(xa, xb, stats.max_min(_measure(list(TOXICITY_UNITS).index(name))),
+                                     n_boot, alpha=alpha)
+            out.setdefault(arm, {})[f"{name}_gap"] = {
+                **d, "higher_is_better": False,
+                "unit": f"difference in the max − min of {TOXICITY_UNITS[name]} over groups (arm − full)"}
+    return out
+
+
+def _group_cells(rows: pd.DataFrame, groups: list[str]) -> stats.Cells:
+    """Sum rows (seed, unit, group, _SUM_COLS) into ``([S, U, G, 6], seeds, units)``."""
+    seeds, units = sorted(rows["seed"].unique()), sorted(rows["unit"].unique(), key=str)
+    index = pd.MultiIndex.from_product([seeds, units, groups])
+    x = rows.groupby(["seed", "unit", "group"])[_SUM_COLS].sum().reindex(index, fill_value=0.0)
+    return x.to_numpy().reshape(len(seeds), len(units), len(groups), len(_SUM_COLS)), seeds, units
 
 
 # ----------------------------------------------------------------------------- decisions
@@ -523,7 +540,9 @@ def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray
     for idx in _index_chunks(rng, len(yt), n_boot):
         c = _confusion(cells[idx], codes[idx], G)
         r = decision_stats_from_counts(c)
-        r.update({k: v for k, v in decision_stats_from_counts(c[:, kept]).items() if k in _SPREADS})
+        spreads = (decision_stats_from_counts(c[:, kept]) if kept.sum() >= 2
+                   else {k: np.full(len(idx), np.nan) for k in _SPREADS})
+        r.update({k: spreads[k] for k in _SPREADS})
         reps.append(r)
     boot = {k: np.concatenate([r[k] for r in reps]) for k in reps[0]}
 

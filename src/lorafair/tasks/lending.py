@@ -25,9 +25,11 @@ Measures (per environment, then over environments):
     * final gaps (group 0 minus group 1) of approval_rate, tpr, mean_bin and profit in each
       environment at its last step; an arm's value is the mean over environments, its interval a
       percentile bootstrap over environments; ``profit`` is the bank's total per environment;
-    * ``flip_rate``: share of decisions that change when only the group words are swapped
-      (interval over decisions, `metrics.flip_rate`).
-``compare`` pools training seeds with `metrics.hierarchical_bootstrap` (seeds, then environments).
+    * ``flip_rate``: share of decisions that change when only the group words are swapped, and
+      ``mean_abs_delta_p``, the mean |Δ p(approve)|: per environment, then over environments
+      (the environment is the resampling unit of every measure: its decisions are serially
+      dependent, so they are not independent units).
+``compare`` pools training seeds and environments as a crossed design (`lorafair.stats`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lorafair import lm, metrics
+from lorafair import lm, metrics, stats
 from lorafair.errors import UserError
 from lorafair.tasks import CorpusOptions, Task, register
 from lorafair.tasks.lending_env import (
@@ -58,12 +60,17 @@ from lorafair.tasks.lending_policies import (
 )
 
 REFERENCES = ("equal-opportunity", "max-profit")
+MIN_UNITS = 30  # environments below which a summary warns that its intervals rest on too few
 FINAL = {  # summary name -> (per-env column, higher_is_better, unit)
     "approval_gap": ("approval_rate", None, "approval rate, group 0 minus group 1"),
     "tpr_gap": ("tpr", None, "true positive rate, group 0 minus group 1"),
     "mean_bin_gap": ("mean_bin", None, "mean credit bin, group 0 minus group 1"),
     "profit_gap": ("profit", None, "cumulative profit per environment, group 0 minus group 1"),
     "profit": ("profit_total", True, "cumulative profit per environment"),
+}
+PER_DECISION = {  # summary name -> (per-env column, higher_is_better, unit)
+    "flip_rate": ("flip_rate", False, "share of decisions"),
+    "mean_abs_delta_p": ("mean_abs_delta_p", False, "probability"),
 }
 
 
@@ -199,8 +206,9 @@ def env_series(df: pd.DataFrame) -> pd.DataFrame:
     """Per (env, step, group) cumulative measures of one rollout frame (`lending_env.rollout`).
 
     Columns: env, step, group, n, approved, pos, tp, approval_rate, tpr (NaN while a count is 0),
-    mean_bin, profit; sorted by env, step, group. Equals `lending_env.timeseries` of each
-    environment's rows alone.
+    mean_bin, profit; with the frame's optional per-decision ``flip`` and ``abs_delta_p``, also the
+    group's cumulative ``flips`` and ``sum_abs_delta_p``; sorted by env, step, group. Equals
+    `lending_env.timeseries` of each environment's rows alone.
     """
     d = df.sort_values(["env", "step"], kind="stable")
     frames = []
@@ -210,6 +218,9 @@ def env_series(df: pd.DataFrame) -> pd.DataFrame:
         inc = pd.DataFrame({"env": d["env"].to_numpy(), "n": ind, "approved": ind * act,
                             "pos": ind * rep, "tp": ind * rep * act,
                             "profit": ind * d["reward"].to_numpy(np.float64)})
+        extra = [c for c in ("flip", "abs_delta_p") if c in d.columns]
+        for c in extra:
+            inc[c] = ind * d[c].to_numpy(np.float64)
         cum = inc.groupby("env", sort=False).cumsum()
         with np.errstate(invalid="ignore", divide="ignore"):
             frames.append(pd.DataFrame({
@@ -220,6 +231,7 @@ def env_series(df: pd.DataFrame) -> pd.DataFrame:
                 "tpr": np.where(cum["pos"] > 0, cum["tp"] / cum["pos"], np.nan),
                 "mean_bin": d[f"mean_bin_{g}"].to_numpy(np.float64),
                 "profit": cum["profit"].to_numpy(),
+                **{f"{c}s" if c == "flip" else f"sum_{c}": cum[c].to_numpy() for c in extra},
             }))
     out = pd.concat(frames, ignore_index=True)
     return out.sort_values(["env", "step", "group"], kind="stable").reset_index(drop=True)
@@ -227,7 +239,9 @@ def env_series(df: pd.DataFrame) -> pd.DataFrame:
 
 def final_by_env(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (env_seed, env): each measure's final gap (group 0 minus 1), the total
-    profit, and each group's final values (``<measure>_<group>``)."""
+    profit, each group's final values (``<measure>_<group>``) and, where the rows carry them, the
+    environment's ``flip_rate`` (share of its decisions that change when only the group words are
+    swapped) and ``mean_abs_delta_p``."""
     keys = ["env_seed", "env"]
     last = rows[rows["step"] == rows.groupby(keys)["step"].transform("max")]
     wide = last.pivot_table(index=keys, columns="group", dropna=False,
@@ -238,6 +252,10 @@ def final_by_env(rows: pd.DataFrame) -> pd.DataFrame:
         for g in (0, 1):
             out[f"{m}_{g}"] = wide[(m, g)]
     out["profit_total"] = wide[("profit", 0)] + wide[("profit", 1)]
+    n = last.groupby(keys)["n"].sum()
+    for col, name in (("flips", "flip_rate"), ("sum_abs_delta_p", "mean_abs_delta_p")):
+        if col in last.columns:
+            out[name] = last.groupby(keys)[col].sum() / n
     return out.reset_index()
 
 
@@ -253,19 +271,21 @@ def pooled_timeseries(rows: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def summarize(rows: pd.DataFrame, log: np.ndarray, n_boot: int,
-              names: tuple[str, str] | list[str] = DEFAULT_NAMES) -> dict:
-    """Summary metrics of one policy: final gaps and profit (bootstrap over environments), the
-    flip rate (over decisions), each group's final values, and the pooled final gaps."""
+def summarize(rows: pd.DataFrame, n_boot: int, names: tuple[str, str] | list[str] = DEFAULT_NAMES) -> dict:
+    """Summary metrics of one policy: final gaps, profit and the flip rate, each with a bootstrap
+    over environments (the independent units: decisions within one environment are serially
+    dependent), each group's final values, and the pooled final gaps."""
     fin = final_by_env(rows)
     out: dict = {"metrics": {}, "groups": {}}
-    for name, (col, hib, unit) in FINAL.items():
+    for name, (col, hib, unit) in {**FINAL, **PER_DECISION}.items():
+        if name in PER_DECISION and (col not in fin.columns or fin[col].isna().all()):
+            continue  # no swapped decisions (or no probabilities) in these rows
         ci = metrics.bootstrap_ci(fin[col].to_numpy(np.float64), np.nanmean, n_boot, seed=0)
         out["metrics"][name] = metrics.record(ci["value"], ci["lo"], ci["hi"], higher_is_better=hib,
                                               unit=unit, n_envs=ci["n"], n_boot=ci["n_boot"])
-    probs = None if np.isnan(log[:, 2]).all() else (log[:, 2], log[:, 3])
-    out["metrics"].update(metrics.flip_rate(log[:, 0], log[:, 1], *(probs or (None, None)),
-                                            n_boot=n_boot, seed=0))
+    if len(fin) < MIN_UNITS:
+        out["warnings"] = [f"{len(fin)} environments (n_envs × eval_seeds): every interval rests on "
+                           f"them; use at least {MIN_UNITS}"]
     for g in (0, 1):
         out["groups"][names[g]] = {}
         for m in ("approval_rate", "tpr", "mean_bin", "profit"):
@@ -310,17 +330,20 @@ class Lending(Task):
 
     # ------------------------------------------------------------------ rollouts
 
-    def _rollouts(self, make_policy) -> tuple[pd.DataFrame, np.ndarray]:
-        """Every evaluation seed: rows (env_series + env_seed) and the env-major decision log."""
-        o, frames, logs = self.options, [], []
+    def _rollouts(self, make_policy) -> pd.DataFrame:
+        """Every evaluation seed's rows (env_series + env_seed), flips and |Δp| included."""
+        o, frames = self.options, []
         for s in o.eval_seeds:
             log = DecisionLog()
             df = rollout(make_policy(s, log), o.n_envs, o.T, s, self.params)
+            lg = log.env_major()  # rows in the rollout frame's order (env, then step)
+            df["flip"] = (lg[:, 0] != lg[:, 1]).astype(np.float64)
+            if not np.isnan(lg[:, 2]).all():  # a threshold policy has no probabilities
+                df["abs_delta_p"] = np.abs(lg[:, 2] - lg[:, 3])
             frames.append(env_series(df).assign(env_seed=int(s)))
-            logs.append(log.env_major())
         rows = pd.concat(frames, ignore_index=True)
         cols = ["env_seed", "env", "step", "group"]
-        return rows[cols + [c for c in rows.columns if c not in cols]], np.concatenate(logs)
+        return rows[cols + [c for c in rows.columns if c not in cols]]
 
     def reference_results(self, ctx) -> dict:
         """Summaries of the reference policies on the evaluation seeds (computed once)."""
@@ -329,8 +352,8 @@ class Lending(Task):
             self._references = {}
             for name in REFERENCES:
                 ths = reference_thresholds(name, self.params)
-                rows, log = self._rollouts(lambda s, lg, ths=ths: threshold_logged(ths, s, lg))
-                res = summarize(rows, log, n_boot, self.options.groups)
+                rows = self._rollouts(lambda s, lg, ths=ths: threshold_logged(ths, s, lg))
+                res = summarize(rows, n_boot, self.options.groups)
                 res["thresholds"] = [{"cutoff": t.cutoff, "p_cutoff": t.p_cutoff} for t in ths]
                 self._references[name] = {"summary": res, "rows": rows}
         return self._references
@@ -340,9 +363,9 @@ class Lending(Task):
         ids = decision_ids(tok)
         bs = ctx.study.evaluation.batch_size
         model.eval()
-        rows, log = self._rollouts(
+        rows = self._rollouts(
             lambda s, lg: llm_policy(model, tok, o, self.params.n_bins, s, ids, lg, bs))
-        summary = summarize(rows, log, ctx.study.evaluation.bootstrap, o.groups)
+        summary = summarize(rows, ctx.study.evaluation.bootstrap, o.groups)
         summary.update(T=o.T, n_envs=o.n_envs, eval_seeds=list(o.eval_seeds),
                        params=self.params.to_dict(),
                        reference={k: v["summary"] for k, v in self.reference_results(ctx).items()})
@@ -380,33 +403,37 @@ class Lending(Task):
     # ------------------------------------------------------------------ across arms
 
     def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> dict:
-        """Per arm: final gaps pooled over training seeds (bootstrap over seeds, then environments);
-        each arm minus full (mean over its seeds minus full's, interval over environments, which
-        share their random streams across arms); the reference policies' values."""
-        n_boot = ctx.study.evaluation.bootstrap
-        fins = {}
+        """Per arm: every headline measure pooled over training seeds, and each arm minus full paired
+        over seeds and environments, with crossed-design intervals (``stats``): environments share
+        their random streams across arms and seeds, so they are the crossed unit. Also the
+        reference policies' values."""
+        tables = {}
         for (arm, seed), rows in results.items():
             f = final_by_env(rows)
             f["unit"] = f["env_seed"].astype(str) + ":" + f["env"].astype(str)
-            fins.setdefault(arm, []).append(f.assign(seed=seed))
-        out: dict = {"pooled": {}, "minus_full": {}, "reference": {}}
-        tables = {arm: pd.concat(fs, ignore_index=True) for arm, fs in fins.items()}
-        for arm, table in tables.items():
-            out["pooled"][arm] = {
-                name: metrics.hierarchical_bootstrap(table, col, unit_col="unit", seed_col="seed",
-                                                     stat=np.nanmean, n_boot=n_boot)
-                for name, (col, _, _) in FINAL.items()}
-            out["pooled"][arm]["n_seeds"] = len(fins[arm])
-        if "full" in tables:
-            full = tables["full"].groupby("unit")[[c for c, _, _ in FINAL.values()]].mean()
-            for arm, table in tables.items():
-                if arm == "full":
-                    continue
-                mine = table.groupby("unit")[[c for c, _, _ in FINAL.values()]].mean()
-                diff = (mine - full.reindex(mine.index))
-                out["minus_full"][arm] = {
-                    name: metrics.bootstrap_ci(diff[col].to_numpy(np.float64), np.nanmean, n_boot)
-                    for name, (col, _, _) in FINAL.items()}
+            tables.setdefault(arm, []).append(f.assign(seed=seed))
+        tables = {arm: pd.concat(fs, ignore_index=True) for arm, fs in tables.items()}
+        measures = {**FINAL, **PER_DECISION}
+        out: dict = {"pooled": {}, "minus_full": {}, "reference": {}, "unit": "environments"}
+        for name, (col, hib, unit) in measures.items():
+            cells = {arm: stats.cell_table(t.dropna(subset=[col]), [col], "unit")
+                     for arm, t in tables.items() if col in t.columns and t[col].notna().any()}
+            for arm, c in cells.items():
+                out["pooled"].setdefault(arm, {})[name] = {**stats.crossed_interval(c[0]),
+                                                           "higher_is_better": hib, "unit": unit}
+                if arm != "full" and "full" in cells:
+                    out["minus_full"].setdefault(arm, {})[name] = {
+                        **stats.crossed_difference(*stats.pair_cells(c, cells["full"])),
+                        "higher_is_better": hib, "unit": f"difference in {unit} (arm − full)"}
+        for arm, t in tables.items():
+            out["pooled"].setdefault(arm, {})["n_seeds"] = int(t["seed"].nunique())
         for name, ref in self.reference_results(ctx).items():
             out["reference"][name] = {k: ref["summary"]["metrics"][k] for k in FINAL}
         return out
+
+    def default_margins(self) -> dict[str, float]:
+        """Rates and flips: absolute; credit bins: a quarter bin; profit: 2% of the most an
+        environment can lose (T loans of ``loan_amount``)."""
+        money = 0.02 * self.options.T * self.params.loan_amount
+        return {"approval_gap": 0.05, "tpr_gap": 0.05, "mean_bin_gap": 0.25, "profit_gap": money,
+                "profit": money, "flip_rate": 0.02, "mean_abs_delta_p": 0.02}
