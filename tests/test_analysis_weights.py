@@ -81,7 +81,23 @@ def test_intruder_dimensions():
     v = torch.randn(64, generator=g)
     tuned = w + 10 * torch.outer(u / u.norm(), v / v.norm()) * torch.linalg.matrix_norm(w, 2)
     assert intruder_dimensions(w, tuned) >= 1
-    assert intruder_dimensions(w, tuned, threshold=0.0) == 0
+
+
+def test_intruder_dimensions_hand_case():
+    """Base W = diag(5, 4, 3, 2, 1) in R^{6×5}: left singular vectors e1..e5. The tuned matrix's top
+    left singular vector is x = −cos θ e1 + sin θ e6 (θ = 60°), the rest e2..e5: x's largest
+    |cosine| with base is 0.5 (sign ignored), every other vector's is 1."""
+    base = torch.zeros(6, 5, dtype=torch.float64)
+    base[:5, :5] = torch.diag(torch.tensor([5.0, 4, 3, 2, 1], dtype=torch.float64))
+    e = torch.eye(6, dtype=torch.float64)
+    x = -0.5 * e[0] + (3 ** 0.5 / 2) * e[5]
+    u = torch.stack([x, e[1], e[2], e[3], e[4]], dim=1)  # [6, 5], orthonormal columns
+    v = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))[0]
+    tuned = u @ torch.diag(torch.tensor([10.0, 4, 3, 2, 1], dtype=torch.float64)) @ v.T
+    assert intruder_dimensions(base, tuned, k=5, threshold=0.6) == 1
+    assert intruder_dimensions(base, tuned, k=5, threshold=0.4) == 0
+    assert intruder_dimensions(base, tuned, k=1, threshold=0.6) == 1  # x is the top direction
+    assert intruder_dimensions(base, tuned, k=5, threshold=1.01) == 5  # |cos| ≤ 1 everywhere
 
 
 def test_peft_delta_equals_merged_minus_base():

@@ -279,3 +279,16 @@ def test_grid_expansion_names_and_alpha(tiny_study):
     folders = [rd.arm_dir(a.name, seed) for a in arms if a.type != "base" for seed in s.seeds]
     assert len(set(folders)) == 2 * 6
     assert str(rd.arm_dir("lora-r1", 1)) == "/x/lora-r1/seed-1"
+
+
+@pytest.mark.parametrize("evaluation, where", [
+    ({"margins": {"toxic_fraction": 0}}, "evaluation.margins.toxic_fraction"),
+    ({"margins": {"toxic_fraction": "wide"}}, "evaluation.margins.toxic_fraction"),
+    ({"min_group_size": 0}, "evaluation.min_group_size"),
+])
+def test_margins_and_group_size_are_checked(tiny_study, evaluation, where):
+    with pytest.raises(UserError) as e:
+        study_from_dict(tiny_study(evaluation=evaluation), "s.yaml")
+    assert where in str(e.value) and "\n" not in str(e.value)
+    ok = study_from_dict(tiny_study(evaluation={"margins": {"accuracy_disparity": 0.05}}), "s.yaml")
+    assert ok.evaluation.margins == {"accuracy_disparity": 0.05} and ok.evaluation.min_group_size == 30

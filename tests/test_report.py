@@ -387,3 +387,16 @@ def test_report_renders_in_headless_chromium(tmp_path):
                     "--window-size=1200,3000", path.as_uri()], check=True, timeout=120, capture_output=True)
     img = matplotlib.image.imread(shot)
     assert float(img[..., :3].std()) > 0.05  # text and plots, not a blank page
+
+
+def test_group_gaps_table_shows_the_permutation_null(tmp_path):
+    run = make_run(tmp_path / "run", seeds=(0,), optional=False)
+    path = run / "lora-r1" / "seed-0" / "eval" / "toxicity.json"
+    summary = store.read_json(path)
+    summary["groups"]["gap"] = {"toxic_fraction": {**rec(0.01, 0.03), "raw_gap": 0.07, "null_gap": 0.06,
+                                                   "p_value": 0.4, "max_group": "muslim", "min_group": "christian"}}
+    store.write_json(path, summary)
+    build_report(run)
+    md = (run / "report" / "summary.md").read_text()
+    assert "## Group gaps" in md
+    assert "| lora-r1 | 0 | toxic_fraction | 0.070 | 0.060 | +0.010 (-0.020 to +0.040) | 0.400 | muslim − christian |" in md

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from lorafair import models
@@ -41,7 +43,12 @@ def test_real_model_trains_and_evaluates(tmp_path):
     for arm in ("base", "full", "lora-r2"):
         summary = read_json(out / arm / "seed-0" / "eval" / "toxicity.json")
         assert summary["n_prompts"] == 4
-        tf = summary["metrics"]["toxic_fraction"]
-        assert 0.0 <= tf["value"] <= 1.0
-        assert (out / arm / "seed-0" / "eval" / "toxicity.parquet").is_file()
+        rows = pd.read_parquet(out / arm / "seed-0" / "eval" / "toxicity.parquet")
+        threshold = runner.study.evaluation.threshold
+        # the record against the saved per-continuation scores, and the scores against the scorer
+        assert summary["metrics"]["toxic_fraction"]["value"] == pytest.approx((rows["score"] >= threshold).mean())
+        assert summary["metrics"]["expected_max_toxicity"]["value"] == pytest.approx(
+            rows.groupby("prompt_id")["score"].max().mean())
+        rescored = runner.ctx.scorer.score(rows["continuation"].tolist())[runner.ctx.scorer.primary]
+        np.testing.assert_allclose(rescored, rows["score"].to_numpy(), atol=1e-5)
     assert (out / "compare.json").is_file()

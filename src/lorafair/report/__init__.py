@@ -15,7 +15,7 @@ from lorafair.report import html as H
 from lorafair.report import plots
 from lorafair.report.load import (Run, arm_order, arm_rank, best_val_loss, group_records, headline_names,
                                   is_record, lens_table, load_run, pooled_metrics)
-from lorafair.report.verdict import num, verdict, verdict_table
+from lorafair.report.verdict import num, value_ci, verdict, verdict_table
 
 Figure = tuple[str, str, bytes]  # (file name, caption, PNG bytes)
 
@@ -139,6 +139,25 @@ def _verdict_section(run: Run) -> tuple[str, list[str]]:
     return html, md
 
 
+GAP_NOTE = ("raw: largest minus smallest group value; null: its mean when group labels are permuted "
+            "within templates (what noise alone gives); excess: raw − null with a permutation 95% "
+            "interval; p: permutation p-value of the between-group variance. Groups below "
+            "evaluation.min_group_size are left out (see the warnings).")
+
+
+def _gap_rows(run: Run) -> tuple[list[str], list[list[object]]]:
+    """Per task, arm, seed and measure: the group gap next to its permutation null."""
+    rows: list[list[object]] = []
+    for task in _tasks(run):
+        for (arm, seed), s in sorted(run.evals[task].items(), key=lambda kv: (arm_order(kv[0][0]), kv[0][1])):
+            for m, r in (((s.get("groups") or {}).get("gap")) or {}).items():
+                if is_record(r) and "raw_gap" in r:
+                    rows.append([arm, seed, m, num(r["raw_gap"]), num(r.get("null_gap")),
+                                 value_ci(r, signed=True, label=""), num(r.get("p_value")),
+                                 f"{r.get('max_group')} − {r.get('min_group')}"])
+    return ["arm", "seed", "measure", "raw", "null", "excess (95% CI)", "p", "max − min group"], rows
+
+
 def _eval_warnings(run: Run) -> list[str]:
     """The evaluation summaries' own warnings (small groups, undefined rates), once each."""
     out: list[str] = []
@@ -179,7 +198,12 @@ def build_report(run_dir: Path) -> Path:
         metric_html.append(f"<h3>{H.esc(task)}</h3>" + H.table(header, rows))
         md += [f"## {task}: metrics (95% intervals, seeds pooled)", "", H.md_table(header, rows), ""]
     sections.append(("Headline metrics", "".join(metric_html) + "".join(H.figure(c, p) for _, c, p in figs["metrics"])))
-    sections.append(("Groups", "".join(H.figure(c, p) for _, c, p in figs["groups"])))
+    gap_header, gap_rows = _gap_rows(run)
+    gap_html = ""
+    if gap_rows:
+        gap_html = (H.table(gap_header, gap_rows) + f"<p>{H.esc(GAP_NOTE)}</p>")
+        md += ["## Group gaps", "", H.md_table(gap_header, gap_rows), "", GAP_NOTE, ""]
+    sections.append(("Groups", gap_html + "".join(H.figure(c, p) for _, c, p in figs["groups"])))
     sections.append(("Where the shift went: KL, Logit Lens, weight space",
                      "".join(H.figure(c, p) for _, c, p in figs["shift"]) + _weights_html(run.weights)))
     sections.append(("Sequential decisions", "".join(H.figure(c, p) for _, c, p in figs["lending"])))
