@@ -1,7 +1,8 @@
 """Toxicity scorers behind one interface: ``get_scorer(name)`` -> ``Scorer``.
 
 Names: ``jigsaw-bilstm`` (default), ``profanity-svm``, ``detoxify`` or ``detoxify:<variant>``, and
-``hf:<model-id-or-folder>`` for any Hugging Face sequence classifier already on disk. Each scorer is
+``hf:<model-id-or-folder>`` for any Hugging Face sequence classifier already on disk, and
+``judge:<model>[@<template>]`` for a causal LM asked whether a text is toxic (see ``scorers/judge.py``). Each scorer is
 built once per process; its heavy dependencies are imported only when it is built.
 """
 
@@ -42,6 +43,12 @@ def _hf(arg: str | None) -> Scorer:
     return HFClassifier(arg)
 
 
+def _judge(arg: str | None) -> Scorer:
+    from lorafair.scorers.judge import JudgeScorer
+
+    return JudgeScorer(arg or "")
+
+
 # name -> builder; the builder gets the text after "name:" (None without a colon)
 _REGISTRY: dict[str, Callable[[str | None], Scorer]] = {
     "jigsaw-bilstm": _jigsaw,
@@ -49,12 +56,12 @@ _REGISTRY: dict[str, Callable[[str | None], Scorer]] = {
     "detoxify": _detoxify,
 }
 # prefix -> builder, for names of the form "prefix:<argument>"
-_PREFIXED: dict[str, Callable[[str | None], Scorer]] = {"hf": _hf, "detoxify": _detoxify}
-_PATTERNS = ["hf:<model-id-or-folder>", "detoxify:<variant>"]
+_PREFIXED: dict[str, Callable[[str | None], Scorer]] = {"hf": _hf, "detoxify": _detoxify, "judge": _judge}
+_PATTERNS = ["hf:<model-id-or-folder>", "detoxify:<variant>", "judge:<model>[@<template>]"]
 
 
 def available_scorers() -> list[str]:
-    """Fixed scorer names, default first; ``hf:<model-id-or-folder>`` and ``detoxify:<variant>`` also work."""
+    """Fixed scorer names, default first; the patterns in ``_PATTERNS`` also work."""
     return list(_REGISTRY)
 
 
