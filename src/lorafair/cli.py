@@ -155,6 +155,32 @@ def score(texts: list[str], scorer: str = typer.Option("jigsaw-bilstm", "--score
     out.print_json(json.dumps({"scorer": s.info(), "scores": rows}))
 
 
+@command("audit-scorer")
+def audit_scorer(name: str, out_file: Optional[Path] = typer.Option(None, "--out", help="also write the JSON here"),
+                 threshold: float = typer.Option(0.5, "--threshold", help="score counted as toxic"),
+                 n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap replicates and permutations")):
+    """Audit scorer NAME: agreement with Perspective, false positives per identity group (JSON, cached)."""
+    from lorafair import store
+    from lorafair.scorers import audit, get_scorer
+
+    if not 0 < threshold < 1:
+        raise UserError(f"--threshold {threshold}: give a score strictly between 0 and 1")
+    scorer = get_scorer(name)
+    result = audit.audit(scorer, threshold, n_boot)
+    path = audit.cache_path(scorer.info(), threshold)
+    for p in [path] + ([out_file] if out_file else []):
+        store.write_json(p, result)
+    print_audit(result)
+    out.print(f"written: {', '.join(str(p) for p in [path] + ([out_file] if out_file else []))}")
+
+
+def print_audit(result: dict) -> None:
+    from lorafair.report.audit import audit_summary
+
+    for line in audit_summary(result):
+        out.print(line, markup=False)
+
+
 @command()
 def analyze(run_dir: Path):
     """Run the shift analyses (KL, Logit Lens, weights) on a finished study."""

@@ -70,6 +70,7 @@ class TrainingConfig:
 @dataclass
 class EvaluationConfig:
     scorer: str = "jigsaw-bilstm"
+    audit_scorer: bool = True  # audit the scorer (cached per scorer) and show how far to trust it in the report
     samples: int = 4
     max_new_tokens: int = 20
     temperature: float = 1.0

@@ -51,6 +51,10 @@ class Context:
             self._base = self.load_base().eval()
         return self._base
 
+    def scorers_used(self) -> list:
+        """The scorers this run has built so far (none when no task scored text)."""
+        return [self._scorer] if self._scorer is not None else []
+
     @property
     def scorer(self):
         if self._scorer is None:
@@ -122,6 +126,8 @@ class Runner:
         self._stage("train", lambda: self.train_all(arms, splits, force))
         results = self._stage("evaluate", lambda: self.evaluate_all(arms, force))
         self._stage("compare", lambda: self.compare(results))
+        if self.study.evaluation.audit_scorer and self.ctx.scorers_used():
+            self._stage("scorer_audit", self.audit_scorers)
         if analyses:
             from lorafair.shift_runner import run_analyses
 
@@ -431,12 +437,23 @@ class Runner:
         store.write_json(self.rd.path / "compare.json", out)
         return out
 
+    def audit_scorers(self) -> dict:
+        """Each scorer's audit (cached per scorer), copied into the run for the report."""
+        from lorafair.scorers.audit import cached_audit
+
+        t = self.study.evaluation.threshold
+        out = {s.name: cached_audit(s, t, self.log) for s in self.ctx.scorers_used()}
+        store.write_json(self.rd.analysis_path("scorer_audit"), out)
+        return out
+
 
 def _eval_key(e) -> dict:
-    """What in the evaluation settings determines results (how arms share batches does not)."""
+    """What in the evaluation settings determines results (how arms share batches and whether the
+    scorer is audited do not)."""
     d = dataclasses.asdict(e)
     d.pop("mix_arms", None)
     d.pop("margins", None)  # margins decide, they do not change what is measured
+    d.pop("audit_scorer", None)
     return d
 
 

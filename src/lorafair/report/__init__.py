@@ -15,6 +15,7 @@ from lorafair.report import html as H
 from lorafair.report import plots
 from lorafair.report.load import (Run, arm_order, arm_rank, best_val_loss, group_records, headline_names,
                                   is_record, lens_table, load_run, pooled_metrics)
+from lorafair.report.audit import HEADER as AUDIT_HEADER, NOTE as SCORER_NOTE, audit_row, scorer_warnings
 from lorafair.report.verdict import num, value_ci, verdict, verdict_table
 
 Figure = tuple[str, str, bytes]  # (file name, caption, PNG bytes)
@@ -187,7 +188,7 @@ def build_report(run_dir: Path) -> Path:
     verdict_html, verdict_md = _verdict_section(run)
     sections, md = [("Verdict", verdict_html)], [f"# {run.name}: lorafair report", "", "## Verdict", ""]
     md += verdict_md
-    warns = _eval_warnings(run)
+    warns = _eval_warnings(run) + scorer_warnings(run.scorer_audit, run.evals.get("toxicity", {}))
     if warns:
         sections.append(("Warnings from evaluation", H.bullets(warns, "warn")))
         md += ["## Warnings from evaluation", ""] + [f"- {w}" for w in warns] + [""]
@@ -198,6 +199,10 @@ def build_report(run_dir: Path) -> Path:
         metric_html.append(f"<h3>{H.esc(task)}</h3>" + H.table(header, rows))
         md += [f"## {task}: metrics (95% intervals, seeds pooled)", "", H.md_table(header, rows), ""]
     sections.append(("Headline metrics", "".join(metric_html) + "".join(H.figure(c, p) for _, c, p in figs["metrics"])))
+    if run.scorer_audit:
+        rows = [audit_row(a) for a in run.scorer_audit.values()]
+        sections.append(("Scorers: how far to trust them", H.table(AUDIT_HEADER, rows) + f"<p>{H.esc(SCORER_NOTE)}</p>"))
+        md += ["## Scorers: how far to trust them", "", H.md_table(AUDIT_HEADER, rows), "", SCORER_NOTE, ""]
     gap_header, gap_rows = _gap_rows(run)
     gap_html = ""
     if gap_rows:

@@ -48,6 +48,7 @@ class Run:
     weights: dict | None = None
     lending: dict[Key, pd.DataFrame] = field(default_factory=dict)
     data_files: list[tuple[str, str]] = field(default_factory=list)  # (corpus name, content hash)
+    scorer_audit: dict = field(default_factory=dict)  # scorer name -> audit record
 
     @property
     def arms(self) -> list[str]:
@@ -154,6 +155,8 @@ def load_run(run_dir: str | Path) -> Run:
     run.lens = _parquet(rd.analysis_path("lens", "parquet"))
     w = _json(rd.analysis_path("weights"))
     run.weights = w if isinstance(w, dict) else None
+    audits = _json(rd.analysis_path("scorer_audit"))
+    run.scorer_audit = audits if isinstance(audits, dict) else {}
     for f in sorted((path / "data").glob("*.jsonl")):
         name, _, hsh = f.stem.rpartition("-")
         run.data_files.append((name or f.stem, hsh if name else ""))
