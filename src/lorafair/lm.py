@@ -28,7 +28,8 @@ def choice_logprobs(model: nn.Module, tokenizer, prompts: list[str], token_ids: 
     try:
         for sl in _batches(len(prompts), batch_size):
             enc = tokenizer(prompts[sl], return_tensors="pt", padding=True).to(dev)
-            logits = model(**enc).logits[:, -1].float()
+            pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # positions count from each row's first token
+            logits = model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1].float()  # last position only
             out.append(F.log_softmax(logits, -1)[:, token_ids].cpu())
     finally:
         tokenizer.padding_side = old
