@@ -443,7 +443,7 @@ class Runner:
 
         t = self.study.evaluation.threshold
         out = {s.name: cached_audit(s, t, self.log) for s in self.ctx.scorers_used()}
-        store.write_json(self.rd.analysis_path("scorer_audit"), out)
+        store.write_json(self.rd.scorer_audit_path(), out)
         return out
 
 

@@ -13,6 +13,7 @@ Layout::
         done.json                written last: marks the arm finished
         eval/<task>.json         task metrics;  eval/<task>.parquet per-sample rows
       analysis/                  kl, lens, weights results
+      scorer_audit.json          audits of the scorers the run used (how far to trust them)
       lr_search/<arm>.json       learning-rate search records
       report/                    report.html, summary.md, *.png
 """
@@ -238,6 +239,10 @@ class RunDir:
 
     def analysis_path(self, name: str, ext: str = "json") -> Path:
         return self.path / "analysis" / f"{name}.{ext}"
+
+    def scorer_audit_path(self) -> Path:
+        """The audits of the scorers this run used: {scorer name: audit record}."""
+        return self.path / "scorer_audit.json"
 
     def report_dir(self) -> Path:
         return self.path / "report"

@@ -155,7 +155,7 @@ def load_run(run_dir: str | Path) -> Run:
     run.lens = _parquet(rd.analysis_path("lens", "parquet"))
     w = _json(rd.analysis_path("weights"))
     run.weights = w if isinstance(w, dict) else None
-    audits = _json(rd.analysis_path("scorer_audit"))
+    audits = _json(rd.scorer_audit_path())
     run.scorer_audit = audits if isinstance(audits, dict) else {}
     for f in sorted((path / "data").glob("*.jsonl")):
         name, _, hsh = f.stem.rpartition("-")
