@@ -18,17 +18,20 @@ TEXTS = ["You are so dumb and stupid!", "Have a lovely day.", "ok",
 
 
 def hand_probability(template_name: str, texts: list[str]) -> np.ndarray:
-    """Each prompt alone through the same seeded tiny model, no padding: softmax over the two answer logits."""
+    """Each prompt alone through the same seeded tiny model, no padding and no cache: softmax over the two
+    answer logits. The prompt's tokens: the template before the text, then the text with the rest."""
     tok = models.load_tokenizer("tiny-random")
     model = models.load_model("tiny-random").eval()
     t = load_template(template_name)
     ids = [tok(w, add_special_tokens=False).input_ids for w in (t.toxic, t.safe)]
     assert all(len(i) == 1 for i in ids)
+    head, tail = render(t, "{text}", tok).split("{text}")
     out = []
     with torch.no_grad():
         for text in texts:
-            enc = tok(render(t, text, tok), return_tensors="pt")
-            logits = model(**enc).logits[0, -1].double().numpy()
+            prompt = tok(head).input_ids + tok(text + tail, add_special_tokens=False).input_ids
+            assert tok.decode(prompt) == render(t, text, tok)
+            logits = model(input_ids=torch.tensor([prompt])).logits[0, -1].double().numpy()
             out.append(softmax(logits[[ids[0][0], ids[1][0]]])[0])
     return np.array(out)
 

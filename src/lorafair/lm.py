@@ -1,10 +1,14 @@
 """Log-probabilities from a causal LM, batched: the one helper every likelihood-based measure uses.
 
 - `choice_logprobs`: log p(word | prompt) for a fixed set of single-token answer words (decisions).
+- `prefixed_choice_logprobs`: the same for prompts that share one prefix, whose keys and values are
+  computed once and reused by every batch (a judge's template around many texts).
 - `sequence_loglik`: total log-likelihood of each text and its number of scored tokens (probes).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +38,36 @@ def choice_logprobs(model: nn.Module, tokenizer, prompts: list[str], token_ids: 
     finally:
         tokenizer.padding_side = old
     return torch.cat(out) if out else torch.zeros(0, len(token_ids))
+
+
+@torch.no_grad()
+def prefixed_choice_logprobs(model: nn.Module, prefix: list[int], suffixes: list[list[int]], token_ids: list[int],
+                             pad_id: int, batch_size: int = 16) -> torch.Tensor:
+    """Log-probabilities of each answer token after ``prefix + suffix`` for every suffix: [n, n_choices].
+
+    prefix: token ids shared by every prompt (run once, its key/value cache reused); suffixes: n lists
+    of ids (at least one each), left-padded within a batch so that their last tokens line up. The
+    padding sits between prefix and suffix and is masked; positions continue from the prefix.
+    """
+    dev = next(model.parameters()).device
+    if not suffixes:
+        return torch.zeros(0, len(token_ids))
+    head = torch.tensor([prefix], device=dev)
+    cache = model(input_ids=head, use_cache=True, logits_to_keep=1).cache
+    P, out = len(prefix), []
+    for sl in _batches(len(suffixes), batch_size):
+        rows = suffixes[sl]
+        L = max(len(r) for r in rows)
+        ids = torch.tensor([[pad_id] * (L - len(r)) + r for r in rows], device=dev)
+        mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows], device=dev)
+        pos = (P + mask.cumsum(-1) - 1).clamp(min=P)
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(len(rows))
+        attn = torch.cat([torch.ones(len(rows), P, dtype=mask.dtype, device=dev), mask], dim=1)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, cache=past, use_cache=True,
+                       logits_to_keep=1).logits[:, -1].float()
+        out.append(F.log_softmax(logits, -1)[:, token_ids].cpu())
+    return torch.cat(out)
 
 
 @torch.no_grad()

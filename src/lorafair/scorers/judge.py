@@ -129,8 +129,8 @@ def _adds_bos(tokenizer) -> bool:
 
 def answer_token(tokenizer, prompt: str, word: str, where: str) -> int:
     """The one token ``word`` adds after ``prompt``; UserError when it adds more than one (or changes the prompt's tokens)."""
-    head = tokenizer(prompt).input_ids
-    full = tokenizer(prompt + word).input_ids
+    head = tokenizer(prompt, add_special_tokens=False).input_ids
+    full = tokenizer(prompt + word, add_special_tokens=False).input_ids
     added = full[len(head):]
     if full[:len(head)] != head or len(added) != 1:
         pieces = tokenizer.convert_ids_to_tokens(tokenizer(word, add_special_tokens=False).input_ids)
@@ -163,6 +163,12 @@ class JudgeScorer(Scorer):
         self.weights_hash = models.model_hash(model_name)
         self.template_hash = self.template.hash()
         self.batch_size, self.max_text_tokens = batch_size, max_text_tokens
+        parts = render(self.template, "{text}", self._tok).split("{text}")
+        if len(parts) != 2 or not parts[1]:
+            raise UserError(f"scorer {self.name}: the rendered prompt must hold '{{text}}' once with the question or "
+                            "an answer cue after it; put the text before the question or set answer_prefix")
+        self._tail = parts[1]
+        self._head = self._tok(parts[0]).input_ids
 
     def info(self) -> dict:
         return {**super().info(), "template": self.template.name, "template_hash": self.template_hash,
@@ -173,11 +179,17 @@ class JudgeScorer(Scorer):
         ids = self._tok(text, add_special_tokens=False).input_ids
         return text if len(ids) <= self.max_text_tokens else self._tok.decode(ids[: self.max_text_tokens])
 
+    def split_prompt(self, text: str) -> tuple[list[int], list[int]]:
+        """Token ids of a text's prompt as (shared head, text and tail): the template before ``{text}``
+        is tokenized once on its own, the text with the rest of the template after it."""
+        return self._head, self._tok(self._clip(text) + self._tail, add_special_tokens=False).input_ids
+
     def answer_logprobs(self, texts: list[str]) -> torch.Tensor:
         """texts: n strings -> log-probabilities of the (toxic, safe) answer tokens [n, 2], over the whole vocabulary."""
-        prompts = [render(self.template, self._clip(t), self._tok) for t in texts]
-        order = np.argsort([len(p) for p in prompts], kind="stable")  # similar lengths share a batch
-        lp = lm.choice_logprobs(self._model, self._tok, [prompts[i] for i in order], self._ids, self.batch_size)
+        suffixes = [self.split_prompt(t)[1] for t in texts]
+        order = np.argsort([len(s) for s in suffixes], kind="stable")  # similar lengths share a batch
+        lp = lm.prefixed_choice_logprobs(self._model, self._head, [suffixes[i] for i in order], self._ids,
+                                         self._tok.pad_token_id, self.batch_size)
         out = torch.empty_like(lp)
         out[torch.from_numpy(order)] = lp
         return out
