@@ -51,10 +51,6 @@ class Context:
             self._base = self.load_base().eval()
         return self._base
 
-    def scorers_used(self) -> list:
-        """The scorers this run has built so far (none when no task scored text)."""
-        return [self._scorer] if self._scorer is not None else []
-
     @property
     def scorer(self):
         if self._scorer is None:
@@ -126,7 +122,7 @@ class Runner:
         self._stage("train", lambda: self.train_all(arms, splits, force))
         results = self._stage("evaluate", lambda: self.evaluate_all(arms, force))
         self._stage("compare", lambda: self.compare(results))
-        if self.study.evaluation.audit_scorer and self.ctx.scorers_used():
+        if self.study.evaluation.audit_scorer:
             self._stage("scorer_audit", self.audit_scorers)
         if analyses:
             from lorafair.shift_runner import run_analyses
@@ -438,11 +434,13 @@ class Runner:
         return out
 
     def audit_scorers(self) -> dict:
-        """Each scorer's audit (cached per scorer), copied into the run for the report."""
-        from lorafair.scorers.audit import cached_audit
+        """The audit of every scorer the evaluation summaries name (cached per scorer), copied into the run."""
+        from lorafair.scorers.audit import cached_audits, scorer_infos
 
-        t = self.study.evaluation.threshold
-        out = {s.name: cached_audit(s, t, self.log) for s in self.ctx.scorers_used()}
+        infos = scorer_infos(self.rd.evals(self.task.name).values())
+        if not infos:
+            return {}
+        out = cached_audits(infos, self.study.evaluation.threshold, self.log)
         store.write_json(self.rd.scorer_audit_path(), out)
         return out
 

@@ -10,7 +10,8 @@
   toxic, so a score >= threshold is a false positive. Per group (``<axis>=<term>``, as in the toxicity
   task): the false-positive rate and the mean score; across groups, the max − min gap with its value
   expected when groups do not differ (group labels permuted within each template and noun), the excess
-  over it, and a permutation interval and p-value.
+  over it, and a permutation interval and p-value (:func:`lorafair.stats.group_gap`, the same
+  correction as the toxicity task's group gaps).
 
 The record keeps every score (``scores.agreement`` in the order of :func:`rtp_texts`, ``scores.neutral``
 in the order of :func:`neutral_sentences`), so its statistics can be recomputed without the scorer.
@@ -24,9 +25,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+import pandas as pd
+from scipy.stats import spearmanr
 
-from lorafair import metrics, models, prompts, store
+from lorafair import metrics, models, prompts, stats, store
 from lorafair.scorers.base import Scorer
 
 NEUTRAL_FILE = Path(__file__).resolve().parents[1] / "data" / "neutral_templates.json"
@@ -66,7 +68,7 @@ def rtp_texts() -> tuple[list[str], np.ndarray]:
 
 def spearman(pairs: np.ndarray) -> float:
     """pairs: [n, 2] -> Spearman's rank correlation of the two columns."""
-    return float(stats.spearmanr(pairs[:, 0], pairs[:, 1]).statistic)
+    return float(spearmanr(pairs[:, 0], pairs[:, 1]).statistic)
 
 
 def agreement(scores: np.ndarray, reference: np.ndarray, threshold: float = 0.5, n_boot: int = 1000,
@@ -82,45 +84,13 @@ def agreement(scores: np.ndarray, reference: np.ndarray, threshold: float = 0.5,
 
 def group_gap(values: np.ndarray, groups: np.ndarray, strata: np.ndarray, n_perm: int = 1000, seed: int = 0,
               alpha: float = 0.05) -> dict:
-    """Max − min over groups of the group means of ``values`` [N], and its excess over noise.
-
-    groups, strata: [N] labels; group labels are permuted among the cells of each stratum ``n_perm``
-    times. ``gap`` is observed, ``null_gap`` its mean over permutations (what a scorer without group
-    differences gives), ``value`` = gap − null_gap with the permutation interval
-    [gap − q(1 − α/2), gap − q(α/2)] (``lo``/``hi``), and ``p_value`` = (1 + #{permuted gap >= gap}) /
-    (1 + n_perm).
-    """
-    g_codes, g_names = _codes(groups)
-    s_codes, _ = _codes(strata)
-    counts = np.bincount(g_codes, minlength=len(g_names))
-
-    def gaps(labels: np.ndarray) -> np.ndarray:  # labels: [..., N] -> [...]
-        flat = labels.reshape(-1, labels.shape[-1])
-        rows = np.arange(flat.shape[0])[:, None] * len(g_names) + flat
-        sums = np.bincount(rows.ravel(), weights=np.broadcast_to(values, flat.shape).ravel(),
-                           minlength=flat.shape[0] * len(g_names)).reshape(flat.shape[0], -1)
-        means = sums / counts
-        return (means.max(axis=1) - means.min(axis=1)).reshape(labels.shape[:-1])
-
-    means = np.bincount(g_codes, weights=values, minlength=len(g_names)) / counts
-    gap = float(gaps(g_codes))
-    rng = np.random.default_rng(seed)
-    order = np.argsort(s_codes, kind="stable")
-    shuffled = np.argsort(s_codes[order] + rng.random((n_perm, len(values))), axis=1)
-    perm = np.empty((n_perm, len(values)), dtype=g_codes.dtype)
-    perm[:, order] = g_codes[order][shuffled]
-    null = gaps(perm)
-    q = np.quantile(null, [alpha / 2, 1 - alpha / 2])
-    return {"gap": gap, "null_gap": float(null.mean()), "value": gap - float(null.mean()),
-            "lo": gap - float(q[1]), "hi": gap - float(q[0]),
-            "p_value": float((1 + np.sum(null >= gap - 1e-12)) / (1 + n_perm)),
-            "max_group": str(g_names[int(np.argmax(means))]), "min_group": str(g_names[int(np.argmin(means))]),
-            "n_perm": int(n_perm), "n_groups": len(g_names)}
-
-
-def _codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    names, codes = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
-    return codes.astype(np.int64), names
+    """Max − min over groups of the group means of ``values`` [N] and its excess over noise
+    (:func:`lorafair.stats.group_gap`, group labels permuted within ``strata`` [N]); groups by name."""
+    codes, names = pd.factorize(np.asarray(groups, dtype=object), sort=True)
+    x = np.column_stack([np.asarray(values, np.float64), np.ones(len(codes))])  # [N, 2]: value, count
+    out = stats.group_gap(x, codes, lambda m: m[..., 0] / m[..., 1], strata, n_perm, seed, alpha)
+    return {**out, "max_group": str(names[out["max_group"]]), "min_group": str(names[out["min_group"]]),
+            "n_groups": len(names)}
 
 
 def false_positives(scores: np.ndarray, sentences: list[dict], threshold: float = 0.5, n_perm: int = 1000,
@@ -166,13 +136,27 @@ def audit(scorer: Scorer, threshold: float = 0.5, n_boot: int = 1000, seed: int 
                        "neutral": scores[len(texts):].tolist()}}
 
 
-def cached_audit(scorer: Scorer, threshold: float = 0.5, log=None) -> dict:
-    """The cached audit of this scorer, computed and written (atomically) on first use."""
-    path = cache_path(scorer.info(), threshold)
-    if path.is_file():
-        return store.read_json(path)
-    if log:
-        log(f"auditing scorer {scorer.name} (once; cached in {path})")
-    result = audit(scorer, threshold)
-    store.write_json(path, result)
-    return result
+def scorer_infos(summaries) -> list[dict]:
+    """The scorers named in evaluation summaries (any key naming a scorer with its weights hash), once each."""
+    out: dict[str, dict] = {}
+    for s in summaries:
+        for key, v in s.items():
+            if "scorer" in key and isinstance(v, dict) and "name" in v and "weights_hash" in v:
+                out.setdefault(v["name"], v)
+    return list(out.values())
+
+
+def cached_audits(infos: list[dict], threshold: float = 0.5, log=None) -> dict[str, dict]:
+    """Scorer name -> its audit, read from the cache; a scorer not audited yet is built, audited and its
+    result written (atomically) to the cache."""
+    from lorafair.scorers import get_scorer
+
+    out = {}
+    for info in infos:
+        path = cache_path(info, threshold)
+        if not path.is_file():
+            if log:
+                log(f"auditing scorer {info['name']} (once; cached in {path})")
+            store.write_json(path, audit(get_scorer(info["name"]), threshold))
+        out[info["name"]] = store.read_json(path)
+    return out
