@@ -380,7 +380,7 @@ class Runner:
         else:
             groups = [[p for p in pending if p[0].type != "full"]] + [[p] for p in pending if p[0].type == "full"]
         everyone = tuple(a.name for a in arms)
-        jobs = [Job(f"evaluate {', '.join(bank_name(a, s) for a, s, _ in g)}", "evaluate",
+        jobs = [Job(f"evaluate {', '.join(f'{a.name}@{s}' for a, s, _ in g)}", "evaluate",
                     (tuple((a.name, s) for a, s, _ in g), everyone if len(groups) == 1 else ()))
                 for g in groups if g]
         raise_failures("evaluate", self.executor.run(jobs), self.log)
