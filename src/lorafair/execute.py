@@ -11,6 +11,7 @@ of the stage go on, and the caller decides what a failure means.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -96,6 +97,8 @@ class RayExecutor:
         self.cfg = cfg
         self.log = log
         if not ray.is_initialized():
+            # without Ray's dashboard agent (not installed by the ray extra) metrics have nowhere to go
+            os.environ.setdefault("RAY_enable_metrics_collection", "0")
             t = time.perf_counter()
             try:
                 ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True)
