@@ -67,6 +67,10 @@ def test_every_metric_for_every_arm(run):
         assert set(summary["by_group"]["sex"]) == set(rows["sex"])
         assert len(rows) == 24 and rows["id"].is_unique
         assert set(summary["small_groups"]) == set(ATTRS)  # groups under min_group_size = 3, listed
+        for a in ATTRS:
+            gap = summary["gaps"][a]["accuracy_disparity"]
+            assert gap["raw_gap"] == pytest.approx(summary["metrics"][f"accuracy_disparity_{a}"]["value"])
+            assert gap["value"] == pytest.approx(gap["raw_gap"] - gap["null_gap"])
         for a, left in summary["small_groups"].items():
             assert left == {g: n for g, n in rows[a].astype(str).value_counts().items() if n < 3}
             assert all(any(f"group {g} has" in w for w in summary["warnings"]) for g in left)

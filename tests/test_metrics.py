@@ -314,3 +314,14 @@ def test_toxicity_gap_difference_of_arms():
     same = out["lora-r2"]["expected_max_toxicity_gap"]
     assert (same["value"], same["lo"], same["hi"]) == (0, 0, 0)
     assert toxicity_gap_differences(res, 0.5, min_group_size=41, n_boot=10) == {}  # 40 prompts per group
+
+
+def test_decision_gaps_against_permuted_groups():
+    y_true = np.ones(200, dtype=int)
+    y_pred = np.r_[np.ones(90), np.zeros(10), np.ones(50), np.zeros(50)].astype(int)
+    sens = np.array(["a"] * 100 + ["b"] * 100)
+    gap = decision_metrics(y_true, y_pred, sens, n_boot=500)["gaps"]["accuracy_disparity"]
+    assert gap["raw_gap"] == pytest.approx(0.4) and gap["max_group"] == "a"
+    # under permuted labels both groups hold 140/200 correct on average: gap ≈ E|difference|, small
+    assert 0.0 < gap["null_gap"] < 0.15 and gap["value"] == pytest.approx(0.4 - gap["null_gap"])
+    assert gap["p_value"] < 0.01 and gap["lo"] > 0.2

@@ -487,8 +487,12 @@ def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray
     ``merge_small`` first merges them into one group "other"); the disparities are NaN when fewer
     than two groups remain.
 
+    ``gaps``: the accuracy disparity and the demographic-parity difference next to their values under
+    permuted group labels (``stats.group_gap``: ``raw_gap``, ``null_gap``, the excess ``value`` with
+    its permutation interval, the between-group variance's ``p_value``).
+
     Returns ``{"metrics": {name: record}, "by_group": {group: {"count": int, metric: record}},
-    "small_groups": {group: count}, "warnings": [str], "n": int}``.
+    "small_groups": {group: count}, "gaps": {name: record}, "warnings": [str], "n": int}``.
     """
     from fairlearn.metrics import (MetricFrame, count, demographic_parity_difference,
                                    equalized_odds_difference, false_positive_rate, selection_rate,
@@ -572,8 +576,30 @@ def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray
     if kept.sum() < 2:
         warnings.append(f"fewer than two groups have {min_group_size} examples or more: "
                         "no disparity is reported")
-    return {"metrics": metrics, "by_group": by_group, "small_groups": left_out,
+    kept_names = [str(g) for g, k in zip(names, kept) if k]
+    gaps = _decision_gaps(np.eye(4)[cells], np.where(rows, np.cumsum(kept)[codes] - 1, -1), kept_names,
+                          n_boot, seed, alpha) if kept.sum() >= 2 else {}
+    return {"metrics": metrics, "by_group": by_group, "small_groups": left_out, "gaps": gaps,
             "warnings": warnings, "n": int(len(yt))}
+
+
+_GAP_RATES = {  # disparity: group rate from confusion sums (tn, fp, fn, tp)
+    "accuracy_disparity": lambda m: (m[..., _TN] + m[..., _TP]) / m.sum(axis=-1),
+    "demographic_parity_difference": lambda m: (m[..., _FP] + m[..., _TP]) / m.sum(axis=-1),
+}
+
+
+def _decision_gaps(conf: np.ndarray, codes: np.ndarray, names: list[str], n_perm: int, seed: int,
+                   alpha: float) -> dict:
+    """``stats.group_gap`` of accuracy and selection rate: conf [n, 4] one-hot cells, codes [n]
+    (−1: a row of a left-out group); group labels permuted among all rows."""
+    out = {}
+    for key, rate in _GAP_RATES.items():
+        r = stats.group_gap(conf, codes, rate, n_perm=n_perm, seed=seed, alpha=alpha)
+        out[key] = {**{k: v for k, v in r.items() if k != "gap"}, "raw_gap": r["gap"],
+                    "max_group": names[r["max_group"]], "min_group": names[r["min_group"]],
+                    "higher_is_better": False, "unit": f"{key} minus its value under permuted groups"}
+    return out
 
 
 def flip_rate(pred_a: Any, pred_b: Any, prob_a: Any | None = None, prob_b: Any | None = None,

@@ -411,15 +411,17 @@ def group_gap(x: np.ndarray, groups: np.ndarray, measure: Measure, strata: np.nd
     strata: [N] permutation strata (e.g. the template a prompt was written from; None: one
     stratum). Group labels are permuted within strata ``n_perm`` times; then
     - ``gap``: observed max − min; ``null_gap``: its mean over permutations (what noise alone gives);
-    - ``excess`` = gap − null_gap with interval [gap − q₉₇.₅, gap − q₂.₅] of the permutation
+    - ``value`` = gap − null_gap (the excess) with interval [gap − q₉₇.₅, gap − q₂.₅] of the permutation
       distribution (lo/hi; lo90/hi90 at 5%/95%): it covers 0 at the nominal rate when the groups do
       not differ;
     - ``dispersion``: variance over groups of the group values, ``p_value``: its permutation
       p-value (1 + #{perm ≥ observed}) / (1 + n_perm);
     - ``max_group``, ``min_group``: codes."""
     x, groups = np.asarray(x, np.float64), np.asarray(groups)
-    G = int(groups.max()) + 1
     strata = np.zeros(len(groups), int) if strata is None else pd.factorize(np.asarray(strata))[0]
+    keep = groups >= 0  # left-out cells take no part, in the observed gap or the permutations
+    x, groups, strata = x[keep], groups[keep], strata[keep]
+    G = int(groups.max()) + 1
     vals = measure(_group_sums(x, groups, G))
     gap, disp = _spread(vals)
     rng = np.random.default_rng(seed)

@@ -141,7 +141,7 @@ def _verdict_section(run: Run) -> tuple[str, list[str]]:
 
 
 GAP_NOTE = ("raw: largest minus smallest group value; null: its mean when group labels are permuted "
-            "within templates (what noise alone gives); excess: raw − null with a permutation 95% "
+            "(within templates for identity prompts; what noise alone gives); excess: raw − null with a permutation 95% "
             "interval; p: permutation p-value of the between-group variance. Groups below "
             "evaluation.min_group_size are left out (see the warnings).")
 
@@ -151,7 +151,8 @@ def _gap_rows(run: Run) -> tuple[list[str], list[list[object]]]:
     rows: list[list[object]] = []
     for task in _tasks(run):
         for (arm, seed), s in sorted(run.evals[task].items(), key=lambda kv: (arm_order(kv[0][0]), kv[0][1])):
-            for m, r in (((s.get("groups") or {}).get("gap")) or {}).items():
+            per_attr = {f"{k}_{a}": r for a, g in (s.get("gaps") or {}).items() for k, r in (g or {}).items()}
+            for m, r in {**(((s.get("groups") or {}).get("gap")) or {}), **per_attr}.items():
                 if is_record(r) and "raw_gap" in r:
                     rows.append([arm, seed, m, num(r["raw_gap"]), num(r.get("null_gap")),
                                  value_ci(r, signed=True, label=""), num(r.get("p_value")),

@@ -128,7 +128,7 @@ class Classification(Task):
         headline = {"answer_mass": metrics.record(
             ci["value"], ci["lo"], ci["hi"], higher_is_better=None, n=ci["n"], n_boot=ci["n_boot"],
             unit="probability of either answer word (how much the model answers at all)")}
-        by_group, small, warnings = {}, {}, []
+        by_group, small, gaps, warnings = {}, {}, {}, []
         for a in self.protected:
             rows[a] = [ex[a] for ex in test]
             dm = metrics.decision_metrics(labels, pred, rows[a].to_numpy(), n_boot=e.bootstrap, seed=0,
@@ -140,6 +140,7 @@ class Classification(Task):
                 headline[f"{key}_{a}"] = dm["metrics"][key]
             by_group[a] = dm["by_group"]
             small[a] = dm["small_groups"]
+            gaps[a] = dm["gaps"]
             warnings += [f"{a}: {w}" for w in dm["warnings"]]
             twins = [tabular.counterfactual(ex, a) for ex in test]
             cf_pred, cf_p, _ = self.decide(ctx, model, [t["prompt"] for t in twins])
@@ -149,7 +150,8 @@ class Classification(Task):
             flips = metrics.flip_rate(pred, cf_pred, p_pos, cf_p, n_boot=e.bootstrap, seed=0)
             headline[f"flip_rate_{a}"] = flips["flip_rate"]
             headline[f"mean_abs_delta_p_{a}"] = flips["mean_abs_delta_p"]
-        summary = {"metrics": headline, "by_group": by_group, "small_groups": small, "warnings": warnings,
+        summary = {"metrics": headline, "by_group": by_group, "small_groups": small, "gaps": gaps,
+                   "warnings": warnings,
                    "dataset": self.options.dataset, "answers": list(self.answers), "n_test": len(test)}
         return summary, rows
 
