@@ -224,19 +224,17 @@ def test_full_weights_reload(tok, enc, tmp_path):
 # ---------------------------------------------------------------- the training stage of the runner
 
 
-DIVERGES = 1e10
-
-
 def _recording_train(calls: list):
     def wrapped(model, arm, *args, **kw):
-        entry = {"arm": arm.name, "lr": args[4], "steps": kw.get("steps"), "search": kw.get("checkpoint") is None}
+        entry = {"arm": arm.name, "lr": args[4], "steps": kw.get("steps"), "stop_after": kw.get("stop_after"),
+                 "search": kw.get("checkpoint") is None}
         calls.append(entry)
         try:
             res = train(model, arm, *args, **kw)
         except Diverged:
             entry["val_loss"] = None
             raise
-        entry["val_loss"] = res.final_val_loss
+        entry["val_loss"] = res.final_val_loss if math.isfinite(res.final_val_loss) else None
         return res
 
     return wrapped
@@ -259,8 +257,8 @@ def finished(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("finished")
     corpus = write_corpus(tmp / "corpus.jsonl")
     d = tiny_study_dict(tmp / "run", corpus, arms=["base", "full", {"type": "lora", "rank": 2}],
-                        training={"lr_search": {"enabled": True, "steps": 2, "full": [1e-4, 1e-3, DIVERGES],
-                                                "lora": [1e-3, 1e-2]}})
+                        training={"lr_search": {"enabled": True, "steps": 2, "full": [1e-4, 1e-3, 1e-2],
+                                                "lora": [1e-3, 1e-2, 1e-1], "max_extensions": 1}})
     study = study_from_dict(d, "tiny.yaml")
     r, calls = _train_stage(study)
     return study, r, calls
@@ -274,22 +272,26 @@ def _copy(study, tmp_path):
 
 
 def test_lr_search_record_matches_what_ran(finished):
+    """Every candidate (extensions included) ran the first 2 steps of the final run's 4-step schedule;
+    the record lists what ran, the chosen rate is the best finite one and the final run used it."""
     study, r, calls = finished
-    for arm, cands in (("full", [1e-4, 1e-3, DIVERGES]), ("lora-r2", [1e-3, 1e-2])):
+    for arm, grid in (("full", [1e-4, 1e-3, 1e-2]), ("lora-r2", [1e-3, 1e-2, 1e-1])):
         search = [c for c in calls if c["arm"] == arm and c["search"]]
         final = [c for c in calls if c["arm"] == arm and not c["search"]]
         rec = r.rd.read_lr_search(arm)
-        assert [c["lr"] for c in search] == cands and {c["steps"] for c in search} == {2}
+        assert [c["lr"] for c in search[:3]] == grid and len(search) <= 3 + 1
+        assert {(c["steps"], c["stop_after"]) for c in search} == {(4, 2)}
+        assert rec["schedule_steps"] == 4 and rec["steps"] == 2
         assert rec["candidates"] == [{"lr": c["lr"], "val_loss": c["val_loss"], "steps": 2} for c in search]
+        assert [e["lr"] for e in rec["extensions"]] == [c["lr"] for c in search[3:]]
         finite = [c for c in search if c["val_loss"] is not None]
         assert rec["chosen"] == min(finite, key=lambda c: c["val_loss"])["lr"]
-        assert len(final) == 1 and final[0]["lr"] == rec["chosen"]
+        lrs = sorted(c["lr"] for c in search)
+        assert rec["interior"] == (lrs[0] < rec["chosen"] < lrs[-1])
+        assert len(final) == 1 and final[0]["lr"] == rec["chosen"] and final[0]["stop_after"] is None
         done = r.rd.done(arm, 0)
         assert done["lr"] == rec["chosen"] and done["lr_search"] == rec
         assert read_json(r.rd.arm_dir(arm, 0) / "config.json")["lr"] == rec["chosen"]
-    full = r.rd.read_lr_search("full")["candidates"]
-    assert full[2]["lr"] == DIVERGES and full[2]["val_loss"] is None
-    assert all(c["val_loss"] is not None for c in full[:2])
 
 
 def test_arms_saw_the_same_examples(finished):
@@ -335,7 +337,8 @@ def test_changed_training_retrains(finished, tmp_path):
     s.training.max_steps = 3
     r, calls = _train_stage(s)
     # a different training config: a new hash, new search key, so both arms search and train again
-    assert sum(not c["search"] for c in calls) == 2 and sum(c["search"] for c in calls) == 5
+    searched = sum(len(r.rd.read_lr_search(a)["candidates"]) for a in ("full", "lora-r2"))
+    assert sum(not c["search"] for c in calls) == 2 and sum(c["search"] for c in calls) == searched >= 6
     assert r.rd.done("full", 0)["steps"] == 3
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from lorafair.errors import UserError
+from lorafair.lr_search import check_grids
 
 LORA_VARIANTS = ("plain", "rslora", "dora")
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -37,12 +38,15 @@ class TaskConfig:
 
 @dataclass
 class LRSearchConfig:
+    """The learning-rate search (rules in lorafair.lr_search)."""
+
     enabled: bool = True
-    # Candidates per arm type. LoRA's update is scaled by alpha/r (alpha = 2r here), so it needs a
-    # rate about ten times higher than full fine-tuning to move as far; the search settles it per arm.
+    # Log grids of the same size for every arm type. LoRA's update is scaled by alpha/r (alpha = 2r
+    # here), so it needs a rate about ten times higher than full fine-tuning to move as far.
     full: list[float] = field(default_factory=lambda: [1e-5, 3e-5, 1e-4])
     lora: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
-    steps: int = 20
+    steps: int = 20  # each candidate runs the first `steps` steps of the final run's schedule
+    max_extensions: int = 2  # grid steps added beyond an edge holding the best candidate
 
 
 @dataclass
@@ -233,9 +237,10 @@ def validate(study: Study) -> None:
             raise UserError(f"{src}: training.{key}: must be >= 1, got {getattr(t, key)}")
     if t.schedule not in ("cosine", "linear", "constant"):
         raise UserError(f"{src}: training.schedule: {t.schedule!r} is not one of cosine, linear, constant")
-    for lr in t.lr_search.full + t.lr_search.lora:
-        if lr <= 0:
-            raise UserError(f"{src}: training.lr_search: learning rate must be > 0, got {lr}")
+    check_grids(t.lr_search.full, t.lr_search.lora, f"{src}: training.lr_search")
+    if t.lr_search.steps < 1 or t.lr_search.max_extensions < 0:
+        raise UserError(f"{src}: training.lr_search: steps must be >= 1 and max_extensions >= 0, got "
+                        f"{t.lr_search.steps} and {t.lr_search.max_extensions}")
     if study.evaluation.samples < 1:
         raise UserError(f"{src}: evaluation.samples: k must be >= 1, got {study.evaluation.samples}")
     for name, delta in study.evaluation.margins.items():

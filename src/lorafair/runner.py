@@ -26,7 +26,8 @@ from lorafair.errors import UserError
 from lorafair.execute import Job, make_executor, raise_failures
 from lorafair.store import RunDir
 from lorafair.tasks import Task, get_task
-from lorafair.train import Diverged, encode, train, validation_loss
+from lorafair.lr_search import bracket, lr_grid
+from lorafair.train import Diverged, encode, total_steps, train, validation_loss
 
 
 class Context:
@@ -268,30 +269,37 @@ class Runner:
             raise UserError("data.val_fraction: no validation examples, and the learning-rate search ranks rates by "
                             "validation loss; raise data.val_fraction or set training.lr_search.enabled: false")
         seed = self.study.seeds[0]
-        candidates = lr_candidates(arm, s)
-        steps = min(s.steps, _total(t, len(enc_train)))
-        rows = []
-        for lr in candidates:
+        schedule = total_steps(t, len(enc_train))
+        steps = min(s.steps, schedule)
+
+        def run(lr: float) -> float | None:
             model = self._fresh(arm, seed)
             try:
-                r = train(model, arm, enc_train, enc_val, t, seed, lr, self.ctx.tokenizer.pad_token_id,
-                          steps=steps, autocast=self.ctx.autocast)
-                loss = r.final_val_loss
+                loss = train(model, arm, enc_train, enc_val, t, seed, lr, self.ctx.tokenizer.pad_token_id,
+                             steps=schedule, stop_after=steps, keep_best=False,
+                             autocast=self.ctx.autocast).final_val_loss
             except Diverged as e:
-                loss = float("inf")
                 self.log(f"{arm.name}: lr {lr:g} diverged at step {e.step}")
-            rows.append({"lr": lr, "val_loss": loss if math.isfinite(loss) else None, "steps": steps})
-            self.log(f"{arm.name}: lr {lr:g} -> val loss {loss:.4f} after {steps} steps")
-            del model
-        finite = [r for r in rows if r["val_loss"] is not None]
-        if not finite:
-            raise UserError(f"arm {arm.name}: every learning rate of the search diverged; lower training.lr_search values")
-        best = min(finite, key=lambda r: r["val_loss"])
-        record = {"key": key, "arm": arm.name, "candidates": rows, "chosen": best["lr"], "seed": seed,
-                  "criterion": "validation loss after a short run"}
+                return None
+            self.log(f"{arm.name}: lr {lr:g} -> val loss {loss:.4f} after {steps} of {schedule} steps")
+            return loss if math.isfinite(loss) else None
+
+        try:
+            found = bracket(lr_grid(arm, s), run, s.max_extensions, self.log)
+        except UserError as e:
+            raise UserError(f"arm {arm.name}: {e}") from None
+        for row in found["candidates"]:
+            row["steps"] = steps
+        record = {"key": key, "arm": arm.name, **found, "seed": seed, "steps": steps, "schedule_steps": schedule,
+                  "max_extensions": s.max_extensions,
+                  "criterion": f"validation loss after the first {steps} of the final run's {schedule} steps "
+                               "(same warm-up, decay, seed and example order)"}
+        if not found["interior"]:
+            self.log(f"{arm.name}: the best rate {found['chosen']:g} is still at an edge after "
+                     f"{s.max_extensions} grid extensions")
         if self.main:
             self.rd.write_lr_search(arm.name, record)
-        return best["lr"], record
+        return found["chosen"], record
 
     def train_one(self, arm: Arm, seed: int, lr: float, search, enc_train, enc_val, h: str) -> None:
         model = self._fresh(arm, seed)
@@ -322,7 +330,8 @@ class Runner:
         self.rd.mark_done(arm.name, seed, {"hash": h, "lr_search": search, "model_hash": self._model_hash,
                                            **where, **res.summary()})
         self.log(f"{arm.name} seed {seed}: {res.steps} steps, lr {lr:g}, final loss {res.log[-1]['loss']:.4f}, "
-                 f"best val {res.best_val_loss:.4f}, {res.tokens / max(res.wall_s, 1e-9):.0f} tok/s, "
+                 f"best val {res.best_val_loss:.4f} at step {res.best_step}"
+                 f"{' (weights restored to it)' if res.restored_best else ''}, {res.tokens / max(res.wall_s, 1e-9):.0f} tok/s, "
                  f"{res.wall_s:.0f}s, peak {res.peak_mem_mb:.0f} MB")
 
     # ------------------------------------------------------------------ evaluation
@@ -453,23 +462,6 @@ def _eval_key(e) -> dict:
     d.pop("margins", None)  # margins decide, they do not change what is measured
     d.pop("audit_scorer", None)
     return d
-
-
-def lr_candidates(arm: Arm, search) -> list[float]:
-    """The grid searched for an arm. With alpha = 2r a plain LoRA (or DoRA) update is scaled by
-    alpha/r = 2 at every rank, so one grid suits every rank; rsLoRA scales by alpha/sqrt(r) = 2 sqrt(r),
-    so its grid is divided by sqrt(r) to start from the same effective step size."""
-    if arm.type == "full":
-        return list(search.full)
-    if arm.variant == "rslora" and arm.alpha == 2.0 * arm.rank:
-        return [lr / math.sqrt(arm.rank) for lr in search.lora]
-    return list(search.lora)
-
-
-def _total(t, n):
-    from lorafair.train import total_steps
-
-    return total_steps(t, n)
 
 
 def train_arm(study: Study, arm_name: str, seed: int, force: bool, log: Callable[[str], None]) -> None:

@@ -1,6 +1,9 @@
 """The one training loop for every arm: loss on completion tokens only, AdamW, warm-up then decay,
 gradient accumulation and clipping, checkpoints that make a killed run resume to the same result.
 
+The weights an arm keeps are those of its best validation evaluation (restored at the end when a
+later evaluation was worse), whether or not early stopping fired.
+
 Determinism: the order of examples is fixed by (seed, epoch) and computed up front; the torch RNG
 state (dropout, LoRA init) is saved with every checkpoint, so a resumed run continues the same
 random stream as an uninterrupted one.
@@ -41,6 +44,8 @@ class TrainResult:
     best_val_loss: float = float("nan")
     final_val_loss: float = float("nan")
     stopped_early: bool = False
+    best_step: int | None = None  # step of the best validation evaluation: the weights kept
+    restored_best: bool = False  # the last evaluation was worse than the best; the best weights were restored
     tokens: int = 0
     wall_s: float = 0.0
     peak_mem_mb: float = 0.0
@@ -296,8 +301,15 @@ def train(
     steps: int | None = None,
     on_step: Callable[[dict], None] | None = None,
     autocast: torch.dtype | None = None,
+    stop_after: int | None = None,
+    keep_best: bool = True,
 ) -> TrainResult:
     """Train `model` (already wrapped for `arm`) in place; `train_rows`/`val_rows` are encoded.
+
+    ``steps`` is the length of the schedule (warm-up and decay); ``stop_after`` ends the run after
+    that many of its steps (the learning-rate search: a prefix of the final run's schedule), with a
+    validation evaluation at the last step run. With ``keep_best`` (and validation rows) the model
+    handed back holds the weights of the best validation evaluation.
 
     The loop runs under an accelerate ``Accelerator``: in one process it is the plain loop; launched
     by torchrun or ``accelerate launch`` on N processes, every micro-batch is split across them
@@ -306,11 +318,12 @@ def train(
     from accelerate import Accelerator
 
     steps = steps if steps is not None else total_steps(cfg, len(train_rows))
-    order = schedule_order(len(train_rows), cfg.batch_size, steps * cfg.grad_accum, seed)
+    run_steps = min(steps, stop_after) if stop_after is not None else steps
+    order = schedule_order(len(train_rows), cfg.batch_size, run_steps * cfg.grad_accum, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, lr, cfg.weight_decay)
     sched = make_scheduler(opt, cfg, steps)
-    res = TrainResult(lr=lr, steps=steps, examples_seen=sum(len(b) for b in order))
+    res = TrainResult(lr=lr, steps=run_steps, examples_seen=sum(len(b) for b in order))
     # two sequences show whether the model keeps packed sequences apart; more only cost time
     packing = res.packed = cfg.packing and packing_works(model, [train_rows[i] for i in order[0][:2]], pad_id)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, device_placement=False,
@@ -332,7 +345,7 @@ def train(
         res.wall_s = ck.get("wall_s", 0.0)
     model.train()
     t_start = time.perf_counter() - res.wall_s
-    for step in range(start, steps):
+    for step in range(start, run_steps):
         t0 = time.perf_counter()
         loss_sum, ntok = 0.0, 0
         for j in range(cfg.grad_accum):
@@ -354,7 +367,7 @@ def train(
         res.tokens += ntok
         row = {"step": step + 1, "loss": loss_sum, "lr": sched.get_last_lr()[0], "tokens_per_s": ntok / dt}
         res.log.append(row)
-        last = step + 1 == steps
+        last = step + 1 == run_steps
         if val_rows and ((step + 1) % cfg.eval_every == 0 or last):  # no validation split: no evaluation
             v = validation_loss(bare, val_rows, pad_id, cfg.batch_size, autocast, packing, acc)
             if not math.isfinite(v):
@@ -362,13 +375,14 @@ def train(
             prev_best = min((r["val_loss"] for r in res.val_curve), default=float("inf"))
             res.val_curve.append({"step": step + 1, "val_loss": v})
             row["val_loss"] = v
-            if cfg.early_stopping_patience is not None:
-                if v < prev_best:
-                    best_state, bad_evals = trainable_state(bare), 0
-                else:
-                    bad_evals += 1
-                if bad_evals >= cfg.early_stopping_patience:
-                    res.stopped_early = True
+            if v < prev_best:
+                bad_evals = 0
+                if keep_best and not last:  # the last evaluation's weights are the model's own
+                    best_state = trainable_state(bare)
+            else:
+                bad_evals += 1
+            if cfg.early_stopping_patience is not None and bad_evals >= cfg.early_stopping_patience:
+                res.stopped_early = True
         if on_step:
             on_step(row)
         res.wall_s = time.perf_counter() - t_start
@@ -380,11 +394,14 @@ def train(
             res.steps = step + 1
             res.examples_seen = sum(len(b) for b in order[: (step + 1) * cfg.grad_accum])
             break
-    if best_state is not None and res.stopped_early:
-        load_trainable_state(bare, best_state)
     vals = [r["val_loss"] for r in res.val_curve]
     res.best_val_loss = min(vals) if vals else float("nan")
     res.final_val_loss = vals[-1] if vals else float("nan")
+    if vals:
+        res.best_step = res.val_curve[vals.index(res.best_val_loss)]["step"]
+        if keep_best and res.best_val_loss < vals[-1] and best_state is not None:
+            load_trainable_state(bare, best_state)
+            res.restored_best = True
     res.wall_s = time.perf_counter() - t_start
     res.peak_mem_mb = peak_mem_mb()
     bare.eval()

@@ -74,7 +74,7 @@ def training_rows(run: Run) -> list[list[object]]:
         if "candidates" in search:
             cands = ", ".join(f"{c.get('lr'):g}→{c['val_loss']:.4g}" if finite(c.get("val_loss"))
                               else f"{c.get('lr'):g}→diverged" for c in search["candidates"])
-            how = f"search: {cands}"
+            how = f"search: {cands}" + _bracketing(search)
         elif "fixed" in search:
             how = "fixed" + (f" ({search['reason']})" if search.get("reason") else "")
         else:
@@ -86,6 +86,16 @@ def training_rows(run: Run) -> list[list[object]]:
         rows.append([arm, seed, f"{f['lr']:g}" if finite(f.get("lr")) else "-",
                      f"diverged at step {f.get('step', '?')}", "-", "-", "-", "-", "-"])
     return rows
+
+
+def _bracketing(search: dict) -> str:
+    """How the search bracketed its optimum: grid extensions made, and whether the best is interior."""
+    if "interior" not in search:
+        return ""
+    ext = search.get("extensions") or []
+    steps = ", ".join(f"{e['edge']} {e['lr']:g}" for e in ext)
+    added = f"; grid extended {len(ext)}× ({steps})" if ext else ""
+    return added + ("; optimum interior" if search["interior"] else "; optimum still at an edge of the grid")
 
 
 TRAINING_HEADER = ["arm", "seed", "lr", "lr choice (lr→val loss)", "best val loss", "final val loss",
