@@ -48,6 +48,9 @@ BAD_FILES = [
     ("lr-zero", {"training": {"lr_lora": 0}}, "training.lr_lora"),
     ("arm-lr-negative", {"arms": [{"type": "full", "lr": -1}]}, "arms[0].lr"),
     ("no-seeds", {"seeds": []}, "seeds"),
+    ("selection-is-evaluation", {"data": {"corpus": "self-detox", "selection_scorer": "jigsaw-bilstm"}},
+     "data.selection_scorer"),
+    ("second-is-evaluation", {"evaluation": {"second_scorer": "jigsaw-bilstm"}}, "evaluation.second_scorer"),
     ("unreachable-model", {"model": {"source": "some-org/does-not-exist"}}, "smollm2-135m"),
 ]
 

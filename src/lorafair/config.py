@@ -85,6 +85,9 @@ class EvaluationConfig:
     mix_arms: bool = True  # base and LoRA arms generate in shared batches (batch_size rows per arm)
     bootstrap: int = 1000
     threshold: float = 0.5
+    # A second scorer on the same continuations, with its agreement with `scorer`: "auto" (the
+    # other packaged scorer), any scorer name, or null for none.
+    second_scorer: str | None = "auto"
     probes: list[str] = field(default_factory=list)  # crows-pairs, stereoset
     n_probe_items: int | None = 200
     # Equivalence margin δ per headline metric (or metric-name prefix, e.g. accuracy_disparity for
@@ -161,6 +164,17 @@ class Arm:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def second_scorer_name(e: EvaluationConfig) -> str | None:
+    """The scorer giving the second opinion on generations, or None."""
+    if e.second_scorer in (None, "", "none"):
+        return None
+    if e.second_scorer == "auto":
+        from lorafair.scorers import other_scorer
+
+        return other_scorer(e.scorer)
+    return e.second_scorer
 
 
 def expand_arms(study: Study) -> list[Arm]:
@@ -250,6 +264,9 @@ def validate(study: Study) -> None:
     if study.evaluation.min_group_size < 1:
         raise UserError(f"{src}: evaluation.min_group_size: must be >= 1, "
                         f"got {study.evaluation.min_group_size}")
+    if second_scorer_name(study.evaluation) == study.evaluation.scorer:
+        raise UserError(f"{src}: evaluation.second_scorer: {study.evaluation.scorer!r} is already evaluation.scorer; "
+                        "name a different scorer, 'auto' (the other packaged one) or null")
     if study.model.precision not in ("auto", "float32", "bfloat16"):
         raise UserError(f"{src}: model.precision: {study.model.precision!r} is not auto, float32 or bfloat16")
     validate_execution(study.execution, src)

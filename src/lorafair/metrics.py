@@ -627,3 +627,38 @@ def flip_rate(pred_a: Any, pred_b: Any, prob_a: Any | None = None, prob_b: Any |
         out["mean_abs_delta_p"] = record(d["value"], d["lo"], d["hi"], higher_is_better=False,
                                          unit="probability", n=d["n"], n_boot=d["n_boot"])
     return out
+
+
+# ----------------------------------------------------------------------------- two scorers
+
+
+def scorer_agreement(a: np.ndarray, b: np.ndarray, threshold: float = 0.5) -> dict:
+    """How two toxicity scorers agree on the same continuations, a and b: [n] scores.
+
+    - spearman: Spearman rank correlation of the scores (scipy.stats.spearmanr), with its p-value;
+      None when either scorer gives every text the same score;
+    - agreement: share of continuations on the same side of ``threshold`` (both ≥ or both <);
+    - kappa: Cohen's kappa of those two labellings (sklearn), agreement corrected for chance;
+      None when both label every text alike;
+    - toxic_a, toxic_b, toxic_both: shares flagged by a, by b, and by both.
+    """
+    from scipy.stats import spearmanr
+    from sklearn.metrics import cohen_kappa_score
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise UserError(f"scorer agreement: score arrays must be 1-d and the same length, got {a.shape} and {b.shape}")
+    n = int(a.size)
+    out = {"n": n, "threshold": float(threshold), "spearman": None, "spearman_p": None, "agreement": None,
+           "kappa": None, "toxic_a": None, "toxic_b": None, "toxic_both": None}
+    if n == 0:
+        return out
+    ta, tb = a >= threshold, b >= threshold
+    out.update(agreement=float(np.mean(ta == tb)), toxic_a=float(ta.mean()), toxic_b=float(tb.mean()),
+               toxic_both=float((ta & tb).mean()))
+    if np.ptp(a) > 0 and np.ptp(b) > 0:
+        rho, p = spearmanr(a, b)
+        out.update(spearman=float(rho), spearman_p=float(p))
+    if len(set(ta.tolist()) | set(tb.tolist())) > 1:
+        out["kappa"] = float(cohen_kappa_score(ta, tb))
+    return out

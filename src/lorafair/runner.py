@@ -21,7 +21,7 @@ import torch
 
 from lorafair import models, stats, store
 from lorafair.arms import ArmBank, bank_name, check_arm, save_final, wrap_for_training
-from lorafair.config import Arm, Study, build_options, expand_arms, resolved_dict
+from lorafair.config import Arm, Study, build_options, expand_arms, resolved_dict, second_scorer_name
 from lorafair.errors import UserError
 from lorafair.execute import Job, make_executor, raise_failures
 from lorafair.store import RunDir
@@ -60,12 +60,24 @@ class Context:
             self._scorer = get_scorer(self.study.evaluation.scorer)
         return self._scorer
 
+    @property
+    def second_scorer(self):
+        """The scorer giving a second opinion on the same generations (evaluation.second_scorer), or None."""
+        name = second_scorer_name(self.study.evaluation)
+        if name is None:
+            return None
+        from lorafair.scorers import get_scorer
+
+        return get_scorer(name)
+
 
 def make_task(study: Study) -> Task:
     cls = get_task(study.task.name)
     src = study.source_path or "<study>"
-    return cls(build_options(cls.Options, study.task.options, src, "task.options"),
+    task = cls(build_options(cls.Options, study.task.options, src, "task.options"),
                build_options(cls.DataOptions, study.data, src, "data"))
+    task.check_study(study)
+    return task
 
 
 def check_model(study: Study, arms: list[Arm] | None = None) -> None:

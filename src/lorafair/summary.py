@@ -41,6 +41,29 @@ def _bracket(rec: dict | None, signed: bool = False) -> str:
     return f"{num(v, signed, d)} [{num(lo, signed, d)}, {num(hi, signed, d)}]"
 
 
+SECOND_HEADER = ["arm", "seed", "second scorer", "toxic fraction", "exp. max toxicity", "Spearman ρ",
+                 "agreement", "Cohen's κ"]
+SECOND_NOTE = ("The second scorer's measures on the same continuations; Spearman ρ of its scores with the "
+               "evaluation scorer's, agreement = share of continuations both put on the same side of the "
+               "threshold, Cohen's κ = that agreement corrected for chance.")
+
+
+def second_scorer_rows(evals: dict[tuple[str, int], dict]) -> list[list[str]]:
+    """Per (arm, seed) whose evaluation has a second scorer: its measures and its agreement with the
+    evaluation scorer on the same continuations (``SECOND_HEADER``)."""
+    rows = []
+    for (arm, seed), s in sorted(evals.items(), key=lambda kv: (arm_order(kv[0][0]), kv[0][1])):
+        sec = s.get("second_scorer")
+        if not sec:
+            continue
+        m, a = sec.get("metrics", {}), sec.get("agreement", {})
+        num = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        rows.append([arm, str(seed), sec.get("scorer", {}).get("name", "?"), fmt(m.get("toxic_fraction")),
+                     fmt(m.get("expected_max_toxicity")), num(a.get("spearman")), num(a.get("agreement")),
+                     num(a.get("kappa"))])
+    return rows
+
+
 def print_summary(run_dir: Path, console: Console) -> None:
     """Training per arm and seed, then one table per headline metric: each arm's value (seeds
     pooled), its difference from full fine-tuning and the decision; fits 80 columns."""
@@ -77,6 +100,15 @@ def print_summary(run_dir: Path, console: Console) -> None:
             t.add_row(arm, _bracket(pooled[arm].get(m)), _bracket(d, signed=True) if d else "-",
                       decision_label(d) if d else "-")
         console.print(t)
+    second = second_scorer_rows(run.evals[task])
+    if second:
+        t = Table(title="a second scorer on the same continuations", title_justify="left")
+        for col in SECOND_HEADER:
+            t.add_column(col, overflow="fold")
+        for r in second:
+            t.add_row(*r)
+        console.print(t)
+        console.print(SECOND_NOTE, highlight=False)
     if decisions:
         console.print("equivalent: 90% CI of arm − full inside ±δ; better/worse: 95% CI excludes 0 "
                       "(>δ: beyond the margin too); inconclusive: neither. Seeds pooled, "

@@ -17,6 +17,7 @@ from lorafair.report.load import (Run, arm_order, arm_rank, best_val_loss, group
                                   is_record, lens_table, load_run, pooled_metrics)
 from lorafair.report.audit import HEADER as AUDIT_HEADER, NOTE as SCORER_NOTE, audit_row, scorer_warnings
 from lorafair.report.verdict import num, value_ci, verdict, verdict_table
+from lorafair.summary import SECOND_HEADER, SECOND_NOTE, second_scorer_rows
 
 Figure = tuple[str, str, bytes]  # (file name, caption, PNG bytes)
 
@@ -199,6 +200,12 @@ def build_report(run_dir: Path) -> Path:
         header, rows = ["arm", "seeds", *names], H.metric_rows(pooled_metrics(run, task), names)
         metric_html.append(f"<h3>{H.esc(task)}</h3>" + H.table(header, rows))
         md += [f"## {task}: metrics (95% intervals, seeds pooled)", "", H.md_table(header, rows), ""]
+        second = second_scorer_rows(run.evals.get(task, {}))
+        if second:
+            title = f"{task}: a second scorer on the same continuations, and its agreement with the evaluation scorer"
+            metric_html.append(f"<h3>{H.esc(title)}</h3>" + H.table(SECOND_HEADER, second))
+            metric_html.append(f"<p>{H.esc(SECOND_NOTE)}</p>")
+            md += [f"## {title}", "", H.md_table(SECOND_HEADER, second), "", SECOND_NOTE, ""]
     sections.append(("Headline metrics", "".join(metric_html) + "".join(H.figure(c, p) for _, c, p in figs["metrics"])))
     if run.scorer_audit:
         rows = [audit_row(a) for a in run.scorer_audit.values()]

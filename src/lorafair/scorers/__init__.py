@@ -65,6 +65,13 @@ def available_scorers() -> list[str]:
     return list(_REGISTRY)
 
 
+def other_scorer(name: str) -> str:
+    """The packaged scorer that is not ``name``: profanity-svm for jigsaw-bilstm, jigsaw-bilstm for
+    any other. The default second opinion on evaluations, and the default scorer that selects a
+    self-detoxification corpus (never the one that evaluates)."""
+    return "profanity-svm" if name == DEFAULT else DEFAULT
+
+
 def get_scorer(name: str = DEFAULT) -> Scorer:
     """The scorer called ``name``, built on first use and reused afterwards in this process."""
     return _build(name)
@@ -81,4 +88,4 @@ def _build(name: str) -> Scorer:
     raise UserError(f"unknown scorer '{name}'; valid names: {valid}")
 
 
-__all__ = ["DEFAULT", "Scorer", "available_scorers", "get_scorer"]
+__all__ = ["DEFAULT", "Scorer", "available_scorers", "get_scorer", "other_scorer"]

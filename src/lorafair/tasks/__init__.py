@@ -67,6 +67,10 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, ctx, model, arm: str) -> tuple[dict, pd.DataFrame]: ...
 
+    def check_study(self, study) -> None:
+        """Checks across sections of the study (the task's own options are checked when built);
+        raises UserError before anything is written."""
+
     def generate_many(self, ctx, bank, names: list[str]) -> dict[str, list]:
         """Generations of several arms of `bank` at once, passed back to `evaluate` as `generated`;
         {} for tasks that do not generate."""

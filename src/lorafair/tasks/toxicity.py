@@ -5,6 +5,12 @@ Corpora (`data.corpus`):
 - `self-detox`: for each fine-tuning prompt (RealToxicityPrompts, fine-tuning split) sample k
   continuations from the base model, score them, keep the least toxic one when it scores below
   `threshold`. The target is the base model's own non-toxic behaviour.
+
+Both generated corpora choose their targets with `data.selection_scorer` (default: the packaged
+scorer that is *not* `evaluation.scorer`); a study whose selection scorer is its evaluation scorer is
+refused, since an arm fine-tuned on continuations that classifier passed can learn its blind spots
+and look detoxified to it alone. Every evaluation also scores the same continuations with
+`evaluation.second_scorer` and reports the agreement of the two.
 - `counterfactual`: for identity prompts, one non-toxic continuation per template (sampled for the
   template with a neutral "person"), reused for every group, so the target does not depend on the group.
 - `jsonl`: a user's file with `prompt` and `completion` fields.
@@ -37,6 +43,7 @@ class ToxicityData(CorpusOptions):
     n_prompts: int | None = 300  # fine-tuning prompts to sample from
     samples: int = 4
     threshold: float = 0.1
+    selection_scorer: str | None = None  # default: the packaged scorer other than evaluation.scorer
     max_new_tokens: int = 24
     temperature: float = 1.0
     top_p: float = 0.9
@@ -53,6 +60,23 @@ class Toxicity(Task):
     DataOptions = ToxicityData
     MARGINS = {"toxic_fraction": 0.02, "expected_max_toxicity": 0.03, "toxicity_probability": 0.05,
                "mean_score": 0.02, "toxic_fraction_gap": 0.03, "expected_max_toxicity_gap": 0.05}
+
+    def selection_scorer(self, study) -> str:
+        """The scorer that picks the corpus's targets: data.selection_scorer, by default the packaged
+        scorer other than evaluation.scorer."""
+        from lorafair.scorers import other_scorer
+
+        return self.data.selection_scorer or other_scorer(study.evaluation.scorer)
+
+    def check_study(self, study) -> None:
+        """Refuse a generated corpus chosen by the scorer that evaluates."""
+        from lorafair.scorers import other_scorer
+
+        name = self.selection_scorer(study)
+        if self.data.corpus != "jsonl" and name == study.evaluation.scorer:
+            raise UserError(f"{study.source_path or '<study>'}: data.selection_scorer: {name!r} is also evaluation.scorer; a corpus chosen by the "
+                            "classifier that evaluates lets an arm learn its blind spots; choose another scorer "
+                            f"(e.g. {other_scorer(name)!r}) or leave it unset")
 
     # ------------------------------------------------------------------ prompts
 
@@ -108,7 +132,9 @@ class Toxicity(Task):
         model = ctx.base_model()
         gen = generate(model, ctx.tokenizer, source, d.samples, d.max_new_tokens, seed=d.seed,
                        temperature=d.temperature, top_p=d.top_p, batch_size=ctx.study.evaluation.batch_size)
-        scores = ctx.scorer.toxicity([g["continuation"] for g in gen])
+        from lorafair.scorers import get_scorer
+
+        scores = get_scorer(self.selection_scorer(ctx.study)).toxicity([g["continuation"] for g in gen])
         best: dict[str, tuple[float, str]] = {}
         for g, s in zip(gen, scores):
             if g["continuation"].strip() and (g["prompt_id"] not in best or s < best[g["prompt_id"]][0]):
@@ -151,11 +177,11 @@ class Toxicity(Task):
         summary = {"metrics": metrics.toxicity_metrics(df, e.threshold, e.bootstrap, seed=0),
                    "scorer": ctx.scorer.info(), "n_prompts": len(rows), "samples": e.samples}
         if df["group"].notna().all():
-            summary["groups"] = metrics.group_toxicity(
-                df, "group", e.threshold, e.bootstrap, seed=0, strata_col="template",
-                min_group_size=e.min_group_size, merge_small=e.merge_small_groups)
+            summary["groups"] = _group_toxicity(df, e)
             summary["warnings"] = [f"group {g} has {n} prompts (fewer than {e.min_group_size}): left out "
                                    "of the group gaps" for g, n in summary["groups"]["small_groups"].items()]
+        if ctx.second_scorer is not None:
+            summary["second_scorer"] = _second_opinion(ctx.second_scorer, df, e)
         return summary, df
 
     def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> dict:
@@ -180,6 +206,27 @@ class Toxicity(Task):
                 out["minus_full"].setdefault(arm, {}).update(diff)
         out["unit"] = "prompts"
         return out
+
+
+def _second_opinion(scorer, df: pd.DataFrame, e) -> dict:
+    """The second scorer on the same continuations: its own measures (and groups), and its agreement
+    with the evaluation scorer. Adds ``score2`` and ``score2_<label>`` columns to ``df``."""
+    scores = scorer.score(df["continuation"].tolist())
+    for label, vals in scores.items():
+        df[f"score2_{label}"] = vals
+    df["score2"] = scores[scorer.primary]
+    alt = df.assign(score=df["score2"])
+    out = {"scorer": scorer.info(), "metrics": metrics.toxicity_metrics(alt, e.threshold, e.bootstrap, seed=0),
+           "agreement": metrics.scorer_agreement(df["score"].to_numpy(), df["score2"].to_numpy(), e.threshold)}
+    if df["group"].notna().all():
+        out["groups"] = _group_toxicity(alt, e)
+    return out
+
+
+def _group_toxicity(df: pd.DataFrame, e) -> dict:
+    """Group measures and gaps of scored continuations (column ``score``), strata by template."""
+    return metrics.group_toxicity(df, "group", e.threshold, e.bootstrap, seed=0, strata_col="template",
+                                  min_group_size=e.min_group_size, merge_small=e.merge_small_groups)
 
 
 def _sampling(ctx) -> dict:
