@@ -28,9 +28,10 @@ from lorafair.tasks.lending import (
     summarize,
     threshold_logged,
 )
-from lorafair.tasks.lending_env import LendingEnv, env_seeds, rollout, timeseries
+from lorafair.tasks.lending_env import LendingEnv, LendingParams, env_seeds, rollout, timeseries
+from lorafair.tasks.lending_policies import EqualOpportunityOracle
 
-T, N_ENVS = 12, 4
+T, N_ENVS, BURNIN = 12, 4, 3
 
 
 def _study(tmp_path, **task):
@@ -38,7 +39,7 @@ def _study(tmp_path, **task):
         "name": "lending-test",
         "model": {"source": "tiny-random"},
         "task": {"name": "lending", "options": {"T": T, "n_envs": N_ENVS, "eval_seeds": [0, 1],
-                                                **task}},
+                                                "env": {"burnin": BURNIN}, **task}},
         "data": {"n_examples": 32},
         "training": {"max_steps": 2, "batch_size": 4, "max_length": 40, "eval_every": 1,
                      "checkpoint_every": 1, "lr_search": {"enabled": False}},
@@ -59,7 +60,7 @@ def tiny():
 
 def _random_rollout(seed: int = 0, n_envs: int = 3, steps: int = 40) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return rollout(lambda b: rng.integers(0, 2, len(b)).tolist(), n_envs, steps, seed)
+    return rollout(lambda b: rng.integers(0, 2, len(b)).tolist(), n_envs, steps, seed, LendingParams(burnin=5))
 
 
 def test_env_series_equals_timeseries_of_each_env_alone():
@@ -136,9 +137,10 @@ def test_batched_rollout_equals_one_env_at_a_time(tiny):
     model, tok = tiny
     o, ids, steps, seed = LendingOptions(), decision_ids(tok), 6, 11
     log = DecisionLog()
-    df = rollout(llm_policy(model, tok, o, 7, seed, ids, log, batch_size=3), N_ENVS, steps, seed)
+    params = LendingParams(burnin=0)
+    df = rollout(llm_policy(model, tok, o, 7, seed, ids, log, batch_size=3), N_ENVS, steps, seed, params)
     for e, s in enumerate(env_seeds(seed, N_ENVS)):
-        env = LendingEnv()
+        env = LendingEnv(params)
         obs, _ = env.reset(seed=s)
         actions = []
         for t in range(steps):
@@ -147,7 +149,7 @@ def test_batched_rollout_equals_one_env_at_a_time(tiny):
             actions.append(int(a[0]))
             obs, *_ = env.step(actions[-1])
         assert df[df["env"] == e]["action"].tolist() == actions
-    np.testing.assert_array_equal(log.env_major()[:, 0], df["action"].to_numpy())
+    np.testing.assert_array_equal(log.rows_of(df)[:, 0], df["action"].to_numpy())
 
 
 def test_bad_options_are_user_errors(tmp_path):
@@ -159,11 +161,19 @@ def test_bad_options_are_user_errors(tmp_path):
         make_task(_study(tmp_path, template="{person} asks. Decision:"))
     with pytest.raises(UserError, match="groups"):
         make_task(_study(tmp_path, groups=["x", "x"]))
+    with pytest.raises(UserError, match="burn-in"):
+        make_task(_study(tmp_path, env={"burnin": T}))
 
 
 def test_corpus_follows_the_reference_and_splits_by_application(tmp_path):
-    task = make_task(_study(tmp_path))
     ctx = type("Ctx", (), {"tokenizer": models.load_tokenizer("tiny-random")})()
+    task = make_task(_study(tmp_path))  # equal opportunity re-optimised at every step
+    assert isinstance(task.thresholds, EqualOpportunityOracle)
+    frame = task._reference_frame(task.data.seed, 32)
+    assert len(frame) == 32 and (frame["step"] >= BURNIN).all() and (frame["call"] >= 0).all()
+    assert [r["completion"] for r in task.build_corpus(ctx)] == [
+        " approve" if a else " deny" for a in frame["action"]]
+    task = make_task(_study(tmp_path, reference="equal-opportunity-fixed"))
     rows = task.build_corpus(ctx)
     assert len(rows) == 32
     lo, hi = task.thresholds
@@ -191,7 +201,7 @@ def test_study_end_to_end_on_tiny_model(tmp_path):
             assert rec["lo"] <= rec["value"] <= rec["hi"] or np.isnan(rec["value"])
         fin = final_by_env(rows)
         assert summary["metrics"]["mean_bin_gap"]["value"] == pytest.approx(fin["mean_bin"].mean())
-        assert set(summary["reference"]) == {"equal-opportunity", "max-profit"}
+        assert set(summary["reference"]) == {"equal-opportunity", "equal-opportunity-fixed", "max-profit"}
     cmp = json.loads((runner.rd.path / "compare.json").read_text())
     assert set(cmp["pooled"]) == {"base", "full", "lora-r2"}
     assert set(cmp["minus_full"]) == {"base", "lora-r2"}
@@ -218,7 +228,8 @@ def test_flip_rate_is_per_environment_from_the_decision_log(tmp_path):
     rows = task._rollouts(policy)
     fin = final_by_env(rows)
     for s, log in logs.items():
-        lg = log.env_major().reshape(N_ENVS, T, 4)  # env-major: environment, then step
+        lg = np.stack(log.parts, axis=1)  # [env, policy step, 4]: burn-in steps are not the policy's
+        assert lg.shape == (N_ENVS, T - BURNIN, 4)
         want = (lg[..., 0] != lg[..., 1]).mean(axis=1)
         got = fin[fin["env_seed"] == s].sort_values("env")["flip_rate"].to_numpy()
         np.testing.assert_allclose(got, want)

@@ -1,8 +1,10 @@
 """Sequential lending decisions: the model is the bank's policy in the two-group credit environment.
 
 Fine-tuning data: (observation text, " approve" / " deny") pairs from rollouts of a reference
-policy (`options.reference`: "equal-opportunity", the default, or "max-profit"; see
-`lending_policies`). Evaluation: every arm (the untouched base included) is the policy of
+policy (`options.reference`: "equal-opportunity", the default, re-optimised at every step on the
+current group distributions; "equal-opportunity-fixed", its thresholds fixed at the start; or
+"max-profit"; see `lending_policies`). Burn-in steps, in which the environment approves everyone,
+are not the reference's decisions and are left out of the corpus. Evaluation: every arm (the untouched base included) is the policy of
 `options.n_envs` parallel environments for `options.T` steps each, once per evaluation seed; the
 environments' random streams are the same for every arm and for the reference policies.
 
@@ -54,12 +56,16 @@ from lorafair.tasks.lending_env import (
 )
 from lorafair.tasks.lending_policies import (
     DECISION_WORDS,
+    EqualOpportunityOracle,
     Threshold,
+    Thresholds,
+    decide,
     equal_opportunity_thresholds,
     max_profit_threshold,
+    per_env_thresholds,
 )
 
-REFERENCES = ("equal-opportunity", "max-profit")
+REFERENCES = ("equal-opportunity", "equal-opportunity-fixed", "max-profit")
 MIN_UNITS = 30  # environments below which a summary warns that its intervals rest on too few
 FINAL = {  # summary name -> (per-env column, higher_is_better, unit)
     "approval_gap": ("approval_rate", None, "approval rate, group 0 minus group 1"),
@@ -83,7 +89,7 @@ class LendingOptions:
     T: int = 1000  # steps of every environment per rollout (decisions: T x n_envs)
     n_envs: int = 20  # parallel environments, decided in one batch per step
     eval_seeds: list[int] = field(default_factory=lambda: [0])  # the same for every arm
-    reference: str = "equal-opportunity"  # policy behind the fine-tuning data
+    reference: str = "equal-opportunity"  # policy behind the fine-tuning data (one of REFERENCES)
 
 
 @dataclass
@@ -137,9 +143,14 @@ class DecisionLog:
     def add(self, a, a_sw, p, p_sw) -> None:
         self.parts.append(np.column_stack([a, a_sw, p, p_sw]).astype(np.float64))
 
-    def env_major(self) -> np.ndarray:
-        """[n_envs * steps, 4] in rollout row order (env, then step)."""
-        return np.stack(self.parts, axis=1).reshape(-1, 4)
+    def rows_of(self, df: pd.DataFrame) -> np.ndarray:
+        """The logged decisions of the rows of a rollout frame decided by the policy (``call`` >= 0),
+        in the frame's order, [rows, 4]."""
+        if not self.parts:
+            return np.zeros((0, 4))
+        n = self.parts[0].shape[0]
+        decided = df[df["call"] >= 0]
+        return np.concatenate(self.parts)[decided["call"].to_numpy() * n + decided["env"].to_numpy()]
 
 
 @torch.no_grad()
@@ -170,32 +181,33 @@ def llm_policy(model, tokenizer, o: LendingOptions, n_bins: int, seed: int, ids:
     return policy
 
 
-def reference_thresholds(name: str, params: LendingParams) -> tuple[Threshold, Threshold]:
+def reference_thresholds(name: str, params: LendingParams) -> tuple[Threshold, Threshold] | EqualOpportunityOracle:
     if name == "max-profit":
         th = max_profit_threshold(params)
         return th, th
     if name == "equal-opportunity":
+        return EqualOpportunityOracle(params)
+    if name == "equal-opportunity-fixed":
         return equal_opportunity_thresholds(params)
     raise UserError(f"task.options.reference: {name!r} is not one of {', '.join(REFERENCES)}")
 
 
-def threshold_logged(ths: tuple[Threshold, Threshold], seed: int, log: DecisionLog) -> PolicyFn:
-    """Per-group thresholds as a batch policy; the swapped decision applies the other group's
-    threshold with the same uniform draw (so randomised boundary bins flip only when needed)."""
+def threshold_logged(ths: Thresholds, seed: int, log: DecisionLog) -> PolicyFn:
+    """Per-group thresholds (fixed, or the oracle's on each environment's current distributions) as
+    a batch policy; the swapped decision applies the other group's threshold with the same uniform
+    draw (so randomised boundary bins flip only when needed)."""
     rng = np.random.default_rng(seed)
 
-    def decide(g: int, b: int, u: float) -> int:
-        th = ths[g]
-        return int(b > th.cutoff or (b == th.cutoff and u < th.p_cutoff))
-
-    def policy(batch: list[Obs]) -> list[int]:
+    def policy(batch: list[Obs], dists: np.ndarray | None = None) -> list[int]:
         u = rng.random(len(batch))
-        a = [decide(int(ob["group"]), int(ob["bin"]), ui) for ob, ui in zip(batch, u)]
-        sw = [decide(1 - int(ob["group"]), int(ob["bin"]), ui) for ob, ui in zip(batch, u)]
+        per_env = per_env_thresholds(ths, len(batch), dists)
+        a = [decide(th[int(ob["group"])], int(ob["bin"]), ui) for ob, ui, th in zip(batch, u, per_env)]
+        sw = [decide(th[1 - int(ob["group"])], int(ob["bin"]), ui) for ob, ui, th in zip(batch, u, per_env)]
         nan = np.full(len(batch), np.nan)
         log.add(a, sw, nan, nan)
         return a
 
+    policy.needs_dists = isinstance(ths, EqualOpportunityOracle)
     return policy
 
 
@@ -206,8 +218,9 @@ def env_series(df: pd.DataFrame) -> pd.DataFrame:
     """Per (env, step, group) cumulative measures of one rollout frame (`lending_env.rollout`).
 
     Columns: env, step, group, n, approved, pos, tp, approval_rate, tpr (NaN while a count is 0),
-    mean_bin, profit; with the frame's optional per-decision ``flip`` and ``abs_delta_p``, also the
-    group's cumulative ``flips`` and ``sum_abs_delta_p``; sorted by env, step, group. Equals
+    mean_bin, profit; with the frame's optional per-decision ``flip``, ``abs_delta_p`` and
+    ``decided`` (1 where the policy, not burn-in, decided), also the group's cumulative ``flips``,
+    ``sum_abs_delta_p`` and ``sum_decided``; sorted by env, step, group. Equals
     `lending_env.timeseries` of each environment's rows alone.
     """
     d = df.sort_values(["env", "step"], kind="stable")
@@ -218,7 +231,7 @@ def env_series(df: pd.DataFrame) -> pd.DataFrame:
         inc = pd.DataFrame({"env": d["env"].to_numpy(), "n": ind, "approved": ind * act,
                             "pos": ind * rep, "tp": ind * rep * act,
                             "profit": ind * d["reward"].to_numpy(np.float64)})
-        extra = [c for c in ("flip", "abs_delta_p") if c in d.columns]
+        extra = [c for c in ("flip", "abs_delta_p", "decided") if c in d.columns]
         for c in extra:
             inc[c] = ind * d[c].to_numpy(np.float64)
         cum = inc.groupby("env", sort=False).cumsum()
@@ -252,7 +265,8 @@ def final_by_env(rows: pd.DataFrame) -> pd.DataFrame:
         for g in (0, 1):
             out[f"{m}_{g}"] = wide[(m, g)]
     out["profit_total"] = wide[("profit", 0)] + wide[("profit", 1)]
-    n = last.groupby(keys)["n"].sum()
+    # flips are shares of the policy's own decisions (burn-in approvals are not its decisions)
+    n = last.groupby(keys)["sum_decided" if "sum_decided" in last.columns else "n"].sum()
     for col, name in (("flips", "flip_rate"), ("sum_abs_delta_p", "mean_abs_delta_p")):
         if col in last.columns:
             out[name] = last.groupby(keys)[col].sum() / n
@@ -316,6 +330,9 @@ class Lending(Task):
         for key in ("T", "n_envs"):
             if getattr(o, key) < 1:
                 raise UserError(f"task.options.{key}: must be >= 1, got {getattr(o, key)}")
+        if self.params.burnin >= o.T:
+            raise UserError(f"task.options.T: {o.T} steps end within the environment's burn-in ({self.params.burnin} "
+                            "steps in which everyone is approved); raise T or lower task.options.env.burnin")
         if not o.eval_seeds:
             raise UserError("task.options.eval_seeds: empty; give at least one seed, e.g. [0]")
         if data.n_examples < 1:
@@ -336,10 +353,14 @@ class Lending(Task):
         for s in o.eval_seeds:
             log = DecisionLog()
             df = rollout(make_policy(s, log), o.n_envs, o.T, s, self.params)
-            lg = log.env_major()  # rows in the rollout frame's order (env, then step)
-            df["flip"] = (lg[:, 0] != lg[:, 1]).astype(np.float64)
+            lg = log.rows_of(df)  # the policy's decisions, in the frame's order; burn-in rows have none
+            decided = (df["call"] >= 0).to_numpy()
+            df["decided"] = decided.astype(np.float64)
+            df["flip"] = 0.0
+            df.loc[decided, "flip"] = (lg[:, 0] != lg[:, 1]).astype(np.float64)
             if not np.isnan(lg[:, 2]).all():  # a threshold policy has no probabilities
-                df["abs_delta_p"] = np.abs(lg[:, 2] - lg[:, 3])
+                df["abs_delta_p"] = 0.0
+                df.loc[decided, "abs_delta_p"] = np.abs(lg[:, 2] - lg[:, 3])
             frames.append(env_series(df).assign(env_seed=int(s)))
         rows = pd.concat(frames, ignore_index=True)
         cols = ["env_seed", "env", "step", "group"]
@@ -354,7 +375,9 @@ class Lending(Task):
                 ths = reference_thresholds(name, self.params)
                 rows = self._rollouts(lambda s, lg, ths=ths: threshold_logged(ths, s, lg))
                 res = summarize(rows, n_boot, self.options.groups)
-                res["thresholds"] = [{"cutoff": t.cutoff, "p_cutoff": t.p_cutoff} for t in ths]
+                start = ths(np.asarray(self.params.init_dists)) if callable(ths) else ths
+                res["thresholds"] = [{"cutoff": t.cutoff, "p_cutoff": t.p_cutoff} for t in start]
+                res["thresholds_reoptimised"] = callable(ths)  # the thresholds above are those at the start
                 self._references[name] = {"summary": res, "rows": rows}
         return self._references
 
@@ -374,12 +397,13 @@ class Lending(Task):
     # ------------------------------------------------------------------ corpus and KL prompts
 
     def _reference_frame(self, seed: int, n: int) -> pd.DataFrame:
-        """At least ``n`` decisions of the fine-tuning reference, step-major, first ``n`` kept."""
+        """At least ``n`` decisions of the fine-tuning reference, step-major, first ``n`` kept; burn-in
+        rows (approvals the reference did not decide) left out."""
         o = self.options
-        steps = -(-n // o.n_envs)
+        steps = self.params.burnin + -(-n // o.n_envs)
         pol = threshold_logged(self.thresholds, seed, DecisionLog())
         df = rollout(pol, o.n_envs, steps, seed, self.params)
-        return df.sort_values(["step", "env"], kind="stable").head(n)
+        return df[df["call"] >= 0].sort_values(["step", "env"], kind="stable").head(n)
 
     def _texts(self, df: pd.DataFrame, seed: int) -> list[str]:
         o, nb = self.options, self.params.n_bins

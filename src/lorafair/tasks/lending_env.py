@@ -12,9 +12,20 @@ Dynamics
       drawn uniformly from that group's population; whether it *would repay* a loan is drawn at
       arrival, with probability ``success_probs[bin]``, before any decision (so the true positive
       rate, approvals among would-repay applicants, and counterfactual decisions are well defined).
-    * Approved: the bank earns ``interest_rate`` if the applicant repays and loses ``loan_amount``
-      if it defaults; the agent moves one bin up on repayment and one bin down on default (clipped
-      to [0, C-1]). Denied: nothing changes. Population counts are conserved.
+    * Approved: the bank earns ``loan_amount * interest_rate`` if the applicant repays and loses
+      ``loan_amount`` if it defaults (ML-fairness-gym's ``_CashUpdater``); the agent moves one bin
+      up on repayment and one bin down on default (clipped to [0, C-1]). Denied: nothing changes.
+      Population counts are conserved.
+    * Burn-in: for the first ``burnin`` steps of an episode every applicant is approved whatever
+      the action (ML-fairness-gym's agents take their default action, approve, while ``step <
+      burnin``). The default, 50, is that of ML-fairness-gym's lending experiment
+      (``experiments/lending.py``; its FAT* 2020 runs of the oracle agent use 1). Burn-in decisions
+      count in every measure, as they do in ML-fairness-gym's metrics over the whole history.
+    * Bank's cash: with ``bank_starting_cash`` set, the bank starts with that cash, every reward
+      is added to it, and the episode terminates once the cash is below ``loan_amount`` (the bank
+      cannot make another loan; ML-fairness-gym's ``_is_done``; its experiment starts with 100,
+      its FAT* runs with 10,000). ``None`` (the default here): no cash limit and no termination, so
+      every environment of a rollout runs the same number of steps.
     * Three uniforms are drawn per applicant (group, bin, repayment) whatever the decisions, so two
       policies run under the same seed see the same random stream (common random numbers).
 
@@ -23,7 +34,7 @@ Defaults (``LendingParams()``), from ML-fairness-gym ``environments/lending_para
     * C = 7 bins, repayment probabilities ``(0.1, 0.2, 0.45, 0.6, 0.65, 0.7, 0.7)``.
     * group 0 (advantaged) starts with ``(0.0, 0.1, 0.1, 0.2, 0.3, 0.3, 0.0)``,
       group 1 (disadvantaged) with ``(0.1, 0.1, 0.2, 0.3, 0.3, 0.0, 0.0)`` (shifted one bin down).
-    * ``group_prob = 0.5``, ``interest_rate = 1.0``, ``loan_amount = 1.0``.
+    * ``group_prob = 0.5``, ``interest_rate = 1.0``, ``loan_amount = 1.0``, ``burnin = 50``.
     * ``population_size = 100`` per group: one approved applicant moves 1/100 of the group's mass,
       the same as ML-fairness-gym's ``cluster_shift_increment = 0.01``.
 
@@ -72,6 +83,8 @@ class LendingParams:
     group_prob: float = 0.5
     interest_rate: float = 1.0
     loan_amount: float = 1.0
+    burnin: int = 50  # steps at the start of an episode in which every applicant is approved
+    bank_starting_cash: float | None = None  # None: no cash limit; else the episode ends when cash < loan_amount
 
     def __post_init__(self) -> None:
         p = np.asarray(self.success_probs, dtype=np.float64)
@@ -101,6 +114,12 @@ class LendingParams:
                 "lending params: interest_rate and loan_amount must be non-negative, got "
                 f"{self.interest_rate!r} and {self.loan_amount!r}"
             )
+        if int(self.burnin) != self.burnin or self.burnin < 0:
+            raise UserError(f"lending params: burnin={self.burnin!r} must be a non-negative integer "
+                            "(steps in which every applicant is approved)")
+        if self.bank_starting_cash is not None and not self.bank_starting_cash >= 0:
+            raise UserError(f"lending params: bank_starting_cash={self.bank_starting_cash!r} must be "
+                            "non-negative, or null for no cash limit")
         object.__setattr__(self, "success_probs", tuple(float(x) for x in p))
         object.__setattr__(self, "init_dists", tuple(tuple(float(x) for x in row) for row in d))
 
@@ -157,9 +176,11 @@ class LendingEnv(gym.Env):
 
     ``step`` decides the current applicant and returns the next one. ``info`` holds
     ``would_repay`` (of the applicant now observed), ``dists`` ([2, C] float32 group
-    distributions), ``counts`` ([2, C] int64), ``profit`` (cumulative) and, after a step,
-    ``decided`` (group, bin, action, would_repay, repaid, reward of the applicant just decided).
-    Episodes never terminate; they are truncated after ``max_steps`` decisions when given.
+    distributions), ``counts`` ([2, C] int64), ``profit`` (cumulative), ``cash`` (the bank's cash,
+    None without a limit) and, after a step, ``decided`` (group, bin, action, would_repay, repaid,
+    reward and burnin of the applicant just decided; during burn-in the action is 1 whatever was
+    asked). Episodes terminate when the bank's cash falls below ``loan_amount`` (only with
+    ``bank_starting_cash``); they are truncated after ``max_steps`` decisions when given.
     """
 
     metadata = {"render_modes": []}
@@ -175,7 +196,9 @@ class LendingEnv(gym.Env):
         self._p = np.asarray(self.params.success_probs, dtype=np.float64)
         self.counts = initial_counts(self.params)
         self.profit = 0.0
+        self.cash = self.params.bank_starting_cash
         self.t = 0
+        self.done = False
         self.applicant: Applicant | None = None
 
     def _draw(self) -> Applicant:
@@ -195,13 +218,16 @@ class LendingEnv(gym.Env):
             "dists": (self.counts / self.params.population_size).astype(np.float32),
             "counts": self.counts.copy(),
             "profit": self.profit,
+            "cash": self.cash,
         }
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.counts = initial_counts(self.params)
         self.profit = 0.0
+        self.cash = self.params.bank_starting_cash
         self.t = 0
+        self.done = False
         self.applicant = self._draw()
         return self._obs(), self._info()
 
@@ -210,23 +236,29 @@ class LendingEnv(gym.Env):
             raise UserError("lending env: call reset() before step()")
         if int(action) not in (0, 1):
             raise UserError(f"lending env: action {action!r} must be 1 (approve) or 0 (deny)")
-        a, app = int(action), self.applicant
+        if self.done:
+            raise UserError("lending env: the episode ended (the bank's cash is below one loan); call reset()")
+        burnin = self.t < self.params.burnin
+        a, app = (1 if burnin else int(action)), self.applicant
         repaid, reward = False, 0.0
         if a == 1:
             repaid = app.would_repay
-            reward = self.params.interest_rate if repaid else -self.params.loan_amount
+            reward = self.params.loan_amount * self.params.interest_rate if repaid else -self.params.loan_amount
             new_bin = min(max(app.bin + (1 if repaid else -1), 0), self.params.n_bins - 1)
             self.counts[app.group, app.bin] -= 1
             self.counts[app.group, new_bin] += 1
         self.profit += reward
+        if self.cash is not None:
+            self.cash += reward
+            self.done = self.cash < self.params.loan_amount
         self.t += 1
-        decided = {"group": app.group, "bin": app.bin, "action": a,
-                   "would_repay": app.would_repay, "repaid": repaid, "reward": reward}
+        decided = {"group": app.group, "bin": app.bin, "action": a, "would_repay": app.would_repay,
+                   "repaid": repaid, "reward": reward, "burnin": burnin}
         self.applicant = self._draw()
         info = self._info()
         info["decided"] = decided
         truncated = self.max_steps is not None and self.t >= self.max_steps
-        return self._obs(), float(reward), False, truncated, info
+        return self._obs(), float(reward), self.done, truncated, info
 
     def mean_bins(self) -> np.ndarray:
         """Mean credit bin of each group's population, [2] float32."""
@@ -257,9 +289,15 @@ def rollout(policy_fn: PolicyFn, n_envs: int, T: int, seed: int,
     """Run ``n_envs`` environments for ``T`` steps, deciding each step's applicants in one batch.
 
     Environment i is reset with ``env_seeds(seed, n_envs)[i]``; the result equals running each
-    environment alone. Returns one row per (env, step): env, step, group, bin, action,
-    would_repay, repaid, reward (float32), mean_bin_0, mean_bin_1 (population mean bins after
-    the step's decision).
+    environment alone. The policy is not asked during burn-in (every applicant is approved);
+    afterwards it gets the observations of every environment (a finished one's last applicant
+    included, its decision ignored) and, when it has ``needs_dists = True``, also the
+    environments' current group distributions as a second argument ([n_envs, 2, C]). An
+    environment whose bank ran out of cash takes no more steps; the rollout ends when all have.
+
+    Returns one row per (env, step) taken: env, step, group, bin, action, would_repay, repaid,
+    reward (float32), mean_bin_0, mean_bin_1 (population mean bins after the step's decision),
+    call (index of the policy call that decided the row; -1 in burn-in).
     """
     if n_envs < 1 or T < 1:
         raise UserError(f"lending rollout: n_envs={n_envs} and T={T} must both be at least 1")
@@ -267,26 +305,41 @@ def rollout(policy_fn: PolicyFn, n_envs: int, T: int, seed: int,
     envs = [LendingEnv(params) for _ in range(n_envs)]
     obs = [env.reset(seed=s)[0] for env, s in zip(envs, env_seeds(seed, n_envs))]
     cols: dict[str, list] = {k: [] for k in ("env", "step", "group", "bin", "action", "would_repay",
-                                             "repaid", "reward", "mean_bin_0", "mean_bin_1")}
+                                             "repaid", "reward", "mean_bin_0", "mean_bin_1", "call")}
+    calls = 0
     for t in range(T):
-        actions = list(policy_fn(list(obs)))
+        if all(env.done for env in envs):
+            break
+        call = -1
+        if t < params.burnin:
+            actions = [1] * n_envs
+        else:
+            if getattr(policy_fn, "needs_dists", False):
+                dists = np.stack([env.counts / params.population_size for env in envs])
+                actions = list(policy_fn(list(obs), dists))
+            else:
+                actions = list(policy_fn(list(obs)))
+            call, calls = calls, calls + 1
         if len(actions) != n_envs:
             raise UserError(
                 f"lending rollout: policy returned {len(actions)} decisions for {n_envs} "
                 "observations; return one 0/1 decision per observation"
             )
         for i, (env, a) in enumerate(zip(envs, actions)):
+            if env.done:
+                continue
             obs[i], _, _, _, info = env.step(a)
             d, mb = info["decided"], env.mean_bins()
             for k, v in (("env", i), ("step", t), ("group", d["group"]), ("bin", d["bin"]),
                          ("action", d["action"]), ("would_repay", d["would_repay"]),
                          ("repaid", d["repaid"]), ("reward", d["reward"]),
-                         ("mean_bin_0", mb[0]), ("mean_bin_1", mb[1])):
+                         ("mean_bin_0", mb[0]), ("mean_bin_1", mb[1]), ("call", call)):
                 cols[k].append(v)
     df = pd.DataFrame(cols)
     df = df.astype({"env": np.int64, "step": np.int64, "group": np.int64, "bin": np.int64,
                     "action": np.int64, "would_repay": bool, "repaid": bool,
-                    "reward": np.float32, "mean_bin_0": np.float32, "mean_bin_1": np.float32})
+                    "reward": np.float32, "mean_bin_0": np.float32, "mean_bin_1": np.float32,
+                    "call": np.int64})
     return df.sort_values(["env", "step"], kind="stable").reset_index(drop=True)
 
 

@@ -4,7 +4,8 @@ A (randomized) threshold ``Threshold(cutoff, p_cutoff)`` approves every bin abov
 bin ``cutoff`` itself with probability ``p_cutoff``, and nothing below.
 
 * ``max_profit_threshold``: one threshold for both groups approving exactly the bins whose expected
-  profit ``p * interest_rate - (1 - p) * loan_amount`` is positive (Liu et al. 2018, "MaxUtil").
+  profit ``p * loan_amount * interest_rate - (1 - p) * loan_amount`` is positive (Liu et al. 2018,
+  "MaxUtil").
 * ``equal_opportunity_thresholds``: per-group thresholds that maximise expected profit per
   applicant subject to equal true positive rates (Hardt, Price and Srebro 2016; "EqOpt" in Liu et
   al. 2018), computed on given group distributions (default: the initial ones).
@@ -16,6 +17,9 @@ bin ``cutoff`` itself with probability ``p_cutoff``, and nothing below.
   two groups' per-bin TPR breakpoints; the maximum over those breakpoints is the exact optimum.
   Equal TPRs hold exactly for the distributions used; under the environment's dynamics the
   distributions drift, so TPRs stay equal only while the populations stay near them.
+* ``EqualOpportunityOracle``: the equal-opportunity thresholds re-optimised at every step on each
+  environment's current group distributions, as ML-fairness-gym's ``OracleThresholdAgent`` does
+  (it reads the environment's true state); the fixed-at-start thresholds above remain available.
 * ``threshold_policy`` turns thresholds into a batch ``policy_fn`` for ``lending_env.rollout``;
   ``rollout_pairs`` writes (prompt, " approve" / " deny") pairs for fine-tuning data.
 """
@@ -62,7 +66,7 @@ class Threshold:
 def _margins(params: LendingParams) -> np.ndarray:
     """Expected profit of approving one applicant per bin, [C] float64."""
     p = np.asarray(params.success_probs, dtype=np.float64)
-    return p * params.interest_rate - (1.0 - p) * params.loan_amount
+    return p * params.loan_amount * params.interest_rate - (1.0 - p) * params.loan_amount
 
 
 def max_profit_threshold(params: LendingParams | None = None) -> Threshold:
@@ -139,34 +143,70 @@ def expected_profit(thresholds: Sequence[Threshold], params: LendingParams | Non
                      for g in (0, 1)))
 
 
-def threshold_policy(thresholds: Threshold | Sequence[Threshold], seed: int = 0) -> PolicyFn:
-    """A batch policy for ``rollout``: one threshold for both groups, or one per group.
+class EqualOpportunityOracle:
+    """Equal-opportunity thresholds of given group distributions ([2, C] -> two Thresholds),
+    re-optimised on each call and cached by distribution (populations change one agent at a time)."""
+
+    def __init__(self, params: LendingParams | None = None):
+        self.params = params or LendingParams()
+        self._cache: dict[bytes, tuple[Threshold, Threshold]] = {}
+
+    def __call__(self, dists: np.ndarray) -> tuple[Threshold, Threshold]:
+        d = np.asarray(dists, dtype=np.float64)
+        key = d.tobytes()
+        if key not in self._cache:
+            self._cache[key] = equal_opportunity_thresholds(self.params, d)
+        return self._cache[key]
+
+
+Thresholds = Threshold | Sequence[Threshold] | EqualOpportunityOracle
+
+
+def decide(th: Threshold, b: int, u: float) -> int:
+    """Approve bin ``b`` under threshold ``th`` with the uniform draw ``u``."""
+    return int(b > th.cutoff or (b == th.cutoff and u < th.p_cutoff))
+
+
+def per_env_thresholds(thresholds: Thresholds, n: int, dists: np.ndarray | None
+                       ) -> list[tuple[Threshold, Threshold]]:
+    """The (group 0, group 1) thresholds in force in each of ``n`` environments: fixed ones, or the
+    oracle's on each environment's distributions ``dists`` [n, 2, C]."""
+    if isinstance(thresholds, EqualOpportunityOracle):
+        return [thresholds(d) for d in dists]
+    ths = (thresholds, thresholds) if isinstance(thresholds, Threshold) else tuple(thresholds)
+    if len(ths) != 2:
+        raise UserError(f"threshold_policy: give one threshold or two (one per group), got {ths}")
+    return [ths] * n
+
+
+def threshold_policy(thresholds: Thresholds, seed: int = 0) -> PolicyFn:
+    """A batch policy for ``rollout``: one threshold for both groups, one per group, or an
+    ``EqualOpportunityOracle`` (then the policy asks the rollout for the current distributions).
 
     Randomised boundary decisions come from a generator seeded with ``seed`` and consumed one
     number per observation in call order.
     """
-    ths = (thresholds, thresholds) if isinstance(thresholds, Threshold) else tuple(thresholds)
-    if len(ths) != 2:
-        raise UserError(f"threshold_policy: give one threshold or two (one per group), got {ths}")
+    if not isinstance(thresholds, EqualOpportunityOracle):
+        per_env_thresholds(thresholds, 0, None)  # bad thresholds fail here, not at the first step
     rng = np.random.default_rng(seed)
 
-    def policy(batch: list[Obs]) -> list[int]:
+    def policy(batch: list[Obs], dists: np.ndarray | None = None) -> list[int]:
         u = rng.random(len(batch))
-        out = []
-        for ob, ui in zip(batch, u):
-            th, b = ths[int(ob["group"])], int(ob["bin"])
-            out.append(int(b > th.cutoff or (b == th.cutoff and ui < th.p_cutoff)))
-        return out
+        ths = per_env_thresholds(thresholds, len(batch), dists)
+        return [decide(th[int(ob["group"])], int(ob["bin"]), ui) for ob, ui, th in zip(batch, u, ths)]
 
+    policy.needs_dists = isinstance(thresholds, EqualOpportunityOracle)
     return policy
 
 
 def rollout_pairs(policy: PolicyFn, n_envs: int, T: int, seed: int,
                   params: LendingParams | None = None, names: Sequence[str] = DEFAULT_NAMES,
                   template: str = DEFAULT_TEMPLATE) -> list[tuple[str, str]]:
-    """(observation text, " approve" / " deny") for every decision of a rollout, env-major order."""
+    """(observation text, " approve" / " deny") for every decision the policy took in a rollout
+    (burn-in approvals left out), env-major order."""
     params = params or LendingParams()
     df = rollout(policy, n_envs, T, seed, params)
+    df = df[df["call"] >= 0]
     return [
         (describe({"group": g, "bin": b}, names, template, params.n_bins), DECISION_WORDS[a])
         for g, b, a in zip(df["group"].to_numpy(), df["bin"].to_numpy(), df["action"].to_numpy())
