@@ -7,35 +7,17 @@ import dataclasses
 import math
 
 import pytest
-import torch
 
-from lorafair import models
-from lorafair.arms import wrap_for_training
 from lorafair.config import Arm, LRSearchConfig, TrainingConfig, study_from_dict
 from lorafair.errors import UserError
 from lorafair.lr_search import bracket, check_grids, grid_factor, lr_grid
 from lorafair.train import encode, train, validation_loss
 
-from conftest import CORPUS, tiny_study_dict
+from conftest import tiny_study_dict
+from test_train import FULL, enc, fresh, tok  # noqa: F401  (fixtures shared with the training tests)
 
-FULL = Arm("full", "full")
 LORA = Arm("lora-r4", "lora", rank=4, alpha=8.0, target_modules=("q_proj", "v_proj"))
 RSLORA = dataclasses.replace(LORA, name="rslora-r4", variant="rslora")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return models.load_tokenizer("tiny-random")
-
-
-@pytest.fixture(scope="module")
-def enc(tok):
-    rows = encode(tok, CORPUS, 32)
-    return rows[:18], rows[18:]
-
-
-def fresh(arm: Arm, seed: int = 0):
-    return wrap_for_training(models.load_model("tiny-random"), arm, seed)
 
 
 def parabola(best_log10: float, diverge_above: float = math.inf):
