@@ -134,7 +134,7 @@ def test_lora_without_rank(tiny_study):
 @pytest.mark.parametrize("section, value, key", [
     ("training", {"lr_full": 0}, "training.lr_full"),
     ("training", {"lr_lora": -1e-4}, "training.lr_lora"),
-    ("training", {"lr_search": {"full": [1e-4, 0.0]}}, "training.lr_search"),
+    ("training", {"lr_search": {"full": [1e-4, 0.0, 1e-3]}}, "training.lr_search"),
     ("arms", [{"type": "full", "lr": 0}], "arms[0].lr"),
 ])
 def test_learning_rate_not_positive(tiny_study, section, value, key):

@@ -34,6 +34,9 @@ def grid_factor(grid: Sequence[float]) -> float:
 
 def check_grids(full: Sequence[float], lora: Sequence[float], where: str) -> None:
     """Both grids: the same number (>= 3) of increasing positive rates, evenly spaced in log."""
+    for key, grid in (("full", full), ("lora", lora)):
+        if any(lr <= 0 for lr in grid):
+            raise UserError(f"{where}.{key}: learning rate must be > 0, got {list(grid)}")
     if len(full) != len(lora):
         raise UserError(f"{where}: full has {len(full)} candidates and lora {len(lora)}; give every arm "
                         "type the same number of candidates")
@@ -41,8 +44,6 @@ def check_grids(full: Sequence[float], lora: Sequence[float], where: str) -> Non
         if len(grid) < 3:
             raise UserError(f"{where}.{key}: {len(grid)} candidates; give at least 3 so that the best "
                             "can be interior")
-        if any(lr <= 0 for lr in grid):
-            raise UserError(f"{where}.{key}: learning rate must be > 0, got {list(grid)}")
         steps = [b / a for a, b in zip(grid, grid[1:])]
         f = grid_factor(grid)
         if any(s <= 1 for s in steps) or any(abs(math.log(s / f)) > math.log(GRID_TOLERANCE) for s in steps):
