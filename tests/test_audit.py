@@ -161,3 +161,9 @@ def test_a_toxicity_study_audits_its_scorer_and_reports_it(tmp_path, tiny_study)
     md = (out / "report" / "summary.md").read_text()
     assert "## Scorers: how far to trust them" in md and "| jigsaw-bilstm |" in md
     assert "Scorers: how far to trust them" in (out / "report" / "report.html").read_text()
+
+
+def test_scorer_infos_finds_the_evaluation_and_the_second_scorer():
+    a, b = {"name": "jigsaw-bilstm", "weights_hash": "x"}, {"name": "profanity-svm", "weights_hash": "y"}
+    summaries = [{"scorer": a, "second_scorer": {"scorer": b, "metrics": {}}, "metrics": {"scorer": 1}}, {"scorer": a}]
+    assert A.scorer_infos(summaries) == [a, b]

@@ -141,8 +141,10 @@ def scorer_infos(summaries) -> list[dict]:
     out: dict[str, dict] = {}
     for s in summaries:
         for key, v in s.items():
-            if "scorer" in key and isinstance(v, dict) and "name" in v and "weights_hash" in v:
-                out.setdefault(v["name"], v)
+            inner = v.get("scorer") if isinstance(v, dict) else None  # e.g. {"second_scorer": {"scorer": info, ...}}
+            for info in (v, inner):
+                if "scorer" in key and isinstance(info, dict) and "name" in info and "weights_hash" in info:
+                    out.setdefault(info["name"], info)
     return list(out.values())
 
 
