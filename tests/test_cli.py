@@ -33,7 +33,7 @@ def nothing_half_written(out: Path) -> None:
         return
     files = [p for p in out.rglob("*") if p.is_file()]
     assert not [p for p in files if p.name.endswith(".tmp") or ".tmp" in p.parts[-2:]], files
-    assert not [p for p in files if p.name in ("done.json", "state.pt")], files
+    assert not [p for p in files if p.name in ("done.json", "state.json")], files
     assert not list(out.glob("*/seed-*")), list(out.rglob("*"))
 
 

@@ -170,7 +170,7 @@ def test_resume_in_process_matches_uninterrupted(tok, enc, tmp_path):
 
     with pytest.raises(Killed):
         train(fresh(LORA_DROP), LORA_DROP, *enc, c, 0, 1e-2, tok.pad_token_id, checkpoint=tmp_path, on_step=kill_at_5)
-    assert torch.load(tmp_path / "state.pt", weights_only=False)["step"] == 4
+    assert read_json(tmp_path / "state.json")["step"] == 4
     resumed = fresh(LORA_DROP)
     res = train(resumed, LORA_DROP, *enc, c, 0, 1e-2, tok.pad_token_id, checkpoint=tmp_path)
     assert [r["loss"] for r in res.log] == [r["loss"] for r in ref.log]
@@ -374,14 +374,14 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
 
     proc = subprocess.Popen(_run_cmd(killed), env=_env(), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = tmp_path / "killed" / "lora-r2" / "seed-0" / "checkpoint" / "state.pt"
+    state = tmp_path / "killed" / "lora-r2" / "seed-0" / "checkpoint" / "state.json"
     ck, deadline = {"step": 0}, time.time() + 240
     try:
         while ck["step"] < 10:
             assert proc.poll() is None, "the run ended before it could be interrupted"
             assert time.time() < deadline, "no checkpoint appeared"
             if state.is_file():
-                ck = torch.load(state, weights_only=False)
+                ck = read_json(state)
             time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGKILL)

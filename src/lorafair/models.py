@@ -148,7 +148,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def _pretrained(load, path: str, source: str, **kw):
     """from_pretrained on a folder, a cached hub copy, or the hub when it can be reached."""
     if Path(path).is_dir():
-        return load(path, **kw)
+        try:
+            return load(path, **kw)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # what a broken folder raises
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"model.source: the folder {path} does not hold a loadable model ({type(e).__name__}: "
+                            f"{first}); check its config.json, tokenizer and weight files") from None
     try:
         return load(path, local_files_only=True, **kw)
     except OSError:
@@ -204,15 +209,39 @@ def load_model(source: str, trust_remote_code: bool = False, dtype: torch.dtype 
                        trust_remote_code=trust_remote_code)
 
 
-def model_hash(source: str) -> str:
-    """Hash of the weights a source resolves to (packaged: the converted safetensors)."""
-    from lorafair.store import file_hash
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt")
 
+
+def model_hash(source: str) -> str:
+    """Hash of what a source resolves to: for a folder (packaged models: the converted one) the
+    content of its weight, config and tokenizer files. Hashing is cheap on repeat: the hash is kept
+    with the files' sizes and modification times, and the content is read again only when those
+    change. A hub id without a local folder hashes as its name."""
     path = resolve(source)
-    if path == TINY:
-        return "tiny-random"
-    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
-    return file_hash(files[0]) if files else source
+    if path == TINY or not Path(path).is_dir():
+        return source
+    return _folder_hash(Path(path))
+
+
+def _folder_hash(folder: Path) -> str:
+    from lorafair import store
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    stats = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    memo = cache_dir() / "hashes" / f"{store.content_hash(str(folder.resolve()))}.json"
+    try:
+        known = store.read_json(memo) if memo.is_file() else None
+    except UserError:
+        known = None
+    if isinstance(known, dict) and known.get("stats") == stats:
+        return known["hash"]
+    h = store.content_hash([[name, store.file_hash(folder / name)] for name, _, _ in stats], 16)
+    try:
+        store.write_json(memo, {"folder": str(folder), "stats": stats, "hash": h})
+    except OSError:
+        pass  # a read-only cache only costs the next run another read of the files
+    return h
 
 
 def pick_dtype(precision: str) -> torch.dtype:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -44,13 +45,25 @@ def file_hash(path: str | Path, n: int = 16) -> str:
     return h.hexdigest()[:n]
 
 
-def _atomic(path: Path, write) -> None:
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def write_via_temp(path: str | Path, write) -> None:
+    """write(tmp) into a uniquely named temporary file next to `path`, then rename it into place.
+    The file gets the mode the user's umask gives new files (not the temporary file's 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -58,61 +71,144 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def strict(obj: Any) -> Any:
+    """`obj` with every float that is not finite (nan, inf) replaced by None: strict JSON has no
+    NaN or Infinity, and readers in other languages reject them."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     def w(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+            json.dump(strict(obj), f, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
 
-    _atomic(Path(path), w)
+    write_via_temp(Path(path), w)
 
 
 def read_json(path: str | Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise _damaged(path, e) from None
 
 
 def write_text(path: str | Path, text: str) -> None:
     def w(tmp):
         Path(tmp).write_text(text)
 
-    _atomic(Path(path), w)
+    write_via_temp(Path(path), w)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     def w(tmp):
         Path(tmp).write_bytes(data)
 
-    _atomic(Path(path), w)
+    write_via_temp(Path(path), w)
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
+    write_text(path, "".join(json.dumps(strict(r), default=_json_default, allow_nan=False) + "\n" for r in rows))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _damaged(path, e) from None
+
+
+def _damaged(path, e: Exception):
+    from lorafair.errors import UserError
+
+    return UserError(f"{path}: damaged file, not valid JSON ({type(e).__name__}); delete it and run the same "
+                     "command again to redo what it held")
 
 
 def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
     def w(tmp):
         df.to_parquet(tmp, index=False)
 
-    _atomic(Path(path), w)
+    write_via_temp(Path(path), w)
 
 
 def _json_default(o: Any):
     import numpy as np
 
     if isinstance(o, np.generic):
-        return o.item()
+        return strict(o.item())
     if isinstance(o, np.ndarray):
-        return o.tolist()
+        return strict(o.tolist())
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _read_header(p: Path) -> None:
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.read_metadata(p)
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            f.keys()
+
+
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """One process per run folder: an exclusive, non-blocking `flock` on `<output>/.lock`, which
+    holds the holder's pid. The kernel drops the lock when its process dies, however it dies, so
+    a stale lock file is simply taken over."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        from lorafair.errors import UserError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise UserError(f"{self.path.parent}: another lorafair process (pid {holder}) is running on this "
+                                "output folder; wait for it to finish or stop it, then run again") from None
+            try:  # the holder before us may have removed the file while we waited: lock the one in place
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
 
 
 class RunDir:
@@ -137,7 +233,51 @@ class RunDir:
         import yaml
 
         write_text(self.path / "study.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        write_json(self.path / "study.json", {"study": resolved, "hash": content_hash(resolved)})
+        where = {k: v for k, v in resolved.items() if k != "output"}  # the same study anywhere: the same hash
+        write_json(self.path / "study.json", {"study": resolved, "hash": content_hash(where)})
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete temporary files and folders that a killed process left behind (only call this while
+        holding the lock: a running process's temporaries look the same)."""
+        import shutil
+
+        gone = sorted(p for p in self.path.rglob(f".*{TMP_SUFFIX}") if p.exists())
+        for p in gone:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        return gone
+
+    def is_run(self) -> bool:
+        return (self.path / "study.yaml").is_file() or (self.path / "study.json").is_file()
+
+    def finished_arms(self) -> list[Path]:
+        return sorted(self.path.glob("*/seed-*/done.json"))
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def check_files(self) -> None:
+        """Read every result file of an earlier run (JSON in full; Parquet and safetensors: their
+        headers), so a damaged one is named now rather than hours into a resumed run."""
+        from lorafair.errors import UserError
+
+        for p in sorted(self.path.rglob("*")):
+            if not p.is_file() or any(part.startswith(".") for part in p.relative_to(self.path).parts):
+                continue
+            if p.suffix == ".json":
+                read_json(p)
+            elif p.suffix == ".jsonl":
+                read_jsonl(p)
+            elif p.suffix in (".parquet", ".safetensors"):
+                try:
+                    _read_header(p)
+                except Exception as e:  # each library raises its own kind for a damaged file
+                    raise UserError(f"{p}: damaged file ({type(e).__name__}); delete it and run the same command "
+                                    "again to redo what it held") from None
+
+    def lock(self) -> "RunLock":
+        return RunLock(self.path / LOCK_NAME)
 
     def corpus_path(self, name: str, h: str) -> Path:
         return self.path / "data" / f"{name}-{h}.jsonl"
@@ -174,13 +314,16 @@ class RunDir:
         import shutil
 
         final = self.weights_dir(arm, seed, kind)
-        tmp = final.with_name(final.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=TMP_SUFFIX))
+        try:
+            save(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
 
     def write_train_log(self, arm: str, seed: int, log: list[dict], val_curve: list[dict]) -> None:
         write_jsonl(self.arm_dir(arm, seed) / "train_log.jsonl", log)

@@ -12,7 +12,6 @@ random stream as an uninterrupted one.
 from __future__ import annotations
 
 import math
-import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -303,6 +302,8 @@ def train(
     autocast: torch.dtype | None = None,
     stop_after: int | None = None,
     keep_best: bool = True,
+    checkpoint_key: str = "",
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train `model` (already wrapped for `arm`) in place; `train_rows`/`val_rows` are encoded.
 
@@ -314,7 +315,9 @@ def train(
     The loop runs under an accelerate ``Accelerator``: in one process it is the plain loop; launched
     by torchrun or ``accelerate launch`` on N processes, every micro-batch is split across them
     (data parallel), so the global batch, the schedule and the loss curve are those of one process.
-    Only the main process writes checkpoints; every process reads them back on resume."""
+    Only the main process writes checkpoints; every process reads them back on resume. A checkpoint
+    in `checkpoint` is resumed only when it was written under the same `checkpoint_key` (the arm's
+    hash and learning rate); any other is discarded, with a line to `log`."""
     from accelerate import Accelerator
 
     steps = steps if steps is not None else total_steps(cfg, len(train_rows))
@@ -333,16 +336,16 @@ def train(
     res.processes = acc.num_processes
     best_state, bad_evals, start = None, 0, 0
     torch.manual_seed(seed)
-    if checkpoint is not None and (checkpoint / "state.pt").is_file():
-        ck = torch.load(checkpoint / "state.pt", weights_only=False)
+    ck = load_checkpoint(checkpoint, checkpoint_key, log) if checkpoint is not None else None
+    if ck is not None:
         load_trainable_state(bare, ck["params"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["rng"])
         start, res.log, res.val_curve, res.tokens = ck["step"], ck["log"], ck["val_curve"], ck["tokens"]
         res.resumed_from = start
-        best_state, bad_evals = ck.get("best_state"), ck.get("bad_evals", 0)
-        res.wall_s = ck.get("wall_s", 0.0)
+        best_state, bad_evals = ck["best_state"], ck["bad_evals"]
+        res.wall_s = ck["wall_s"]
     model.train()
     t_start = time.perf_counter() - res.wall_s
     for step in range(start, run_steps):
@@ -388,7 +391,8 @@ def train(
         res.wall_s = time.perf_counter() - t_start
         if checkpoint is not None and ((step + 1) % cfg.checkpoint_every == 0) and not last and not res.stopped_early:
             if acc.is_main_process:
-                _save_checkpoint(checkpoint, bare, opt.optimizer, sched, step + 1, res, best_state, bad_evals)
+                save_checkpoint(checkpoint, checkpoint_key, bare, opt.optimizer, sched, step + 1, res, best_state,
+                                bad_evals)
             acc.wait_for_everyone()
         if res.stopped_early:
             res.steps = step + 1
@@ -408,13 +412,81 @@ def train(
     return res
 
 
-def _save_checkpoint(folder: Path, model, opt, sched, step, res: TrainResult, best_state, bad_evals) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+# ---------------------------------------------------------------- checkpoints
+#
+# A checkpoint is two files: tensors.safetensors (trainable parameters, best parameters, optimizer
+# moments, RNG state) and state.json (everything else, and the key it was written under). Neither
+# format can run code when read, so a run folder from anywhere is safe to resume.
+
+CHECKPOINT_TENSORS, CHECKPOINT_STATE = "tensors.safetensors", "state.json"
+
+
+def save_checkpoint(folder: Path, key: str, model, opt, sched, step, res: TrainResult, best_state,
+                    bad_evals) -> None:
+    from safetensors.torch import save_file
+
+    from lorafair import store
+
+    tensors = {f"params.{n}": t.contiguous() for n, t in trainable_state(model).items()}
+    tensors |= {f"best.{n}": t.contiguous() for n, t in (best_state or {}).items()}
+    tensors["rng"] = torch.get_rng_state()
+    o = opt.state_dict()
+    moments: dict[str, dict] = {}  # per parameter: its state's names, with the value when not a tensor
+    for idx, st in o["state"].items():
+        moments[str(idx)] = {}
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{idx}.{name}"] = v.contiguous()
+            moments[str(idx)][name] = None if torch.is_tensor(v) else v
     state = {
-        "params": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "rng": torch.get_rng_state(), "step": step, "log": res.log, "val_curve": res.val_curve,
-        "tokens": res.tokens, "best_state": best_state, "bad_evals": bad_evals, "wall_s": res.wall_s,
+        "key": key, "step": step, "log": res.log, "val_curve": res.val_curve, "tokens": res.tokens,
+        "has_best": best_state is not None, "bad_evals": bad_evals, "wall_s": res.wall_s,
+        "scheduler": sched.state_dict(), "param_groups": o["param_groups"], "moments": moments,
     }
-    tmp = folder / "state.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / "state.pt")
+    folder.mkdir(parents=True, exist_ok=True)
+    # the tensors first, the state last: a state.json always names tensors that are complete
+    store.write_via_temp(folder / CHECKPOINT_TENSORS, lambda tmp: save_file(tensors, tmp))
+    store.write_json(folder / CHECKPOINT_STATE, state)
+
+
+def load_checkpoint(folder: Path, key: str, log: Callable[[str], None] | None = None) -> dict | None:
+    """The checkpoint in `folder` when it was written under `key`; None (and the folder emptied)
+    when there is none, it is stale, or it is in the old pickle format, which is never read."""
+    import shutil
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from lorafair import store
+    from lorafair.errors import UserError
+
+    say = log or (lambda m: None)
+    state_file, tensor_file = folder / CHECKPOINT_STATE, folder / CHECKPOINT_TENSORS
+    if not state_file.is_file():
+        if folder.is_dir() and any(folder.iterdir()):
+            say(f"{folder}: checkpoint in an old or incomplete format, discarded; the arm starts over")
+            shutil.rmtree(folder, ignore_errors=True)  # every process of a multi-process run may try
+        return None
+    try:
+        state = store.read_json(state_file)
+        stale = not isinstance(state, dict) or state.get("key") != key
+        if stale:
+            say(f"{folder}: checkpoint written for other settings (study, data or model changed), discarded; "
+                "the arm starts over")
+            shutil.rmtree(folder, ignore_errors=True)  # every process of a multi-process run may try
+            return None
+        tensors = load_file(tensor_file)
+        groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in state["param_groups"]]
+        opt_state = {int(i): {n: tensors[f"opt.{i}.{n}"] if v is None else v for n, v in names.items()}
+                     for i, names in state["moments"].items()}
+        return {
+            "params": {k[7:]: v for k, v in tensors.items() if k.startswith("params.")},
+            "best_state": ({k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+                           if state["has_best"] else None),
+            "optimizer": {"state": opt_state, "param_groups": groups},
+            "scheduler": state["scheduler"], "rng": tensors["rng"],
+            **{k: state[k] for k in ("step", "log", "val_curve", "tokens", "bad_evals", "wall_s")},
+        }
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise UserError(f"{folder}: the checkpoint is damaged ({type(e).__name__}); delete that folder to train "
+                        "the arm from the start") from None
