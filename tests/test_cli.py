@@ -42,7 +42,7 @@ BAD_FILES = [
     ("unknown-top", {"trainig": {"max_steps": 2}}, "did you mean 'training'"),
     ("unknown-arm-key", {"arms": [{"type": "lora", "rnak": 2}]}, "did you mean 'rank'"),
     ("wrong-type", {"training": {"batch_size": "eight"}}, "training.batch_size"),
-    ("rank-zero", {"arms": [{"type": "lora", "rank": 0}]}, "rank must be a positive integer"),
+    ("rank-zero", {"arms": [{"type": "lora", "rank": 0}]}, "arms[0].rank: must be >= 1"),
     ("rank-too-large", {"arms": ["full", {"type": "lora", "rank": 40}]}, "at most 32"),
     ("no-such-module", {"arms": [{"type": "lora", "rank": 2, "target_modules": ["q_proj", "c_attn"]}]}, "'c_attn'"),
     ("lr-zero", {"training": {"lr_lora": 0}}, "training.lr_lora"),
@@ -152,6 +152,7 @@ def test_diverging_arm_stops_and_the_others_go_on(cli, study_file, tmp_path):
     failed = read_json(out / "full" / "seed-0" / "failed.json")
     assert failed["step"] == 2 and failed["loss"] == "nan" and failed["lr"] == 1e10
     assert "STOPPED" in r.stderr and "at step 2" in r.stderr
+    assert "diverged, not evaluated: full seed 0: loss became nan at step 2 with lr 10000000000.0" in r.stdout
     assert not (out / "full" / "seed-0" / "done.json").exists()
     assert not (out / "full" / "seed-0" / "model").exists()
     done = read_json(out / "lora-r2" / "seed-0" / "done.json")

@@ -27,8 +27,16 @@ def _fail(e: UserError) -> None:
     raise typer.Exit(2)
 
 
+def _os_error(e: OSError) -> UserError:
+    """A full disk, a read-only or vanished folder: one line naming the file and what to do."""
+    where = e.filename or "output"
+    return UserError(f"{where}: {e.strerror or e}; free space or fix the folder's permissions, then run the same "
+                     "command again (finished work is kept)")
+
+
 def command(name: str | None = None):
-    """Register a command; a UserError it raises ends in one line on stderr and exit code 2."""
+    """Register a command; a UserError (or an error of the file system) it raises ends in one line on
+    stderr and exit code 2; Ctrl-C in one line and exit code 130."""
 
     def deco(fn):
         @functools.wraps(fn)
@@ -37,6 +45,11 @@ def command(name: str | None = None):
                 return fn(*args, **kwargs)
             except UserError as e:
                 _fail(e)
+            except OSError as e:
+                _fail(_os_error(e))
+            except KeyboardInterrupt:
+                console.print("interrupted; run the same command to resume", highlight=False)
+                raise typer.Exit(130) from None
 
         return app.command(name)(wrapper)
 
@@ -77,7 +90,7 @@ def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report
         if value is not None:
             setattr(study.execution, key, value)
     validate_execution(study.execution, "command line")
-    runner = Runner(study, log=lambda m: console.print(m, highlight=False), progress=_progress())
+    runner = Runner(study, log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True), progress=_progress())
     runner.run(only=arms, force=force, analyses=analyses, report=report)
     print_summary(runner.rd.path, out)
 
@@ -105,7 +118,7 @@ def train(study: Path, arm: str = typer.Option(..., "--arm", help="the arm to tr
     from lorafair.config import load_study
     from lorafair.runner import train_arm
 
-    train_arm(load_study(study), arm, seed, force, log=lambda m: console.print(m, highlight=False))
+    train_arm(load_study(study), arm, seed, force, log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
 
 
 @command()
@@ -117,15 +130,15 @@ def demo(force: bool = typer.Option(False, "--force")):
 @command()
 def validate(study: Path):
     """Check a study file without running it."""
-    from lorafair.config import expand_arms, load_study
-    from lorafair.runner import check_model, make_task
+    from lorafair.config import load_study
+    from lorafair.preflight import preflight
 
     s = load_study(study)
-    make_task(s)
-    check_model(s)
-    arms = expand_arms(s)
-    out.print(f"{study}: valid; task {s.task.name}, model {s.model.source}, {len(arms)} arms "
-              f"({', '.join(a.name for a in arms)}), seeds {s.seeds}")
+    plan = preflight(s)
+    for w in plan.warnings:
+        console.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"{study}: valid; task {s.task.name}, model {s.model.source}, {len(plan.arms)} arms "
+              f"({', '.join(a.name for a in plan.arms)}), seeds {s.seeds}, output {plan.output}", markup=False)
 
 
 @command("models")
@@ -133,6 +146,9 @@ def models_cmd(prepare: Optional[list[str]] = typer.Option(None, "--prepare", he
     """List model sources and whether each is converted in the cache."""
     from lorafair import models
 
+    for name in prepare or []:
+        if name not in models.PACKAGED:
+            raise UserError(f"--prepare: model {name!r} is not packaged; packaged models: {', '.join(models.PACKAGED)}")
     for name in prepare or []:
         console.print(f"preparing {name} ...")
         models.prepare(name)
@@ -149,6 +165,8 @@ def score(texts: list[str], scorer: str = typer.Option("jigsaw-bilstm", "--score
     """Print per-label toxicity scores of TEXTS as JSON."""
     from lorafair.scorers import get_scorer
 
+    if not texts or not all(t.strip() for t in texts):
+        raise UserError("score: a text is empty; give one or more non-empty texts, e.g. lorafair score \"some text\"")
     s = get_scorer(scorer)
     res = s.score(texts)
     rows = [{"text": t, **{k: round(float(v[i]), 4) for k, v in res.items()}} for i, t in enumerate(texts)]
@@ -189,17 +207,27 @@ def analyze(run_dir: Path):
     from lorafair.shift_runner import run_analyses
 
     study = _study_of(run_dir, load_study)
-    runner = Runner(study, log=lambda m: console.print(m, highlight=False))
+    _say_missing(run_dir)
+    runner = Runner(study, log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
     runner.ctx = Context(study, runner.log)
-    run_analyses(runner, runner.corpus())
+    with runner.rd.lock():
+        run_analyses(runner, runner.corpus())
 
 
 @command()
 def report(run_dir: Path):
     """Write report.html, summary.md and plots for a run directory."""
     from lorafair.report import build_report
+    from lorafair.store import RunDir
 
-    out.print(f"report: {build_report(run_dir)}")
+    from lorafair.report.load import is_run_dir
+
+    if not is_run_dir(run_dir):
+        raise UserError(f"{run_dir}: not a run directory (no study.yaml or study.json); give the output folder of "
+                        "a study run")
+    _say_missing(run_dir)
+    with RunDir(run_dir).lock():
+        out.print(f"report: {build_report(run_dir)}")
 
 
 @command()
@@ -207,7 +235,19 @@ def compare(run_dirs: list[Path], out_dir: Path = typer.Option(Path("runs/compar
     """Set several studies side by side."""
     from lorafair.report import build_comparison
 
+    if len(run_dirs) < 2:
+        raise UserError(f"compare: {len(run_dirs)} run folder given; give two or more to set side by side, e.g. "
+                        "lorafair compare runs/a runs/b")
     out.print(f"comparison: {build_comparison(run_dirs, out_dir)}")
+
+
+def _say_missing(run_dir: Path) -> None:
+    from lorafair.summary import missing_arms
+
+    missing = missing_arms(run_dir) if run_dir.is_dir() else []
+    if missing:
+        console.print(f"warning: {run_dir}: not evaluated yet, left out: {', '.join(missing)}; run `lorafair run` "
+                      "on the study again to finish them", highlight=False, markup=False, soft_wrap=True)
 
 
 def _study_of(run_dir: Path, load_study):

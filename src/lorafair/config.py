@@ -2,17 +2,25 @@
 
 Every error is a `UserError` naming the file, the key (with its line when known) and what to do;
 an unknown key names the closest valid one.
+
+Each key states the values it accepts where it is defined, with `key(default, "(0, 1]")`,
+`key(default, one_of=(...))`, `key(nonempty=True, factory=list)`: the range is checked as the key is
+read, for the study's sections and for every task's options alike. A new key gets its check by being
+defined this way. Checks that relate several keys live in `validate` (study) or the task's
+constructor (its options); checks that open files or models live in `lorafair.preflight`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -20,19 +28,69 @@ from lorafair.errors import UserError
 from lorafair.lr_search import check_grids
 
 LORA_VARIANTS = ("plain", "rslora", "dora")
+PROBES = ("crows-pairs", "stereoset")  # stereotype probes (lorafair.probes)
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+# ---------------------------------------------------------------- keys and the values they accept
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """An interval of accepted numbers, written as in mathematics: "[0, 1)", "(0, 1]", ">= 1", "> 0"."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    text: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "Bounds":
+        t = text.replace(" ", "")
+        for op, kw in ((">=", {}), (">", {"lo_open": True}), ("<=", {}), ("<", {"hi_open": True})):
+            if t.startswith(op):
+                side = "lo" if op[0] == ">" else "hi"
+                return cls(**{side: float(t[len(op):]), **kw}, text=text)
+        lo, hi = t[1:-1].split(",")
+        return cls(float(lo), float(hi), t[0] == "(", t[-1] == ")", text=text)
+
+    def __contains__(self, x: float) -> bool:
+        above = x > self.lo if self.lo_open else x >= self.lo
+        below = x < self.hi if self.hi_open else x <= self.hi
+        return above and below
+
+    def describe(self) -> str:
+        return f"in {self.text}" if self.text[0] in "[(" else self.text
+
+
+def key(default: Any = dataclasses.MISSING, accepts: str | None = None, *, one_of: tuple | None = None,
+        factory: Callable[[], Any] | None = None, nonempty: bool = False, pattern: str | None = None):
+    """A study key: its default and the values it accepts, checked (with the key's file and line)
+    whenever a study is loaded. `accepts` is an interval ("[0, 1)", "> 0", ">= 1") that numbers,
+    and every number of a list, must lie in; `one_of` lists the accepted words (of a word or of every
+    word of a list); `nonempty` refuses an empty list or word; `pattern` is a regular expression
+    a word must match in full. None is always accepted where the type allows it (it means default)."""
+    meta = {"bounds": Bounds.parse(accepts) if accepts else None, "one_of": one_of, "nonempty": nonempty,
+            "pattern": pattern}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 
 
 @dataclass
 class ModelConfig:
-    source: str = "smollm2-135m"
+    source: str = key("smollm2-135m", nonempty=True)
     trust_remote_code: bool = False
-    precision: str = "auto"  # auto: bf16 where the device supports it, fp32 on CPU
+    precision: str = key("auto", one_of=("auto", "float32", "bfloat16"))  # auto: bf16 where supported, else fp32
 
 
 @dataclass
 class TaskConfig:
-    name: str = "toxicity"
+    name: str = key("toxicity", nonempty=True)
     options: dict = field(default_factory=dict)  # validated by the task's own schema
 
 
@@ -43,28 +101,31 @@ class LRSearchConfig:
     enabled: bool = True
     # Log grids of the same size for every arm type. LoRA's update is scaled by alpha/r (alpha = 2r
     # here), so it needs a rate about ten times higher than full fine-tuning to move as far.
-    full: list[float] = field(default_factory=lambda: [1e-5, 3e-5, 1e-4])
-    lora: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
-    steps: int = 20  # each candidate runs the first `steps` steps of the final run's schedule
-    max_extensions: int = 2  # grid steps added beyond an edge holding the best candidate
+    full: list[float] = key(accepts="> 0", nonempty=True, factory=lambda: [1e-5, 3e-5, 1e-4])
+    lora: list[float] = key(accepts="> 0", nonempty=True, factory=lambda: [1e-4, 3e-4, 1e-3])
+    steps: int = key(20, "[1, 100000]")  # each candidate runs the first `steps` steps of the final run's schedule
+    max_extensions: int = key(2, "[0, 100]")  # grid steps added beyond an edge holding the best candidate
+
+
+MAX_STEPS = 1_000_000  # the schedule of every step is laid out up front; beyond this it does not fit
 
 
 @dataclass
 class TrainingConfig:
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 96
-    lr_full: float = 3e-5
-    lr_lora: float = 3e-4
-    schedule: str = "cosine"  # cosine | linear | constant
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_every: int = 10
-    checkpoint_every: int = 10
-    early_stopping_patience: int | None = None
+    epochs: float = key(1.0, "(0, 10000]")
+    max_steps: int | None = key(None, f"[1, {MAX_STEPS}]")  # overrides epochs when set
+    batch_size: int = key(8, "[1, 65536]")
+    grad_accum: int = key(1, "[1, 65536]")
+    max_length: int = key(96, "[2, 1000000]")  # at least a prompt token and a completion token
+    lr_full: float = key(3e-5, "> 0")
+    lr_lora: float = key(3e-4, "> 0")
+    schedule: str = key("cosine", one_of=("cosine", "linear", "constant"))
+    warmup_ratio: float = key(0.1, "[0, 1]")
+    weight_decay: float = key(0.0, ">= 0")
+    max_grad_norm: float = key(1.0, "> 0")  # a negative norm would turn clipping into gradient ascent
+    eval_every: int = key(10, ">= 1")
+    checkpoint_every: int = key(10, ">= 1")
+    early_stopping_patience: int | None = key(None, ">= 1")
     # Sequences of a batch end to end in one row instead of padded to the longest: the same loss and
     # gradients up to float rounding, no compute spent on padding.
     packing: bool = True
@@ -73,28 +134,28 @@ class TrainingConfig:
 
 @dataclass
 class EvaluationConfig:
-    scorer: str = "jigsaw-bilstm"
+    scorer: str = key("jigsaw-bilstm", nonempty=True)
     audit_scorer: bool = True  # audit the scorer (cached per scorer) and show how far to trust it in the report
-    samples: int = 4
-    max_new_tokens: int = 20
-    temperature: float = 1.0
-    top_p: float = 0.9
+    samples: int = key(4, "[1, 10000]")
+    max_new_tokens: int = key(20, "[1, 100000]")
+    temperature: float = key(1.0, "> 0")
+    top_p: float = key(0.9, "(0, 1]")
     greedy: bool = False
-    n_prompts: int | None = 100
-    batch_size: int = 32  # sequences per forward pass and arm
+    n_prompts: int | None = key(100, ">= 1")
+    batch_size: int = key(32, "[1, 65536]")  # sequences per forward pass and arm
     mix_arms: bool = True  # base and LoRA arms generate in shared batches (batch_size rows per arm)
-    bootstrap: int = 1000
-    threshold: float = 0.5
+    bootstrap: int = key(1000, "[10, 1000000]")  # resamples behind every interval
+    threshold: float = key(0.5, "(0, 1]")  # a continuation scoring at least this is toxic
     # A second scorer on the same continuations, with its agreement with `scorer`: "auto" (the
     # other packaged scorer), any scorer name, or null for none.
-    second_scorer: str | None = "auto"
-    probes: list[str] = field(default_factory=list)  # crows-pairs, stereoset
-    n_probe_items: int | None = 200
+    second_scorer: str | None = key("auto", nonempty=True)
+    probes: list[str] = key(one_of=PROBES, factory=list)
+    n_probe_items: int | None = key(200, ">= 1")
     # Equivalence margin δ per headline metric (or metric-name prefix, e.g. accuracy_disparity for
     # accuracy_disparity_race), overriding the task's defaults: an arm is equivalent to full
     # fine-tuning on a metric when the 90% interval of arm − full lies inside (−δ, δ).
     margins: dict = field(default_factory=dict)
-    min_group_size: int = 30  # groups with fewer test units are left out of gaps (and listed)
+    min_group_size: int = key(30, ">= 1")  # groups with fewer test units are left out of gaps (and listed)
     merge_small_groups: bool = False  # instead merge them into one group "other"
 
 
@@ -103,10 +164,10 @@ class AnalysesConfig:
     kl: bool = True
     lens: bool = True
     weights: bool = True
-    n_sequences: int = 48
-    batch_size: int = 8
-    energy_threshold: float = 0.9
-    lens_examples: int = 4
+    n_sequences: int = key(48, ">= 1")
+    batch_size: int = key(8, "[1, 65536]")
+    energy_threshold: float = key(0.9, "(0, 1]")
+    lens_examples: int = key(4, ">= 1")
 
 
 @dataclass
@@ -115,36 +176,37 @@ class ExecutionConfig:
     each with num_cpus/num_gpus of the cluster; address joins a running cluster ("auto" or
     host:port), none starts one on this machine."""
 
-    backend: str = "local"  # local | ray
-    address: str | None = None
-    num_cpus: float = 1.0  # per job
-    num_gpus: float = 0.0  # per job
+    backend: str = key("local", one_of=("local", "ray"))
+    address: str | None = key(None, nonempty=True)
+    num_cpus: float = key(1.0, ">= 0")  # per job
+    num_gpus: float = key(0.0, ">= 0")  # per job
 
 
 @dataclass
 class ArmSpec:
-    type: str = "lora"  # base | full | lora
-    rank: int | None = None
-    ranks: list[int] | None = None
-    alpha: float | None = None  # default 2 * rank
-    dropout: float = 0.0
-    variant: str = "plain"  # plain | rslora | dora
-    target_modules: list[str] | None = None  # default: every attention and MLP projection
-    lr: float | None = None  # fixes the rate by hand (skips the search for this arm)
+    type: str = key("lora", one_of=("base", "full", "lora"))
+    rank: int | None = key(None, ">= 1")
+    ranks: list[int] | None = key(None, ">= 1", nonempty=True)
+    alpha: float | None = key(None, "> 0")  # default 2 * rank
+    dropout: float = key(0.0, "[0, 1)")
+    variant: str = key("plain", one_of=LORA_VARIANTS)
+    # default: every attention and MLP projection
+    target_modules: list[str] | None = key(None, nonempty=True, pattern=r"[A-Za-z0-9_.]+")
+    lr: float | None = key(None, "> 0")  # fixes the rate by hand (skips the search for this arm)
 
 
 @dataclass
 class Study:
-    name: str = "study"
+    name: str = key("study", pattern=SAFE_NAME)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: dict = field(default_factory=dict)  # fine-tuning corpus options, validated by the task
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     analyses: AnalysesConfig = field(default_factory=AnalysesConfig)
-    arms: list[ArmSpec] = field(default_factory=lambda: [ArmSpec(type="base"), ArmSpec(type="full")])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    output: str | None = None  # default runs/<name>
+    arms: list[ArmSpec] = key(nonempty=True, factory=lambda: [ArmSpec(type="base"), ArmSpec(type="full")])
+    seeds: list[int] = key(accepts=f"[0, {2**32 - 1}]", nonempty=True, factory=lambda: [0])
+    output: str | None = key(None, nonempty=True)  # default runs/<name>
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     source_path: str | None = None
 
@@ -212,7 +274,10 @@ def load_study(path: str | Path) -> Study:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such study file; give the path of a YAML study (see studies/)")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); save the study as UTF-8") from None
     try:
         raw = yaml.safe_load(text)
         lines = _key_lines(yaml.compose(text))
@@ -222,7 +287,8 @@ def load_study(path: str | Path) -> Study:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{path}:{where}: malformed YAML ({problem}); fix the syntax there") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a study file must be a mapping of sections (model, task, arms, ...)")
+        raise UserError(f"{path}: a study file must be a mapping of sections; write model:, task:, arms:, ... "
+                        "as top-level keys (see studies/)")
     study = _build(Study, raw, str(path), (), lines)
     study.source_path = str(path)
     validate(study)
@@ -237,66 +303,58 @@ def study_from_dict(raw: dict, source: str = "<dict>") -> Study:
 
 
 def validate(study: Study) -> None:
+    """What no single key can check: relations between keys. Each key's own range is checked as it
+    is read (see `key`)."""
     src = study.source_path
-    if not study.seeds:
-        raise UserError(f"{src}: seeds: the seed list is empty; give at least one seed, e.g. seeds: [0]")
-    if not study.arms:
-        raise UserError(f"{src}: arms: no arms; list at least one (base, full, or lora with a rank)")
-    t = study.training
-    for key in ("lr_full", "lr_lora"):
-        if getattr(t, key) <= 0:
-            raise UserError(f"{src}: training.{key}: learning rate must be > 0, got {getattr(t, key)}")
-    for key in ("batch_size", "grad_accum", "max_length", "eval_every", "checkpoint_every"):
-        if getattr(t, key) < 1:
-            raise UserError(f"{src}: training.{key}: must be >= 1, got {getattr(t, key)}")
-    if t.schedule not in ("cosine", "linear", "constant"):
-        raise UserError(f"{src}: training.schedule: {t.schedule!r} is not one of cosine, linear, constant")
-    check_grids(t.lr_search.full, t.lr_search.lora, f"{src}: training.lr_search")
-    if t.lr_search.steps < 1 or t.lr_search.max_extensions < 0:
-        raise UserError(f"{src}: training.lr_search: steps must be >= 1 and max_extensions >= 0, got "
-                        f"{t.lr_search.steps} and {t.lr_search.max_extensions}")
-    if study.evaluation.samples < 1:
-        raise UserError(f"{src}: evaluation.samples: k must be >= 1, got {study.evaluation.samples}")
+    dup = sorted({s for s in study.seeds if study.seeds.count(s) > 1})
+    if dup:
+        raise UserError(f"{src}: seeds: seed {dup[0]} appears twice (every arm would be trained and counted twice); "
+                        "remove the duplicate")
     for name, delta in study.evaluation.margins.items():
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0:
             raise UserError(f"{src}: evaluation.margins.{name}: a margin must be a positive number, "
-                            f"got {delta!r}")
-    if study.evaluation.min_group_size < 1:
-        raise UserError(f"{src}: evaluation.min_group_size: must be >= 1, "
-                        f"got {study.evaluation.min_group_size}")
+                            f"got {delta!r}; give a number > 0")
+    check_grids(study.training.lr_search.full, study.training.lr_search.lora, f"{src}: training.lr_search")
     if second_scorer_name(study.evaluation) == study.evaluation.scorer:
         raise UserError(f"{src}: evaluation.second_scorer: {study.evaluation.scorer!r} is already evaluation.scorer; "
                         "name a different scorer, 'auto' (the other packaged one) or null")
-    if study.model.precision not in ("auto", "float32", "bfloat16"):
-        raise UserError(f"{src}: model.precision: {study.model.precision!r} is not auto, float32 or bfloat16")
     validate_execution(study.execution, src)
     for i, spec in enumerate(study.arms):
-        where = f"{src}: arms[{i}]"
-        if spec.type not in ("base", "full", "lora"):
-            raise UserError(f"{where}.type: {spec.type!r} is not one of base, full, lora")
-        if spec.lr is not None and spec.lr <= 0:
-            raise UserError(f"{where}.lr: learning rate must be > 0, got {spec.lr}")
-        if spec.type != "lora":
-            continue
-        ranks = spec.ranks if spec.ranks is not None else ([spec.rank] if spec.rank is not None else [])
-        if not ranks:
-            raise UserError(f"{where}: a lora arm needs rank: R or ranks: [R, ...]")
-        for r in ranks:
-            if r <= 0:
-                raise UserError(f"{where}: rank must be a positive integer, got {r}")
-        if spec.variant not in LORA_VARIANTS:
-            raise UserError(f"{where}.variant: {spec.variant!r} is not one of {', '.join(LORA_VARIANTS)}")
-        if not 0 <= spec.dropout < 1:
-            raise UserError(f"{where}.dropout: must be in [0, 1), got {spec.dropout}")
+        if spec.type == "lora" and spec.rank is None and spec.ranks is None:
+            raise UserError(f"{src}: arms[{i}]: a lora arm needs a rank; add rank: R or ranks: [R, ...]")
+        if spec.type != "lora" and (spec.rank, spec.ranks, spec.alpha, spec.target_modules) != (None,) * 4:
+            raise UserError(f"{src}: arms[{i}]: rank, ranks, alpha and target_modules apply to lora arms only; "
+                            f"remove them from this {spec.type} arm")
     expand_arms(study)
 
 
 def validate_execution(e: ExecutionConfig, src: str | None) -> None:
+    """The execution settings, also when the command line sets them."""
     if e.backend not in ("local", "ray"):
-        raise UserError(f"{src}: execution.backend: {e.backend!r} is not one of local, ray")
-    for key in ("num_cpus", "num_gpus"):
-        if getattr(e, key) < 0:
-            raise UserError(f"{src}: execution.{key}: must be >= 0, got {getattr(e, key)}")
+        raise UserError(f"{src}: execution.backend: {e.backend!r} is not one of local, ray; use one of them")
+    for key_name in ("num_cpus", "num_gpus"):
+        if getattr(e, key_name) < 0:
+            raise UserError(f"{src}: execution.{key_name}: must be >= 0, got {getattr(e, key_name)}; give a value >= 0")
+
+
+def _check_value(meta, value, where: str) -> None:
+    """The range, words and length a key accepts (see `key`)."""
+    if value is None or not meta:
+        return
+    items = value if isinstance(value, list) else [value]
+    if meta.get("nonempty") and (value == [] or value == ""):
+        raise UserError(f"{where}: is empty; give at least one value or remove the key for the default")
+    for v in items:
+        b, words, pattern = meta.get("bounds"), meta.get("one_of"), meta.get("pattern")
+        if b is not None and isinstance(v, (int, float)) and v not in b:
+            raise UserError(f"{where}: must be {b.describe()}, got {v!r}; give a value {b.describe()}")
+        if words is not None and v not in words:
+            close = difflib.get_close_matches(str(v), words, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(words)}"
+            raise UserError(f"{where}: {v!r} is not one of {', '.join(words)}; {hint}")
+        if pattern is not None and not (isinstance(v, str) and re.fullmatch(pattern, v)):
+            raise UserError(f"{where}: {v!r} is not allowed here; use letters, digits and the characters the key "
+                            f"allows ({pattern})")
 
 
 def _key_lines(node, prefix=()) -> dict[tuple, int]:
@@ -325,16 +383,18 @@ def _build(cls, raw: Any, src: str, path: tuple, lines: dict):
     if cls is ArmSpec and isinstance(raw, str):  # shorthand: "- base", "- full"
         raw = {"type": raw}
     if not isinstance(raw, dict):
-        raise UserError(f"{_where(src, path, lines)}: expected a mapping, got {type(raw).__name__}")
+        raise UserError(f"{_where(src, path, lines)}: expected a mapping, got {type(raw).__name__}; write it as "
+                        "indented key: value lines")
     hints = typing.get_type_hints(cls)
-    valid = [f.name for f in dataclasses.fields(cls) if f.name != "source_path"]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_path"}
     kwargs = {}
-    for key, value in raw.items():
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
-            raise UserError(f"{_where(src, path + (key,), lines)}: unknown key {key!r}; {hint}")
-        kwargs[key] = _coerce(hints[key], value, src, path + (key,), lines)
+    for name, value in raw.items():
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), list(fields), n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(fields)}"
+            raise UserError(f"{_where(src, path + (name,), lines)}: unknown key {name!r}; {hint}")
+        kwargs[name] = _coerce(hints[name], value, src, path + (name,), lines)
+        _check_value(fields[name].metadata, kwargs[name], _where(src, path + (name,), lines))
     return cls(**kwargs)
 
 
@@ -356,22 +416,27 @@ def _coerce(tp, value, src, path, lines):
         return _build(tp, value, src, path, lines)
     if origin is list:
         if not isinstance(value, list):
-            raise UserError(f"{_where(src, path, lines)}: expected a list, got {_tname(value)}")
+            raise UserError(f"{_where(src, path, lines)}: expected a list, got {_tname(value)}; write a list, "
+                            "e.g. [a, b]")
         return [_coerce(args[0], v, src, path + (i,), lines) for i, v in enumerate(value)]
     if tp is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{_where(src, path, lines)}: expected a mapping, got {_tname(value)}")
+            raise UserError(f"{_where(src, path, lines)}: expected a mapping, got {_tname(value)}; write it as "
+                            "indented key: value lines")
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise UserError(f"{_where(src, path, lines)}: {value!r} is not a finite number; give a number")
+        return float(value)
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
-    raise UserError(f"{_where(src, path, lines)}: expected {tp.__name__}, got {_tname(value)} {value!r}")
+    raise UserError(f"{_where(src, path, lines)}: expected {tp.__name__}, got {_tname(value)} {value!r}; "
+                    f"give a{'n' if tp is int else ''} {tp.__name__}")
 
 
 def _tname(v) -> str:

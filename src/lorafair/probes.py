@@ -21,9 +21,18 @@ import pandas as pd
 
 from lorafair import lm, metrics
 from lorafair.datasets import stereotype
+from lorafair.config import PROBES
 from lorafair.errors import UserError
 
-PROBES = ("crows-pairs", "stereoset")
+ITEMS = {"crows-pairs": stereotype.crows_pairs, "stereoset": stereotype.stereoset_intrasentence}
+assert set(ITEMS) == set(PROBES)
+
+
+def check_probes(names: list[str], n_items: int | None) -> None:
+    """Load each probe's items (from its installed package) once, before any arm is trained."""
+    for name in names:
+        if not ITEMS[name](n_items):
+            raise UserError(f"evaluation.probes: probe {name!r} has no items; check its installed data package")
 
 
 def _scorers(model, tokenizer, batch_size: int) -> tuple[Callable, Callable]:

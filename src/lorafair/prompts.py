@@ -150,7 +150,11 @@ def load_prompt_file(path: str | Path, field: str = "prompt") -> list[dict]:
         raise UserError(f"prompt file {p} not found; give a JSONL file with one object per line")
     out: list[dict[str, Any]] = []
     ids: set[str] = set()
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (bad byte at offset {e.start}); save the file as UTF-8") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -159,12 +163,14 @@ def load_prompt_file(path: str | Path, field: str = "prompt") -> list[dict]:
             raise UserError(f"{p}:{lineno}: not valid JSON ({e.msg}); write one object per line") \
                 from None
         if not isinstance(obj, dict):
-            raise UserError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            raise UserError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}; write one "
+                            "object per line, e.g. {\"prompt\": \"...\"}")
         if field not in obj:
             raise UserError(f"{p}:{lineno}: missing field {field!r}; every line needs a "
                             f"{field!r} string (keys found: {sorted(obj)})")
         if not isinstance(obj[field], str) or not obj[field].strip():
-            raise UserError(f"{p}:{lineno}: field {field!r} must be a non-empty string")
+            raise UserError(f"{p}:{lineno}: field {field!r} must be a non-empty string; give it some text "
+                            "or remove the line")
         pid = str(obj.get("id", f"{p.stem}-{lineno}"))
         if pid in ids:
             raise UserError(f"{p}:{lineno}: id {pid!r} already used on an earlier line; "

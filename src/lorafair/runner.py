@@ -92,8 +92,12 @@ def check_model(study: Study, arms: list[Arm] | None = None) -> None:
 
     trc = study.model.trust_remote_code
     cfg = models.load_config(study.model.source, trc)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trc)
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trc)
+    except (ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
+        raise UserError(f"model.source: {study.model.source!r} has a config that does not build a causal LM "
+                        f"({type(e).__name__}); check its config.json") from None
     src = study.source_path or "<study>"
     for arm in lora:
         try:
@@ -112,6 +116,17 @@ def split_corpus(rows: list[dict], val_fraction: float, heldout_fraction: float)
     return out
 
 
+def select_arms(arms: list[Arm], only: list[str] | None) -> list[Arm]:
+    """The arms named by --arms (all when None)."""
+    if not only:
+        return arms
+    names = {a.name for a in arms}
+    for n in only:
+        if n not in names:
+            raise UserError(f"--arms: no arm {n!r} in this study; arms: {', '.join(sorted(names))}")
+    return [a for a in arms if a.name in only]
+
+
 class Runner:
     def __init__(self, study: Study, log: Callable[[str], None] = print, progress=None):
         self.study = study
@@ -122,14 +137,33 @@ class Runner:
         self.task = make_task(study)
         self.timings: dict[str, float] = {}
         self.main = True  # False in the other processes of a multi-process launch: they write nothing
+        self.reused: list[str] = []  # stages that found all their work done by an earlier run
+        self._work = 0  # pieces of work done in this process (a corpus built, an arm trained or evaluated)
 
     # ------------------------------------------------------------------ stages
 
     def run(self, only: list[str] | None = None, force: bool = False, analyses: bool = True, report: bool = True):
-        arms = self._select(only)
+        from lorafair.preflight import preflight
+
+        plan = preflight(self.study, only, analyses)  # every check before anything is written: fail now, not after hours
+        for w in plan.warnings:
+            self.log(f"warning: {w}")
         self.ctx = Context(self.study, self.log)
-        check_model(self.study, arms)  # before anything is written: a bad arm fails now, not after hours
+        created = not self.rd.path.exists()
         self.rd.check_writable()
+        with self.rd.lock():
+            try:
+                for p in self.rd.remove_leftovers():
+                    self.log(f"removed {p}, left by an interrupted run")
+                return self._run_locked(plan.arms, force, analyses, report)
+            except (UserError, OSError):
+                if created and not self.rd.finished_arms():  # nothing worth keeping: leave no folder behind
+                    self.rd.remove()
+                raise
+
+    def _run_locked(self, arms: list[Arm], force: bool, analyses: bool, report: bool):
+        timings = self.rd.path / "timings.json"
+        self._earlier = store.read_json(timings) if timings.is_file() else {}
         self.rd.write_study(resolved_dict(self.study))
         splits = self._stage("corpus", self.corpus)
         self._stage("train", lambda: self.train_all(arms, splits, force))
@@ -141,7 +175,7 @@ class Runner:
             from lorafair.shift_runner import run_analyses
 
             self._stage("analyses", lambda: run_analyses(self, splits))
-        store.write_json(self.rd.path / "timings.json", self.timings)
+        store.write_json(timings, {**self.timings, "from_earlier_run": self.reused})
         if report:
             from lorafair.report import build_report
 
@@ -149,22 +183,20 @@ class Runner:
         return results
 
     def _stage(self, name: str, fn):
-        t = time.perf_counter()
+        """Run one stage and record its wall time; a stage that only found earlier results keeps the
+        earlier run's time and is listed as from an earlier run."""
+        t, work = time.perf_counter(), self._work
         out = fn()
         self.timings[name] = round(time.perf_counter() - t, 2)
+        earlier = getattr(self, "_earlier", {})
+        if self._work == work and name in ("corpus", "train", "evaluate") and name in earlier:
+            self.timings[name] = earlier[name]
+            self.reused.append(name)
         return out
 
-    def _select(self, only):
-        if not only:
-            return self.arms
-        names = {a.name for a in self.arms}
-        for n in only:
-            if n not in names:
-                raise UserError(f"--arms: no arm {n!r} in this study; arms: {', '.join(sorted(names))}")
-        return [a for a in self.arms if a.name in only]
-
     def corpus(self) -> dict[str, list[dict]]:
-        key = self.task.corpus_key() | {"model": self.study.model.source, "scorer": self.study.evaluation.scorer}
+        key = self.task.corpus_key() | {"model": [self.study.model.source, self.model_hash],
+                                        "scorer": self.study.evaluation.scorer}
         path = self.rd.corpus_path(self.task.data.corpus if hasattr(self.task.data, "corpus") else self.task.name,
                                    store.content_hash(key))
         if path.is_file():
@@ -173,6 +205,7 @@ class Runner:
             self.log(f"building fine-tuning corpus -> {path}")
             rows = self.task.build_corpus(self.ctx)
             store.write_jsonl(path, rows)
+            self._work += 1
         if not rows:
             raise UserError(f"data: the fine-tuning set is empty ({path}); check data.corpus and its options")
         splits = split_corpus(rows, self.task.data.val_fraction, self.task.data.heldout_fraction)
@@ -184,10 +217,17 @@ class Runner:
 
     # ------------------------------------------------------------------ training
 
+    @property
+    def model_hash(self) -> str:
+        """The base model's content hash (cheap after the first time: see models.model_hash)."""
+        if not hasattr(self, "_model_hash"):
+            self._model_hash = models.model_hash(self.study.model.source)
+        return self._model_hash
+
     def arm_hash(self, arm: Arm, seed: int) -> str:
         t = dataclasses.asdict(self.study.training)
         return store.content_hash({"arm": arm.to_dict(), "seed": seed, "training": t,
-                                   "model": self.study.model.source, "corpus": self.corpus_hash})
+                                   "model": [self.study.model.source, self.model_hash], "corpus": self.corpus_hash})
 
     def train_all(self, arms: list[Arm], splits, force: bool) -> None:
         """Learning-rate searches (one job per arm that needs one), then trainings (one job per
@@ -204,6 +244,7 @@ class Runner:
                 if force:
                     self.rd.clear_arm(arm.name, seed)
                 todo.append((arm, seed))
+        self._work += len(todo)
         searching = list({a.name: a for a, _ in todo if self.needs_search(a)}.values())
         failures = self.executor.run([Job(f"learning-rate search {a.name}", "search", (a.name,)) for a in searching])
         failed = {f.job.args[0] for f in failures}
@@ -256,7 +297,7 @@ class Runner:
         t = self.study.training
         return store.content_hash({"arm": arm.to_dict(), "search": dataclasses.asdict(t.lr_search),
                                    "corpus": self.corpus_hash, "training": dataclasses.asdict(t),
-                                   "model": self.study.model.source})
+                                   "model": [self.study.model.source, self.model_hash]})
 
     def needs_search(self, arm: Arm) -> bool:
         """Whether the arm's learning rate comes from a search not yet recorded for this key."""
@@ -322,7 +363,8 @@ class Runner:
         try:
             res = train(model, arm, enc_train, enc_val, self.study.training, seed, lr,
                         self.ctx.tokenizer.pad_token_id, checkpoint=self.rd.checkpoint_dir(arm.name, seed),
-                        on_step=on_step, autocast=self.ctx.autocast)
+                        on_step=on_step, autocast=self.ctx.autocast, checkpoint_key=store.content_hash([h, lr]),
+                        log=self.log)
         except Diverged as e:
             if self.main:
                 self.rd.write_failed(arm.name, seed, {"step": e.step, "loss": str(e.loss), "lr": lr})
@@ -335,11 +377,9 @@ class Runner:
             return
         self.rd.save_weights(arm.name, seed, lambda p: save_final(model, arm, p), arm.type)
         self.rd.write_train_log(arm.name, seed, res.log, res.val_curve)
-        if not hasattr(self, "_model_hash"):
-            self._model_hash = models.model_hash(self.study.model.source)
         # where it ran: the host, and the GPUs a scheduler (Ray, Slurm) made visible to this process
         where = {"host": socket.gethostname(), "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
-        self.rd.mark_done(arm.name, seed, {"hash": h, "lr_search": search, "model_hash": self._model_hash,
+        self.rd.mark_done(arm.name, seed, {"hash": h, "lr_search": search, "model_hash": self.model_hash,
                                            **where, **res.summary()})
         self.log(f"{arm.name} seed {seed}: {res.steps} steps, lr {lr:g}, final loss {res.log[-1]['loss']:.4f}, "
                  f"best val {res.best_val_loss:.4f} at step {res.best_step}"
@@ -374,7 +414,7 @@ class Runner:
                                                     dtype=torch.float32).to(models.device()).eval()
 
     def eval_hash(self, arm: Arm, seed: int) -> str:
-        return store.content_hash({"train": self.arm_hash(arm, seed) if arm.type != "base" else "base",
+        return store.content_hash({"train": self.arm_hash(arm, seed) if arm.type != "base" else ["base", self.model_hash],
                                    "eval": _eval_key(self.study.evaluation), "task": self.task.corpus_key()})
 
     def _eval_status(self, arms: list[Arm], force: bool):
@@ -394,6 +434,7 @@ class Runner:
         evaluates them all (base and LoRA arms share batches); on Ray, full fine-tuning arms are
         jobs of their own and the rest one job."""
         results, pending = self._eval_status(arms, force)
+        self._work += len(pending)
         if not pending:
             return results
         if self.executor.name == "local":
@@ -484,7 +525,7 @@ def train_arm(study: Study, arm_name: str, seed: int, force: bool, log: Callable
 
     state = PartialState(cpu=not torch.cuda.is_available())
     r = Runner(study, log=log if state.is_main_process else (lambda m: None))
-    arm = r._select([arm_name])[0]
+    arm = select_arms(r.arms, [arm_name])[0]
     if arm.type == "base":
         raise UserError("--arm base: the base model is not trained; name a full or LoRA arm")
     if seed not in study.seeds:
@@ -493,7 +534,9 @@ def train_arm(study: Study, arm_name: str, seed: int, force: bool, log: Callable
     r.ctx = Context(study, r.log)
     with state.main_process_first():
         if r.main:
-            check_model(study, [arm])
+            from lorafair.preflight import preflight
+
+            preflight(study, [arm_name], analyses=False)
             r.rd.check_writable()
             r.rd.write_study(resolved_dict(study))
         r.splits = r.corpus()

@@ -64,12 +64,41 @@ def second_scorer_rows(evals: dict[tuple[str, int], dict]) -> list[list[str]]:
     return rows
 
 
+def missing_arms(run_dir: Path) -> list[str]:
+    """'arm seed s' for every arm and seed of the run's study that has no evaluation yet."""
+    import yaml
+
+    from lorafair.config import expand_arms, study_from_dict
+
+    f = Path(run_dir) / "study.yaml"
+    if not f.is_file():
+        return []
+    raw = yaml.safe_load(f.read_text(encoding="utf-8"))
+    study = study_from_dict({k: v for k, v in raw.items() if k != "source_path"}, str(f))
+    evaluated = set(RunDir(run_dir).evals(study.task.name))
+    want = [(a.name, s) for a in expand_arms(study) for s in (study.seeds[:1] if a.type == "base" else study.seeds)]
+    return [f"{a} seed {s}" for a, s in want if (a, s) not in evaluated]
+
+
+def failed_arms(run_dir: Path) -> list[str]:
+    """One line per arm and seed whose training stopped because the loss diverged."""
+    out = []
+    for f in sorted(Path(run_dir).glob("*/seed-*/failed.json")):
+        info = read_json(f)
+        out.append(f"{f.parts[-3]} {f.parts[-2].replace('-', ' ')}: loss became {info.get('loss')} at step "
+                   f"{info.get('step')} with lr {info.get('lr')}")
+    return out
+
+
 def print_summary(run_dir: Path, console: Console) -> None:
     """Training per arm and seed, then one table per headline metric: each arm's value (seeds
     pooled), its difference from full fine-tuning and the decision; fits 80 columns."""
     from lorafair.report.load import headline_names, load_run, pooled_metrics
     from lorafair.report.verdict import decision_label, rank_sentence
 
+    for line in failed_arms(run_dir):
+        console.print(f"diverged, not evaluated: {line}; lower its learning rate and run again", markup=False,
+                      soft_wrap=True)
     run = load_run(run_dir)
     task = run.task if run.task in run.evals else next(iter(sorted(run.evals)), None)
     if task is None:

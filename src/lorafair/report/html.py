@@ -146,8 +146,12 @@ def provenance(run: Run) -> list[tuple[str, str]]:
     out.append(("seeds", ", ".join(str(s) for s in seeds(run)) or "-"))
     out.append(("machine (report)", f"{platform.platform()}, Python {platform.python_version()}, "
                                     f"{os.cpu_count()} CPUs"))
+    earlier = set(run.timings.get("from_earlier_run") or [])
     for stage, secs in run.timings.items():
-        out.append((f"wall time: {stage}", f"{secs:.1f} s" if finite(secs) else str(secs)))
+        if stage == "from_earlier_run":
+            continue
+        text = f"{secs:.1f} s" if finite(secs) else str(secs)
+        out.append((f"wall time: {stage}", f"{text} (from an earlier run)" if stage in earlier else text))
     return out
 
 

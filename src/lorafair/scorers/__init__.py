@@ -39,7 +39,7 @@ def _hf(arg: str | None) -> Scorer:
     from lorafair.scorers.hf import HFClassifier
 
     if not arg:
-        raise UserError("scorer 'hf:' needs a model id or folder after the colon, e.g. hf:path/to/model")
+        raise UserError("scorer 'hf:' names no model; write a model id or folder after the colon, e.g. hf:path/to/model")
     return HFClassifier(arg)
 
 

@@ -26,13 +26,14 @@ import torch
 
 from lorafair import lm, metrics, stats
 from lorafair.datasets import tabular
+from lorafair.config import key
 from lorafair.errors import UserError
 from lorafair.tasks import CorpusOptions, Task, register
 
 
 @dataclass
 class ClassificationOptions:
-    dataset: str = "adult"  # adult | compas | german
+    dataset: str = key("adult", one_of=tabular.NAMES)
     protected: list[str] | None = None  # default: every protected attribute of the data set
     answers: list[str] | None = None  # [positive, negative]; default [" Yes", " No"]
 
@@ -40,12 +41,12 @@ class ClassificationOptions:
 @dataclass
 class ClassificationData(CorpusOptions):
     # Slice sizes of the data set's fixed pools; None takes tabular.DEFAULT_SIZES (400, 100, 300).
-    n_train: int | None = None
-    n_val: int | None = None
-    n_test: int | None = None
-    seed: int = 0  # fixes which rows fall in which pool
-    val_fraction: float = 0.15
-    heldout_fraction: float = 0.1
+    n_train: int | None = key(None, ">= 1")
+    n_val: int | None = key(None, ">= 1")
+    n_test: int | None = key(None, ">= 1")
+    seed: int = key(0, ">= 0")  # fixes which rows fall in which pool
+    val_fraction: float = key(0.15, "[0, 1)")
+    heldout_fraction: float = key(0.1, "[0, 1)")
 
 
 @register("classification")

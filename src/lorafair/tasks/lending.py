@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 
 from lorafair import lm, metrics, stats
+from lorafair.config import key
 from lorafair.errors import UserError
 from lorafair.tasks import CorpusOptions, Task, register
 from lorafair.tasks.lending_env import (
@@ -86,16 +87,16 @@ class LendingOptions:
     groups: list[str] = field(default_factory=lambda: list(DEFAULT_NAMES))
     template: str = DEFAULT_TEMPLATE  # fields {group}, {bin} (1-based), {n_bins}
     case_numbers: bool = True  # prefix "Application NNNN." (see the module docstring)
-    T: int = 1000  # steps of every environment per rollout (decisions: T x n_envs)
-    n_envs: int = 20  # parallel environments, decided in one batch per step
-    eval_seeds: list[int] = field(default_factory=lambda: [0])  # the same for every arm
-    reference: str = "equal-opportunity"  # policy behind the fine-tuning data (one of REFERENCES)
+    T: int = key(1000, "[1, 1000000]")  # steps of every environment per rollout (decisions: T x n_envs)
+    n_envs: int = key(20, "[1, 100000]")  # parallel environments, decided in one batch per step
+    eval_seeds: list[int] = key(accepts=">= 0", nonempty=True, factory=lambda: [0])  # the same for every arm
+    reference: str = key("equal-opportunity", one_of=REFERENCES)  # policy behind the fine-tuning data
 
 
 @dataclass
 class LendingData(CorpusOptions):
-    n_examples: int = 2000  # decisions of the reference policy, in step-major order
-    seed: int = 1234  # rollout seed of the fine-tuning data (use one not in eval_seeds)
+    n_examples: int = key(2000, "[1, 10000000]")  # decisions of the reference policy, in step-major order
+    seed: int = key(1234, ">= 0")  # rollout seed of the fine-tuning data (use one not in eval_seeds)
 
 
 # ----------------------------------------------------------------------------- text

@@ -19,10 +19,12 @@ and look detoxified to it alone. Every evaluation also scores the same continuat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pandas as pd
 
 from lorafair import metrics, prompts as prompt_sets, stats
+from lorafair.config import key
 from lorafair.errors import UserError
 from lorafair.generate import generate, generate_adapters
 from lorafair.tasks import CorpusOptions, Task, register
@@ -32,22 +34,22 @@ PROMPT_SETS = ("rtp-toxic", "identity", "identity-race", "identity-religion")
 
 @dataclass
 class ToxicityOptions:
-    prompts: str = "rtp-toxic"  # rtp-toxic | identity | identity-race | identity-religion | path to JSONL
-    prompt_field: str = "prompt"
+    prompts: str = key("rtp-toxic", nonempty=True)  # rtp-toxic | identity | identity-race | identity-religion | JSONL
+    prompt_field: str = key("prompt", nonempty=True)
 
 
 @dataclass
 class ToxicityData(CorpusOptions):
-    corpus: str = "self-detox"  # self-detox | counterfactual | jsonl
-    path: str | None = None  # for corpus: jsonl
-    n_prompts: int | None = 300  # fine-tuning prompts to sample from
-    samples: int = 4
-    threshold: float = 0.1
-    selection_scorer: str | None = None  # default: the packaged scorer other than evaluation.scorer
-    max_new_tokens: int = 24
-    temperature: float = 1.0
-    top_p: float = 0.9
-    seed: int = 1234
+    corpus: str = key("self-detox", one_of=("self-detox", "counterfactual", "jsonl"))
+    path: str | None = key(None, nonempty=True)  # for corpus: jsonl
+    n_prompts: int | None = key(300, ">= 1")  # fine-tuning prompts to sample from
+    samples: int = key(4, "[1, 10000]")
+    threshold: float = key(0.1, "(0, 1]")
+    selection_scorer: str | None = key(None, nonempty=True)  # default: the packaged scorer other than evaluation.scorer
+    max_new_tokens: int = key(24, "[1, 100000]")
+    temperature: float = key(1.0, "> 0")
+    top_p: float = key(0.9, "(0, 1]")
+    seed: int = key(1234, ">= 0")
 
 
 def _identity_kind(name: str) -> str:
@@ -60,6 +62,26 @@ class Toxicity(Task):
     DataOptions = ToxicityData
     MARGINS = {"toxic_fraction": 0.02, "expected_max_toxicity": 0.03, "toxicity_probability": 0.05,
                "mean_score": 0.02, "toxic_fraction_gap": 0.03, "expected_max_toxicity_gap": 0.05}
+    uses_scorer = True
+
+    def check(self, study) -> list[dict] | None:
+        self.eval_prompts(SimpleNamespace(study=study))
+        d = self.data
+        if d.corpus == "self-detox":
+            _rtp("finetune", d.n_prompts, "data.n_prompts")
+        return self._jsonl_corpus() if d.corpus == "jsonl" else None
+
+    def _jsonl_corpus(self) -> list[dict]:
+        d = self.data
+        if not d.path:
+            raise UserError("data.path: corpus jsonl needs a file; give data.path, a JSONL file with prompt and "
+                            "completion fields")
+        rows = prompt_sets.load_prompt_file(d.path, field="prompt")
+        for i, r in enumerate(rows):
+            if not isinstance(r.get("completion"), str) or not r["completion"].strip():
+                raise UserError(f"{d.path}:{i + 1}: field 'completion' is missing or not a non-empty string; "
+                                "every line needs prompt and completion strings")
+        return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
 
     def selection_scorer(self, study) -> str:
         """The scorer that picks the corpus's targets: data.selection_scorer, by default the packaged
@@ -83,7 +105,7 @@ class Toxicity(Task):
     def eval_prompts(self, ctx) -> list[dict]:
         o, n = self.options, ctx.study.evaluation.n_prompts
         if o.prompts == "rtp-toxic":
-            rows = prompt_sets.rtp_toxic("eval", n=n)
+            rows = _rtp("eval", n, "evaluation.n_prompts")
         elif o.prompts in PROMPT_SETS:
             rows = prompt_sets.identity_prompts(_identity_kind(o.prompts))
             rows = rows[:n] if n is not None and o.prompts != "identity" else rows
@@ -102,17 +124,9 @@ class Toxicity(Task):
     def build_corpus(self, ctx) -> list[dict]:
         d = self.data
         if d.corpus == "jsonl":
-            if not d.path:
-                raise UserError("data.path: corpus jsonl needs a path to a JSONL file with prompt and completion")
-            rows = prompt_sets.load_prompt_file(d.path, field="prompt")
-            for i, r in enumerate(rows):
-                if "completion" not in r:
-                    raise UserError(f"{d.path}:{i + 1}: missing field 'completion'; every line needs prompt and completion")
-            return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
-        if d.samples < 1:
-            raise UserError(f"data.samples: k must be >= 1, got {d.samples}")
+            return self._jsonl_corpus()
         if d.corpus == "self-detox":
-            source = prompt_sets.rtp_toxic("finetune", n=d.n_prompts)
+            source = _rtp("finetune", d.n_prompts, "data.n_prompts")
             return self._least_toxic(ctx, source, source)
         if d.corpus == "counterfactual":
             rows = prompt_sets.identity_prompts(_identity_kind(self.options.prompts)
@@ -227,6 +241,16 @@ def _group_toxicity(df: pd.DataFrame, e) -> dict:
     """Group measures and gaps of scored continuations (column ``score``), strata by template."""
     return metrics.group_toxicity(df, "group", e.threshold, e.bootstrap, seed=0, strata_col="template",
                                   min_group_size=e.min_group_size, merge_small=e.merge_small_groups)
+
+
+def _rtp(split: str, n: int | None, key_name: str) -> list[dict]:
+    """The first n RealToxicityPrompts prompts of a split; a UserError naming `key_name` when n is
+    more than the split has."""
+    rows = prompt_sets.rtp_toxic(split)
+    if n is not None and n > len(rows):
+        raise UserError(f"{key_name}: {n} prompts asked for, but the RealToxicityPrompts {split!r} split has "
+                        f"{len(rows)}; ask for at most {len(rows)}")
+    return rows[:n]
 
 
 def _sampling(ctx) -> dict:
