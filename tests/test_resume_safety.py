@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -197,12 +198,15 @@ def test_a_stale_lock_and_leftover_temporaries_are_cleared(tmp_path, corpus_file
 def test_files_follow_the_umask(tmp_path):
     from lorafair.store import write_json
 
+    rd = RunDir(tmp_path / "r")
     old = os.umask(0o022)
     try:
         write_json(tmp_path / "a.json", {"x": float("nan"), "y": [float("inf"), 1.5]})
+        rd.save_weights("lora-r2", 0, lambda p: (p / "w.bin").write_bytes(b"x"), "lora")
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert rd.weights_dir("lora-r2", 0, "lora").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "a.json").read_text().replace(" ", "").replace("\n", "") == '{"x":null,"y":[null,1.5]}'
 
 
@@ -212,15 +216,22 @@ def _env() -> dict:
 
 @pytest.mark.slow
 def test_two_concurrent_runs_one_refusal_one_complete_result(tmp_path, corpus_file):
+    """The first run is paused (SIGSTOP) in the middle of training, so the second surely starts while
+    the first holds the folder; then the first goes on and must finish with the right weights."""
     sections = {**LORA_ONLY, "training": {**LORA_ONLY["training"], "max_steps": 40}}
     path = write_yaml(tmp_path / "s.yaml", tiny_study_dict(tmp_path / "run", corpus_file, **sections))
     cmd = [sys.executable, "-m", "lorafair", "run", str(path), "--no-analyses", "--no-report"]
     first = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "run" / "lora-r2" / "seed-0" / "checkpoint" / "state.json"
     deadline = time.time() + 240
-    while not (tmp_path / "run" / ".lock").exists():
-        assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
-        time.sleep(0.05)
-    second = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    try:
+        while not state.exists():
+            assert first.poll() is None and time.time() < deadline, "the first run never checkpointed"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)
+        second = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-2000:]
     assert second.returncode == 2 and second.stdout == ""

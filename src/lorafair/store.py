@@ -318,6 +318,7 @@ class RunDir:
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=TMP_SUFFIX))
         try:
             save(tmp)
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
