@@ -178,7 +178,7 @@ def test_unknown_protected_attribute(tmp_path):
 
 
 def test_unknown_dataset(tmp_path):
-    with pytest.raises(UserError, match="valid: adult, compas, german"):
+    with pytest.raises(UserError, match="is not one of adult, compas, german"):
         make_task(study_from_dict(_study(tmp_path) | {"task": {"name": "classification",
                                                                 "options": {"dataset": "mnist"}}}))
 

@@ -233,7 +233,7 @@ def test_hf_not_found_offline(tmp_path):
         get_scorer("hf:lorafair-no-such-org/no-such-model")
     with pytest.raises(UserError, match="no weight files"):
         get_scorer(f"hf:{tmp_path}")
-    with pytest.raises(UserError, match="needs a model id"):
+    with pytest.raises(UserError, match="names no model"):
         get_scorer("hf:")
 
 
