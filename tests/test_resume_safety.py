@@ -29,8 +29,8 @@ LORA_ONLY = {"arms": [{"type": "lora", "rank": 2}], "training": {"max_steps": 6,
                                                                   "eval_every": 3, "warmup_ratio": 0.0}}
 
 
-class Killed(Exception):
-    pass
+class Killed(BaseException):
+    """Stands for the process being interrupted: like KeyboardInterrupt, no job runner catches it."""
 
 
 def kill_at(step: int):

@@ -11,6 +11,7 @@ of the stage go on, and the caller decides what a failure means.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 import traceback
@@ -41,9 +42,15 @@ class Failure:
         return self.detail == ""
 
 
+ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def _describe(e: BaseException) -> Failure:
     if isinstance(e, UserError):
         return Failure(Job("", ""), str(e))
+    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRORS:  # a full disk, a read-only folder: not a bug
+        return Failure(Job("", ""), f"{e.filename or 'output'}: {e.strerror}; free space or fix the folder's "
+                                    "permissions")
     return Failure(Job("", ""), f"{type(e).__name__}: {e}", "".join(traceback.format_exception(e)))
 
 
