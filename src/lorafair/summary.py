@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from lorafair.store import RunDir, read_json
 
 
 def arm_order(name: str) -> tuple:
