@@ -100,7 +100,8 @@ def test_intruder_dimensions_hand_case():
     assert intruder_dimensions(base, tuned, k=5, threshold=1.01) == 5  # |cos| ≤ 1 everywhere
 
 
-def test_peft_delta_equals_merged_minus_base():
+@pytest.mark.parametrize("dora", [False, True])
+def test_peft_delta_equals_merged_minus_base(dora):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -109,17 +110,30 @@ def test_peft_delta_equals_merged_minus_base():
         LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
     )
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
+                     use_dora=dora)
     peft_model = get_peft_model(copy.deepcopy(base), cfg)
+    if dora:  # a trained magnitude vector: away from the base weight's row norms it starts at
+        g = torch.Generator().manual_seed(1)
+        for n, p in peft_model.named_parameters():
+            if "lora_magnitude_vector" in n:
+                p.data.mul_(1 + 0.3 * torch.rand(p.shape, generator=g))
     deltas = peft_deltas(peft_model)
     assert sorted(deltas) == sorted(f"model.layers.{i}.{m}" for i in range(2) for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"))
+    low_rank = {}
+    for mod_name, mod in peft_model.named_modules():
+        if hasattr(mod, "get_delta_weight") and "default" in getattr(mod, "lora_A", {}):
+            low_rank[mod_name.removeprefix("base_model.model.")] = mod.get_delta_weight("default")
     merged = peft_model.merge_and_unload().state_dict()
     for name, d in deltas.items():
         want = merged[f"{name}.weight"] - before[f"{name}.weight"]
         assert d.shape == want.shape
-        torch.testing.assert_close(d, want, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(d, want, atol=1e-5, rtol=0)
         assert d.abs().max() > 0
-        assert delta_spectrum(d, [4])["energy_at_rank"][4] == pytest.approx(1.0, abs=1e-5)  # rank <= 4
+        if dora:  # the magnitude rescales whole rows of W + B·A: B·A alone is not the update
+            assert (d - low_rank[name]).abs().max() > 1e-2
+        else:
+            assert delta_spectrum(d, [4])["energy_at_rank"][4] == pytest.approx(1.0, abs=1e-5)  # rank <= 4
 
 
 def test_rank_for_energy_and_shift():

@@ -7,7 +7,8 @@
 - ``intruder_dimensions``: top singular vectors of the tuned matrix that are nearly orthogonal to
   every singular vector of the base matrix (Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning:
   An Illusion of Equivalence", arXiv 2410.21228).
-- ``peft_deltas``: ΔW of every LoRA-adapted layer, from PEFT's own ``get_delta_weight``.
+- ``peft_deltas``: the effective ΔW of every LoRA-adapted layer (merged weight − base weight), from
+  PEFT's own merge code, so DoRA's magnitude vector is included.
 
 SVDs run in float32 (float64 for the small r × r products); inputs of any dtype are upcast.
 """
@@ -115,10 +116,13 @@ def intruder_dimensions(W_base: Tensor, W_tuned: Tensor, k: int = 10, threshold:
 
 
 def peft_deltas(peft_model: nn.Module, adapter_name: str | None = None) -> dict[str, Tensor]:
-    """ΔW of every LoRA-adapted layer, keyed by module name without PEFT's wrapper prefix.
+    """Effective ΔW = W_merged − W_base of every LoRA-adapted layer, keyed by module name without
+    PEFT's wrapper prefix; [out, in] for Linear (the base weight's layout).
 
-    Uses each layer's ``get_delta_weight(adapter_name)`` (scaling included; same layout as the base
-    weight, [out, in] for Linear). ``adapter_name`` defaults to the model's active adapter.
+    Plain LoRA: ``get_delta_weight(adapter)`` = B·A·scaling, which is exactly what merging adds.
+    Variants that change the merge (DoRA: W' = m ⊙ (W + B·A·s) / ‖W + B·A·s‖ per output row) get
+    W' from PEFT's own ``merge_safe`` on a copy, minus W, so the magnitude vector is included.
+    The layers must be unmerged. ``adapter_name`` defaults to the model's active adapter.
     """
     from peft.tuners.lora import LoraLayer
 
@@ -128,9 +132,19 @@ def peft_deltas(peft_model: nn.Module, adapter_name: str | None = None) -> dict[
     out: dict[str, Tensor] = {}
     with torch.no_grad():
         for mod_name, mod in peft_model.named_modules():
-            if isinstance(mod, LoraLayer) and name in getattr(mod, "lora_A", {}):
-                key = re.sub(r"^(base_model\.model\.)", "", mod_name)
+            if not (isinstance(mod, LoraLayer) and name in getattr(mod, "lora_A", {})):
+                continue
+            if mod.merged:
+                raise ValueError(f"{mod_name}: adapters are merged; unmerge before taking ΔW")
+            key = re.sub(r"^(base_model\.model\.)", "", mod_name)
+            variant = getattr(mod, "lora_variant", {}).get(name)
+            if variant is None:
                 out[key] = mod.get_delta_weight(name).detach().float().cpu()
+                continue
+            base = mod.get_base_layer().weight.detach()
+            merged = variant.merge_safe(mod, name, base.clone())
+            mod._caches.pop(f"{name}-weight_norm", None)  # merge_safe caches the norm for an unmerge
+            out[key] = (merged.float() - base.float()).cpu()
     return out
 
 
