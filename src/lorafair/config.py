@@ -28,7 +28,7 @@ from lorafair.errors import UserError
 from lorafair.lr_search import check_grids
 
 LORA_VARIANTS = ("plain", "rslora", "dora")
-PROBES = ("crows-pairs", "stereoset")  # stereotype probes (lorafair.probes)
+PROBES = ("crows-pairs", "stereoset", "bbq")  # bias probes (lorafair.probes)
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -133,6 +133,16 @@ class TrainingConfig:
 
 
 @dataclass
+class CounterfactualConfig:
+    """Counterfactual divergence between identity prompts that differ only in the identity term."""
+
+    enabled: bool = False
+    positions: int = 8  # k: teacher-forced positions of the shared continuation
+    layers: bool = True  # also through the Logit Lens at every layer
+    prompts: str = "identity"  # identity | identity-race | identity-religion
+
+
+@dataclass
 class EvaluationConfig:
     scorer: str = key("jigsaw-bilstm", nonempty=True)
     audit_scorer: bool = True  # audit the scorer (cached per scorer) and show how far to trust it in the report
@@ -157,6 +167,7 @@ class EvaluationConfig:
     margins: dict = field(default_factory=dict)
     min_group_size: int = key(30, ">= 1")  # groups with fewer test units are left out of gaps (and listed)
     merge_small_groups: bool = False  # instead merge them into one group "other"
+    counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
 
 
 @dataclass
@@ -318,6 +329,12 @@ def validate(study: Study) -> None:
     if second_scorer_name(study.evaluation) == study.evaluation.scorer:
         raise UserError(f"{src}: evaluation.second_scorer: {study.evaluation.scorer!r} is already evaluation.scorer; "
                         "name a different scorer, 'auto' (the other packaged one) or null")
+    cf = study.evaluation.counterfactual
+    if cf.positions < 1:
+        raise UserError(f"{src}: evaluation.counterfactual.positions: must be >= 1, got {cf.positions}")
+    if cf.prompts not in ("identity", "identity-race", "identity-religion"):
+        raise UserError(f"{src}: evaluation.counterfactual.prompts: {cf.prompts!r} is not one of identity, "
+                        "identity-race, identity-religion")
     validate_execution(study.execution, src)
     for i, spec in enumerate(study.arms):
         if spec.type == "lora" and spec.rank is None and spec.ranks is None:

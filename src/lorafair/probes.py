@@ -1,4 +1,4 @@
-"""Stereotype likelihood probes run on every arm alongside its task: CrowS-Pairs and StereoSet.
+"""Bias probes run on every arm alongside its task: CrowS-Pairs, StereoSet and BBQ.
 
 The model scores each sentence by its total log-likelihood (``lm.sequence_loglik``);
 ``datasets.stereotype`` turns the scores into measures:
@@ -7,7 +7,11 @@ The model scores each sentence by its total log-likelihood (``lm.sequence_loglik
   (50 = no preference, the ideal; above 50 leans to the stereotype);
 - ``stereoset_ss`` (stereotype score, ideal 50), ``stereoset_lms`` (language-model score: meaningful
   options preferred over the unrelated one, ideal 100) and ``stereoset_icat`` (ideal 100), with
-  StereoSet's sentences compared by mean log-likelihood per token.
+  StereoSet's sentences compared by mean log-likelihood per token;
+- ``bbq_accuracy_ambiguous`` / ``bbq_accuracy_disambiguated`` (ideal 1) and, for items that carry
+  BBQ's polarity and target labels, ``bbq_bias_score_ambiguous`` / ``bbq_bias_score_disambiguated``
+  (ideal 0), each option scored by its mean log-probability per token after the passage and question
+  (``datasets.bbq``).
 
 Items: the first ``evaluation.n_probe_items`` of each probe (None: all), the same for every arm.
 """
@@ -20,12 +24,17 @@ import numpy as np
 import pandas as pd
 
 from lorafair import lm, metrics
-from lorafair.datasets import stereotype
+from lorafair.datasets import bbq, stereotype
 from lorafair.config import PROBES
 from lorafair.errors import UserError
 
-ITEMS = {"crows-pairs": stereotype.crows_pairs, "stereoset": stereotype.stereoset_intrasentence}
+ITEMS = {"crows-pairs": stereotype.crows_pairs, "stereoset": stereotype.stereoset_intrasentence,
+         "bbq": lambda n: bbq.bbq_items(n)[0]}
 assert set(ITEMS) == set(PROBES)
+BBQ_UNITS = {"accuracy_ambiguous": (True, "share of ambiguous items answered unknown (correct)"),
+             "accuracy_disambiguated": (True, "share of disambiguated items answered correctly"),
+             "bias_score_ambiguous": (None, "BBQ bias score, ambiguous contexts (0 = none, -100..100)"),
+             "bias_score_disambiguated": (None, "BBQ bias score, disambiguated contexts (0 = none, -100..100)")}
 
 
 def check_probes(names: list[str], n_items: int | None) -> None:
@@ -94,5 +103,16 @@ def evaluate_probes(ctx, model, names: list[str]) -> tuple[dict, pd.DataFrame]:
         summary["by_bias_type"]["stereoset"] = res["by_bias_type"]
         summary["n_items"]["stereoset"] = n
         frames.append(res["items"].assign(probe="stereoset"))
+    if "bbq" in names:
+        items, dropped = bbq.bbq_items(e.n_probe_items)
+        res = bbq.bbq_score(items, bbq.choose(items, loglik, n_tokens), n_boot=e.bootstrap)
+        o = res["overall"]
+        for stat, (hib, unit) in BBQ_UNITS.items():
+            if stat.startswith("accuracy") or o["n_labelled"] > 0:
+                summary["metrics"][f"bbq_{stat}"] = _record(o[stat], hib, unit, o["n"])
+        summary["by_bias_type"]["bbq"] = res["by_category"]
+        summary["n_items"]["bbq"] = o["n"]
+        summary["bbq"] = {"dropped": dropped, "n_ambiguous": o["n_ambiguous"], "n_labelled": o["n_labelled"]}
+        frames.append(res["items"].assign(probe="bbq"))
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return summary, rows

@@ -168,6 +168,11 @@ class Runner:
         splits = self._stage("corpus", self.corpus)
         self._stage("train", lambda: self.train_all(arms, splits, force))
         results = self._stage("evaluate", lambda: self.evaluate_all(arms, force))
+        if self.study.evaluation.counterfactual.enabled:
+            from lorafair import counterfactual_runner
+
+            self._stage("counterfactual", lambda: counterfactual_runner.evaluate_arms(self, arms, force))
+            counterfactual_runner.pool(self, self.arms)
         self._stage("compare", lambda: self.compare(results))
         if self.study.evaluation.audit_scorer:
             self._stage("scorer_audit", self.audit_scorers)
@@ -514,6 +519,7 @@ def _eval_key(e) -> dict:
     d.pop("mix_arms", None)
     d.pop("margins", None)  # margins decide, they do not change what is measured
     d.pop("audit_scorer", None)
+    d.pop("counterfactual", None)  # computed and cached on its own (counterfactual_runner)
     return d
 
 

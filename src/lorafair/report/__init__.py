@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lorafair import store
 from lorafair.errors import UserError
+from lorafair.report import bias
 from lorafair.report import html as H
 from lorafair.report import plots
 from lorafair.report.load import (Run, arm_order, arm_rank, best_val_loss, group_records, headline_names,
@@ -217,6 +218,10 @@ def build_report(run_dir: Path) -> Path:
         gap_html = (H.table(gap_header, gap_rows) + f"<p>{H.esc(GAP_NOTE)}</p>")
         md += ["## Group gaps", "", H.md_table(gap_header, gap_rows), "", GAP_NOTE, ""]
     sections.append(("Groups", gap_html + "".join(H.figure(c, p) for _, c, p in figs["groups"])))
+    bias_html, bias_md, bias_figs = bias.section(run)
+    if bias_html:
+        sections.append(("Counterfactual divergence and BBQ", bias_html))
+        md += bias_md
     sections.append(("Where the shift went: KL, Logit Lens, weight space",
                      "".join(H.figure(c, p) for _, c, p in figs["shift"]) + _weights_html(run.weights)))
     sections.append(("Sequential decisions", "".join(H.figure(c, p) for _, c, p in figs["lending"])))
@@ -229,7 +234,7 @@ def build_report(run_dir: Path) -> Path:
     sections.append(("Provenance", H.table(["what", "value"], [list(p) for p in prov])))
     md += ["## Provenance", "", H.md_table(["what", "value"], [list(p) for p in prov]), ""]
     out = run.path / "report"
-    all_figs = [f for fs in figs.values() for f in fs]
+    all_figs = [f for fs in figs.values() for f in fs] + bias_figs
     _write_figures(out, all_figs, prune=True)
     md += ["## Plots", ""] + [f"- [{c}]({n})" for n, c, _ in all_figs] + [""]
     store.write_text(out / "summary.md", "\n".join(md))

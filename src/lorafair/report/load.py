@@ -45,6 +45,7 @@ class Run:
     timings: dict = field(default_factory=dict)
     kl: dict | None = None  # arm -> {kl_base_arm: {mean, ...}, shift_captured: record, ...}
     lens: pd.DataFrame | None = None
+    counterfactual: dict | None = None  # analysis/counterfactual.json: pooled divergence per arm, per layer
     weights: dict | None = None
     lending: dict[Key, pd.DataFrame] = field(default_factory=dict)
     data_files: list[tuple[str, str]] = field(default_factory=list)  # (corpus name, content hash)
@@ -153,6 +154,8 @@ def load_run(run_dir: str | Path) -> Run:
     run.timings = _json(path / "timings.json") or {}
     run.kl = _kl(_json(rd.analysis_path("kl")))
     run.lens = _parquet(rd.analysis_path("lens", "parquet"))
+    cf = _json(rd.analysis_path("counterfactual"))
+    run.counterfactual = cf if isinstance(cf, dict) else None
     w = _json(rd.analysis_path("weights"))
     run.weights = w if isinstance(w, dict) else None
     audits = _json(rd.scorer_audit_path())
@@ -205,6 +208,9 @@ def pooled_metrics(run: Run, task: str) -> dict[str, dict[str, dict]]:
     for (arm, _), s in sorted(run.evals.get(task, {}).items()):
         by_arm.setdefault(arm, []).append(s.get("metrics") or {})
     cmp_pooled = run.compare.get("pooled") if task == run.task else None
+    if task == "counterfactual" and run.counterfactual:  # seeds x templates crossed records
+        cmp_pooled = {a: {f"cf_{k}": v for k, v in e.items()}
+                      for a, e in (run.counterfactual.get("arms") or {}).items()}
     out: dict[str, dict[str, dict]] = {}
     for arm in sorted(by_arm, key=arm_order):
         out[arm] = {}

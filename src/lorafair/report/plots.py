@@ -141,20 +141,31 @@ def group_bars(groups: dict[str, dict[str, dict[str, dict]]], measures: list[str
     return _png(fig)
 
 
-def lens_heatmap(table: pd.DataFrame, column: str, title: str = "") -> bytes | None:
-    """Heatmap layer × arm of one Logit Lens column (table: arm, layer, column; one row each)."""
+def lens_heatmap(table: pd.DataFrame, column: str, title: str = "", log: bool = False) -> bytes | None:
+    """Heatmap layer × arm of one Logit Lens column (table: arm, layer, column; one row each);
+    ``log``: logarithmic colour scale over the positive values."""
     if table is None or column not in table.columns or table[column].isna().all():
+        return None
+    if log and not (table[column] > 0).any():
         return None
     piv = table.pivot_table(index="layer", columns="arm", values=column, aggfunc="mean")
     piv = piv[sorted(piv.columns, key=arm_order)].sort_index()
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * piv.shape[1], 1.5 + 0.28 * piv.shape[0]))
-    im = ax.imshow(piv.to_numpy(dtype=np.float32), aspect="auto", origin="lower", cmap="viridis")
+    values = piv.to_numpy(dtype=np.float32)
+    norm = None
+    if log:
+        from matplotlib.colors import LogNorm
+
+        pos = values[values > 0]
+        norm = LogNorm(vmin=float(pos.min()), vmax=float(pos.max()))
+        values = np.where(values > 0, values, np.nan)
+    im = ax.imshow(values, aspect="auto", origin="lower", cmap="viridis", norm=norm)
     ax.set_xticks(range(piv.shape[1]))
     ax.set_xticklabels(piv.columns, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(piv.shape[0]))
     ax.set_yticklabels([str(v) for v in piv.index], fontsize=7)
     ax.set_ylabel("layer")
-    fig.colorbar(im, ax=ax, label=column.replace("_", " "))
+    fig.colorbar(im, ax=ax, label=column.replace("_", " ") + (" (log scale)" if log else ""))
     ax.set_title(title or f"Logit Lens: {column.replace('_', ' ')}")
     return _png(fig)
 

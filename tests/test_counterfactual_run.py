@@ -1,0 +1,46 @@
+"""The counterfactual divergence inside a run: per arm × seed, pooled, cached, reported."""
+
+import pytest
+
+from lorafair import store
+from lorafair.config import study_from_dict
+from lorafair.errors import UserError
+from lorafair.runner import Runner
+
+
+def _study(tiny_study, **cf):
+    return tiny_study(evaluation={"counterfactual": {"enabled": True, "positions": 3,
+                                                     "prompts": "identity-religion", **cf}},
+                      seeds=[0, 1])
+
+
+def test_divergence_per_arm_pooled_and_cached(tiny_study):
+    study = study_from_dict(_study(tiny_study))
+    runner = Runner(study, log=lambda _: None)
+    runner.run(analyses=False, report=True)
+    rd = runner.rd
+    for arm, seed in [("base", 0), ("full", 0), ("full", 1), ("lora-r2", 1)]:
+        summary, rows = rd.read_eval(arm, seed, "counterfactual")
+        js = summary["metrics"]["cf_js"]
+        assert js["lo"] <= js["value"] <= js["hi"] and js["value"] > 0
+        assert summary["n_templates"] == 22 and len(summary["by_layer"]) == 2
+        assert set(rows["layer"]) == {-1, 0, 1}
+    pooled = store.read_json(rd.analysis_path("counterfactual"))
+    lora = pooled["arms"]["lora-r2"]
+    assert lora["js"]["n_seeds"] == 2 and lora["js"]["n_templates"] == 22
+    assert lora["minus_full"] is not None and lora["reduction_share"] is not None
+    assert pooled["arms"]["full"]["minus_full"] is None
+    assert {r["arm"] for r in pooled["by_layer"]} == {"base", "full", "lora-r2"}
+    report = (rd.path / "report" / "report.html").read_text()
+    assert "Counterfactual divergence" in report
+    # a second run computes nothing again
+    before = rd.eval_paths("full", 1, "counterfactual")[0].stat().st_mtime_ns
+    Runner(study, log=lambda _: None).run(analyses=False, report=False)
+    assert rd.eval_paths("full", 1, "counterfactual")[0].stat().st_mtime_ns == before
+
+
+def test_bad_settings_are_user_errors(tiny_study):
+    with pytest.raises(UserError, match="counterfactual.positions"):
+        study_from_dict(_study(tiny_study, positions=0))
+    with pytest.raises(UserError, match="counterfactual.prompts"):
+        study_from_dict(_study(tiny_study, prompts="rtp-toxic"))
