@@ -17,13 +17,15 @@ import dataclasses
 import pandas as pd
 import torch
 
-from lorafair import metrics, prompts, store
+from lorafair import metrics, prompts, stats, store
 from lorafair.analysis import counterfactual as C
 from lorafair.analysis import lens
 from lorafair.arms import bank_name
 from lorafair.generate import generate
 
 KINDS = {"identity": "all", "identity-race": "race", "identity-religion": "religion"}
+UNITS = {"js": "Jensen-Shannon divergence (nats) between counterfactual prompts",
+         "kl_ab": "KL(group a || group b) (nats)", "kl_ba": "KL(group b || group a) (nats)"}
 RESULT = "counterfactual"
 
 
@@ -66,17 +68,15 @@ def divergence_rows(ctx, model, items: list[dict]) -> pd.DataFrame:
                                 hidden_fn if cfg.layers else None, project_fn, device=dev)
 
 
-def summarize(rows: pd.DataFrame, n_boot: int) -> dict:
-    """One arm × seed: D (JS, KL both ways) with an interval over templates, per group pair, per layer."""
+def summarize(rows: pd.DataFrame) -> dict:
+    """One arm × seed: D (JS, KL both ways) with a t interval over templates, per group pair, per layer."""
     out_rows = rows[rows["layer"] == C.OUTPUT_LAYER]
+    per_t = out_rows.groupby("template_id", sort=True)[list(C.DIVERGENCES)].mean().to_numpy()[None]  # [1, T, 3]
     metrics_out = {}
-    units = {"js": "Jensen-Shannon divergence (nats) between counterfactual prompts",
-             "kl_ab": "KL(group a || group b) (nats)", "kl_ba": "KL(group b || group a) (nats)"}
-    for col in C.DIVERGENCES:
-        per_t = C.template_means(out_rows, col).to_numpy()[None, :]
-        r = C.crossed_bootstrap(C.mean_st, [per_t], n_boot=n_boot)
+    for i, col in enumerate(C.DIVERGENCES):
+        r = stats.crossed_interval(per_t[..., [i]])
         metrics_out[f"cf_{col}"] = metrics.record(r["value"], r["lo"], r["hi"], higher_is_better=False,
-                                                  unit=units[col], n=r["n_templates"], n_boot=r["n_boot"])
+                                                  unit=UNITS[col], n=r["n_units"], interval="t over templates")
     layers = rows[rows["layer"] != C.OUTPUT_LAYER]
     by_layer = [{"layer": int(layer), "js": C.overall(g)} for layer, g in layers.groupby("layer", sort=True)]
     return {"metrics": metrics_out, "by_group_pair": C.group_pair_means(out_rows),
@@ -106,7 +106,7 @@ def evaluate_arms(runner, arms, force: bool = False) -> None:
             bank.add_full(runner.load_full(seed))
         with bank.use(name) as model, torch.no_grad():
             rows = divergence_rows(ctx, model, items)
-        summary = summarize(rows, study.evaluation.bootstrap)
+        summary = summarize(rows)
         summary.update(hash=h, arm=arm.name, seed=seed, positions=study.evaluation.counterfactual.positions,
                        continuations=continuations)
         rd.write_eval(arm.name, seed, RESULT, summary, rows)
@@ -119,7 +119,7 @@ def evaluate_arms(runner, arms, force: bool = False) -> None:
 def pool(runner, arms) -> dict | None:
     """Every arm × seed together (see ``analysis.counterfactual.summarize_arms``); written to
     ``analysis/counterfactual.json``. None when no divergence was computed."""
-    rd, n_boot = runner.rd, runner.study.evaluation.bootstrap
+    rd = runner.rd
     per_template, layer_rows = [], []
     for arm, seed in runner.trained(arms):
         got = rd.read_eval(arm.name, seed, RESULT)
@@ -133,25 +133,23 @@ def pool(runner, arms) -> dict | None:
         return None
     table = pd.concat(per_template, ignore_index=True)
     ref = ("base", "full")
-    res = C.summarize_arms(table, reference=ref, n_boot=n_boot)
+    res = C.summarize_arms(table, reference=ref)
     layers = pd.concat(layer_rows, ignore_index=True)
     out = {"arms": {a: _records(e) for a, e in res.items()}, "reference": list(ref),
            "by_layer": C.layer_means(layers).to_dict("records") if len(layers) else [],
            "n_templates": int(table["template_id"].nunique()),
-           "interval": "percentile bootstrap, training seeds and templates resampled as a crossed design"}
+           "interval": "crossed design: training seeds × templates (stats.crossed_interval)"}
     store.write_json(rd.analysis_path(RESULT), out)
     return out
 
 
 def _records(entry: dict) -> dict:
-    """Interval dicts as metric records (value, lo, hi, direction, unit)."""
+    """Interval records of ``stats`` with a direction and a unit added."""
     units = {"js": ("JS divergence (nats)", False), "kl_ab": ("KL(a || b) (nats)", False),
              "kl_ba": ("KL(b || a) (nats)", False), "minus_full": ("JS, arm − full (nats)", False),
              "reduction_share": ("share of full fine-tuning's reduction of JS", True)}
     out: dict = {"caveat": entry.get("caveat")}
     for key, (unit, hib) in units.items():
         r = entry.get(key)
-        out[key] = None if r is None else metrics.record(
-            r["value"], r["lo"], r["hi"], higher_is_better=hib, unit=unit, n_seeds=r["n_seeds"],
-            n_templates=r["n_templates"], n_boot=r["n_boot"])
+        out[key] = None if r is None else {**r, "higher_is_better": hib, "unit": unit}
     return out

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from lorafair import stats
 from lorafair.errors import UserError
 
 OUTPUT_LAYER = -1  # the ``layer`` of rows computed from the model's own logits
@@ -213,84 +214,59 @@ def reduction_caveat(full_minus_base: dict) -> str | None:
     return None
 
 
-def crossed_bootstrap(stat: Callable[..., Any], matrices: list[np.ndarray], n_boot: int = 1000, seed: int = 0,
-                      alpha: float = 0.05) -> dict:
-    """Percentile interval of ``stat(*matrices)`` for seeds × templates crossed.
-
-    matrices: arrays [S, T] (row s: training seed, column t: template), all aligned. stat maps arrays
-    [..., S, T] to [...] (it is applied to a stack of replicates at once). Each replicate draws S seeds
-    and T templates with replacement, independently, and takes the SAME template columns in every drawn
-    seed (templates are shared by seeds, not nested in them). Returns {value, lo, hi, n_seeds,
-    n_templates, n_boot} (replicates where stat is not finite are skipped).
-    """
-    mats = [np.asarray(m, dtype=np.float64) for m in matrices]
-    shape = mats[0].shape
-    if any(m.shape != shape for m in mats) or len(shape) != 2 or 0 in shape:
-        raise ValueError(f"crossed_bootstrap: matrices must share one non-empty [S, T] shape, got {[m.shape for m in mats]}")
-    S, T = shape
-    rng = np.random.default_rng(seed)
-    s = rng.integers(0, S, (n_boot, S))[:, :, None]
-    t = rng.integers(0, T, (n_boot, T))[:, None, :]
-    boots = np.asarray(stat(*[m[s, t] for m in mats]), dtype=np.float64).reshape(n_boot)
-    ok = boots[np.isfinite(boots)]
-    lo, hi = np.quantile(ok, [alpha / 2, 1 - alpha / 2]) if ok.size else (np.nan, np.nan)
-    return {"value": float(stat(*mats)), "lo": float(lo), "hi": float(hi), "n_seeds": S, "n_templates": T,
-            "n_boot": int(ok.size)}
-
-
-def mean_st(x: np.ndarray) -> np.ndarray:
-    """Mean over the last two axes (seeds, templates), ignoring NaN: [..., S, T] -> [...]."""
-    return np.nanmean(x, axis=(-2, -1))
-
-
-def _matrix(table: pd.DataFrame, col: str, seeds: list, templates: list) -> np.ndarray:
-    """[S, T] of ``col`` from rows (seed, template_id); a single-seed table (the base model) is repeated."""
-    m = table.pivot_table(index="seed", columns="template_id", values=col, aggfunc="mean")
-    m = m.reindex(columns=templates)
-    if len(m) == 1:
-        return np.repeat(m.to_numpy(), len(seeds), axis=0)
-    return m.reindex(index=seeds).to_numpy()
-
-
 def summarize_arms(per_template: pd.DataFrame, reference: tuple[str, str | None] = ("base", "full"),
-                   n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                   alpha: float = 0.05) -> dict[str, Any]:
     """Per arm: D with a seeds × templates crossed interval, the paired D_arm − D_full, and the share of
-    full fine-tuning's reduction.
+    full fine-tuning's reduction (``stats.crossed_interval`` / ``crossed_difference``: templates are the
+    units, shared by every seed).
 
     per_template: rows (arm, seed, template_id, js, kl_ab, kl_ba), one per arm × seed × template (the
-    model-output rows averaged over each template's pairs). Only templates every arm has are used; an arm
-    is paired with full on the seeds both have, and with base on base's one seed.
-    Returns {arm: {"js", "kl_ab", "kl_ba": interval dicts, "minus_full": interval | None,
-    "reduction_share": interval | None, "caveat": str | None}}.
+    model-output rows averaged over each template's pairs). Arms are paired on the templates and seeds
+    they share; the base model's single seed is repeated for every seed of the other arm.
+    Returns {arm: {"js", "kl_ab", "kl_ba": interval records, "minus_full": record | None,
+    "reduction_share": record | None, "caveat": str | None}}.
     """
     base, full = reference
-    templates = sorted(set.intersection(*[set(g["template_id"]) for _, g in per_template.groupby("arm")]))
-    if not templates:
-        raise UserError("counterfactual divergence: the arms share no template; evaluate them on the same prompts")
-    arms = {a: g for a, g in per_template.groupby("arm", sort=False)}
-
+    cells = {arm: stats.cell_table(g, list(DIVERGENCES), "template_id")
+             for arm, g in per_template.groupby("arm", sort=False)}
     out: dict[str, Any] = {}
-    for arm, g in arms.items():
-        seeds = sorted(g["seed"].unique())
-        entry: dict[str, Any] = {c: crossed_bootstrap(mean_st, [_matrix(g, c, seeds, templates)], n_boot, seed)
-                                 for c in DIVERGENCES}
+    for arm, (x, seeds, units) in cells.items():
+        entry: dict[str, Any] = {c: stats.crossed_interval(x[..., [i]], alpha=alpha)
+                                 for i, c in enumerate(DIVERGENCES)}
         entry["minus_full"] = entry["reduction_share"] = entry["caveat"] = None
-        if full in arms and arm != full:
-            full_seeds = set(arms[full]["seed"])
-            shared = sorted(full_seeds if arm == base else set(seeds) & full_seeds)
-            if shared:
-                a = _matrix(g if arm == base else g[g["seed"].isin(shared)], "js", shared, templates)
-                f = _matrix(arms[full][arms[full]["seed"].isin(shared)], "js", shared, templates)
-                entry["minus_full"] = crossed_bootstrap(lambda x, y: mean_st(x) - mean_st(y), [a, f], n_boot, seed)
-                if base in arms and arm != base:
-                    b = _matrix(arms[base], "js", shared, templates)
-                    share = crossed_bootstrap(lambda x, y, z: reduction_share(mean_st(x), mean_st(y), mean_st(z)),
-                                              [a, f, b], n_boot, seed)
-                    fb = crossed_bootstrap(lambda y, z: mean_st(y) - mean_st(z), [f, b], n_boot, seed)
-                    entry["reduction_share"] = share
-                    entry["caveat"] = reduction_caveat(fb)
+        if full in cells and arm != full:
+            xa, xf = stats.pair_cells(_js(cells[arm]), _js(cells[full]))
+            entry["minus_full"] = stats.crossed_difference(xa, xf, alpha=alpha)
+            if base in cells and arm != base:
+                x3 = _three(cells[arm], cells[full], cells[base])
+                if x3 is not None:
+                    entry["reduction_share"] = stats.crossed_interval(
+                        x3, lambda m: reduction_share(m[..., 0], m[..., 1], m[..., 2]), alpha=alpha)
+                xf, xb = stats.pair_cells(_js(cells[full]), _js(cells[base]))
+                entry["caveat"] = reduction_caveat(stats.crossed_difference(xf, xb, alpha=alpha))
         out[arm] = entry
     return out
+
+
+def _js(c: stats.Cells) -> stats.Cells:
+    """The JS column of an arm's cells: [S, T, 1]."""
+    x, seeds, units = c
+    return x[..., [0]], seeds, units
+
+
+def _three(arm: stats.Cells, full: stats.Cells, base: stats.Cells) -> np.ndarray | None:
+    """JS cells of arm, full and base side by side, [S, T, 3]: the templates all three have, the seeds arm
+    and full share, the base model's single seed repeated. None when nothing is shared."""
+    units = [u for u in arm[2] if u in full[2] and u in base[2]]
+    seeds = [s for s in arm[1] if s in full[1]]
+    if not units or not seeds or len(base[1]) != 1:
+        return None
+
+    def take(c: stats.Cells, rows: list[int]) -> np.ndarray:
+        return c[0][np.ix_(rows, [c[2].index(u) for u in units], [0])]
+
+    return np.concatenate([take(arm, [arm[1].index(s) for s in seeds]),
+                           take(full, [full[1].index(s) for s in seeds]), take(base, [0] * len(seeds))], axis=-1)
 
 
 def layer_means(rows: pd.DataFrame, col: str = "js") -> pd.DataFrame:
