@@ -112,6 +112,8 @@ def test_last_layer_equals_model_output():
     assert len(out) == len(last) > 0
     np.testing.assert_allclose(last[list(C.DIVERGENCES)], out[list(C.DIVERGENCES)], atol=1e-6)
     assert not np.allclose(rows[rows["layer"] == 0]["js"], out["js"])
+    strided = C.compute_divergence(_items(), 4, 0, None, *_model_fns(model)[1:], layer_stride=2)
+    assert sorted(set(strided["layer"])) == [0, 2]
 
 
 def test_positions_follow_the_shared_continuation():

@@ -10,7 +10,8 @@ from lorafair.runner import Runner
 
 def _study(tiny_study, **cf):
     return tiny_study(evaluation={"counterfactual": {"enabled": True, "positions": 3,
-                                                     "prompts": "identity-religion", **cf}},
+                                                     "prompts": "identity-religion", **cf},
+                                  "probes": ["bbq"], "n_probe_items": 8},
                       seeds=[0, 1])
 
 
@@ -32,7 +33,9 @@ def test_divergence_per_arm_pooled_and_cached(tiny_study):
     assert pooled["arms"]["full"]["minus_full"] is None
     assert {r["arm"] for r in pooled["by_layer"]} == {"base", "full", "lora-r2"}
     report = (rd.path / "report" / "report.html").read_text()
-    assert "Counterfactual divergence" in report
+    assert "Counterfactual divergence" in report and "<h3>BBQ</h3>" in report
+    for png in ("counterfactual-cf_js-vs-rank.png", "cf-js-layers.png"):
+        assert (rd.path / "report" / png).is_file()
     # a second run computes nothing again
     before = rd.eval_paths("full", 1, "counterfactual")[0].stat().st_mtime_ns
     Runner(study, log=lambda _: None).run(analyses=False, report=False)

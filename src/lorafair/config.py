@@ -138,7 +138,8 @@ class CounterfactualConfig:
 
     enabled: bool = False
     positions: int = 8  # k: teacher-forced positions of the shared continuation
-    layers: bool = True  # also through the Logit Lens at every layer
+    layers: bool = True  # also through the Logit Lens, layer by layer
+    layer_stride: int = 1  # every n-th layer (and always the last); each layer costs one output-head pass
     prompts: str = "identity"  # identity | identity-race | identity-religion
 
 
@@ -332,6 +333,8 @@ def validate(study: Study) -> None:
     cf = study.evaluation.counterfactual
     if cf.positions < 1:
         raise UserError(f"{src}: evaluation.counterfactual.positions: must be >= 1, got {cf.positions}")
+    if cf.layer_stride < 1:
+        raise UserError(f"{src}: evaluation.counterfactual.layer_stride: must be >= 1, got {cf.layer_stride}")
     if cf.prompts not in ("identity", "identity-race", "identity-religion"):
         raise UserError(f"{src}: evaluation.counterfactual.prompts: {cf.prompts!r} is not one of identity, "
                         "identity-race, identity-religion")

@@ -65,7 +65,8 @@ def divergence_rows(ctx, model, items: list[dict]) -> pd.DataFrame:
         return lens.project(model, h)
 
     return C.compute_divergence(items, cfg.positions, ctx.tokenizer.pad_token_id, logits_fn,
-                                hidden_fn if cfg.layers else None, project_fn, device=dev)
+                                hidden_fn if cfg.layers else None, project_fn, device=dev,
+                                layer_stride=cfg.layer_stride)
 
 
 def summarize(rows: pd.DataFrame) -> dict:

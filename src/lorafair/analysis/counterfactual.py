@@ -135,13 +135,15 @@ def compute_divergence(
     hidden_fn: Callable[[Tensor, Tensor], list[Tensor]] | None = None,
     project_fn: Callable[[Tensor], Tensor] | None = None,
     device: Any = "cpu",
+    layer_stride: int = 1,
 ) -> pd.DataFrame:
     """Counterfactual divergence of one model, per template and pair; per layer when asked.
 
     items: one per prompt: ``{template_id, axis, gender, group, prompt_ids: [int], cont_ids: [int]}``;
     prompts of one template share ``cont_ids``. logits_fn(ids [n, s], attn) -> logits [n, s, V]: rows
     with ``layer = OUTPUT_LAYER``. hidden_fn(ids, attn) -> L tensors [n, s, d] (normed, as
-    ``lens.lens_hidden``) and project_fn(h [n, k, d]) -> [n, k, V]: rows for layers 0 .. L-1.
+    ``lens.lens_hidden``) and project_fn(h [n, k, d]) -> [n, k, V]: rows for layers 0, layer_stride,
+    2·layer_stride, … and always the last layer L-1.
     Returns one row per (template, pair, layer): template_id, axis, gender, group_a, group_b, layer,
     n_positions, js, kl_ab, kl_ba (means over positions).
     """
@@ -164,7 +166,10 @@ def compute_divergence(
             if logits_fn is not None:
                 add(_template_rows(meta, pairs, OUTPUT_LAYER, pair_divergences(_gather(logits_fn(ids, attn), pos), pair_t)))
             if hidden_fn is not None:
-                for layer, h in enumerate(hidden_fn(ids, attn)):
+                hidden = hidden_fn(ids, attn)
+                for layer, h in enumerate(hidden):
+                    if layer % max(1, layer_stride) and layer != len(hidden) - 1:
+                        continue
                     div = pair_divergences(project_fn(_gather(h, pos)), pair_t)
                     add(_template_rows(meta, pairs, layer, div))
     if not cols:

@@ -31,22 +31,15 @@ def counterfactual_table(run: Run) -> tuple[list[str], list[list[object]], list[
 
 
 def counterfactual_figures(run: Run) -> list[tuple[str, str, bytes]]:
-    """JS against rank (base and full as reference lines with intervals) and the layer × arm heatmap."""
-    out = []
-    arms = (run.counterfactual or {}).get("arms") or {}
-    js = {a: e["js"] for a, e in arms.items() if isinstance(e.get("js"), dict)}
-    png = plots.metric_vs_rank("counterfactual JS divergence", {run.name: js}, "nats")
-    if png:
-        out.append(("cf-js-vs-rank.png", "Counterfactual divergence (JS) against LoRA rank; base and full "
-                    "fine-tuning as reference lines, 95% intervals over seeds × templates", png))
+    """The layer × arm heatmap of the divergence on a log colour scale (JS against rank, with base and
+    full as reference lines, is among the headline plots of the "counterfactual" results)."""
     layers = pd.DataFrame((run.counterfactual or {}).get("by_layer") or [])
-    if not layers.empty:
-        png = plots.lens_heatmap(layers.rename(columns={"value": "js"}), "js", log=True,
-                                 title="Counterfactual JS divergence per Logit Lens layer")
-        if png:
-            out.append(("cf-js-layers.png", "Counterfactual divergence through the Logit Lens, layer × arm "
-                        "(log colour scale)", png))
-    return out
+    if layers.empty:
+        return []
+    png = plots.lens_heatmap(layers.rename(columns={"value": "js"}), "js", log=True,
+                             title="Counterfactual JS divergence per Logit Lens layer")
+    return [("cf-js-layers.png", "Counterfactual divergence through the Logit Lens, layer × arm (log colour scale)",
+             png)] if png else []
 
 
 def bbq_table(run: Run) -> tuple[list[str], list[list[object]]]:
