@@ -156,7 +156,7 @@ def test_a_toxicity_study_audits_its_scorer_and_reports_it(tmp_path, tiny_study)
     Runner(study_from_dict(d, "s.yaml"), log=lambda m: None).run(analyses=False, report=True)
     out = tmp_path / "run"
     audits = read_json(out / "scorer_audit.json")
-    assert list(audits) == ["jigsaw-bilstm"]
+    assert list(audits) == ["jigsaw-bilstm", "profanity-svm"]  # the evaluation scorer and the second scorer
     assert audits["jigsaw-bilstm"]["false_positives"]["n_sentences"] == len(A.neutral_sentences())
     md = (out / "report" / "summary.md").read_text()
     assert "## Scorers: how far to trust them" in md and "| jigsaw-bilstm |" in md
