@@ -23,7 +23,7 @@ from lorafair.store import read_json
 from conftest import tiny_study_dict, write_corpus
 
 SECTIONS = dict(arms=["base", "full", {"type": "lora", "rank": 2}], seeds=[0, 1],
-                training={"lr_search": {"enabled": True, "steps": 2, "full": [1e-4, 1e-3], "lora": [1e-3, 1e-2]}})
+                training={"lr_search": {"enabled": True, "steps": 2, "full": [1e-5, 1e-4, 1e-3], "lora": [1e-4, 1e-3, 1e-2]}})
 
 
 def _run(tmp: Path, name: str, backend: str, **sections) -> Runner:

@@ -86,7 +86,7 @@ def test_the_corpus_is_selected_with_the_selection_scorer(tmp_path, monkeypatch)
     monkeypatch.setattr(scorers, "get_scorer", lambda name="jigsaw-bilstm": used.append(name) or real(name))
     d = tiny_study_dict(tmp_path / "run", tmp_path / "c.jsonl",
                         data={"corpus": "self-detox", "n_prompts": 6, "samples": 2, "max_new_tokens": 3,
-                              "threshold": 1.01, "val_fraction": 0.0, "heldout_fraction": 0.0})
+                              "threshold": 1.0, "val_fraction": 0.0, "heldout_fraction": 0.0})
     study = study_from_dict(d, "s.yaml")
     r = Runner(study, log=lambda m: None)
     r.ctx = Context(study, r.log)
