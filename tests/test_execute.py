@@ -93,7 +93,6 @@ def test_ray_backend_equals_local(ray_cluster, local_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="failed on main after the learning-rate search and pre-flight changes landed; cause not yet found", strict=False)
 def test_declared_gpus_reach_each_job(ray_cluster, tmp_path):
     r = _run(tmp_path, "gpus", "ray", arms=["full", {"type": "lora", "rank": 2}], seeds=[0],
              execution={"num_gpus": 1})
