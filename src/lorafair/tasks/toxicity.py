@@ -6,14 +6,15 @@ Corpora (`data.corpus`):
   continuations from the base model, score them, keep the least toxic one when it scores below
   `threshold`. The target is the base model's own non-toxic behaviour.
 
+- `counterfactual`: for identity prompts, one non-toxic continuation per template (sampled for the
+  template with a neutral "person"), reused for every group, so the target does not depend on the group.
+- `jsonl`: a user's file with `prompt` and `completion` fields.
+
 Both generated corpora choose their targets with `data.selection_scorer` (default: the packaged
 scorer that is *not* `evaluation.scorer`); a study whose selection scorer is its evaluation scorer is
 refused, since an arm fine-tuned on continuations that classifier passed can learn its blind spots
 and look detoxified to it alone. Every evaluation also scores the same continuations with
 `evaluation.second_scorer` and reports the agreement of the two.
-- `counterfactual`: for identity prompts, one non-toxic continuation per template (sampled for the
-  template with a neutral "person"), reused for every group, so the target does not depend on the group.
-- `jsonl`: a user's file with `prompt` and `completion` fields.
 """
 
 from __future__ import annotations
