@@ -5,7 +5,6 @@ Corpora (`data.corpus`):
 - `self-detox`: for each fine-tuning prompt (RealToxicityPrompts, fine-tuning split) sample k
   continuations from the base model, score them, keep the least toxic one when it scores below
   `threshold`. The target is the base model's own non-toxic behaviour.
-
 - `counterfactual`: for identity prompts, one non-toxic continuation per template (sampled for the
   template with a neutral "person"), reused for every group, so the target does not depend on the group.
 - `jsonl`: a user's file with `prompt` and `completion` fields.
