@@ -21,6 +21,8 @@ from lorafair.datasets import (
     stereoset_score,
 )
 from lorafair.datasets import tabular
+from lorafair.datasets.tabular import profile_pools
+from lorafair.prompts import normalise
 from lorafair.errors import UserError
 
 NAMES = ("adult", "compas", "german")
@@ -97,6 +99,28 @@ def test_splits_deterministic_disjoint_and_nested():
         assert [e["id"] for e in small[s]] == [e["id"] for e in a[s][: len(small[s])]]
     other = load_tabular("compas", 200, 50, 100, seed=4)
     assert [e["id"] for e in other["train"]] != [e["id"] for e in a["train"]]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_profile_in_two_splits(name):
+    sizes = (1000, 100, 500) if name != "german" else (500, 100, 300)
+    data = load_tabular(name, *sizes)
+    texts = {s: {normalise(e["prompt"]) for e in data[s]} for s in data}
+    assert not texts["train"] & texts["val"] and not texts["train"] & texts["test"]
+    assert not texts["val"] & texts["test"]
+
+
+def test_profile_pools_keep_copies_together():
+    prompts = [f"p{i % 40}" for i in range(100)] + [f"q{i}" for i in range(100)]  # 40 profiles x 2-3, 100 unique
+    pools = profile_pools(prompts, seed=5)
+    assert sorted(np.concatenate(list(pools.values())).tolist()) == list(range(200))  # nothing dropped
+    owner = {prompts[i]: k for k, idx in pools.items() for i in idx}
+    assert all(owner[prompts[i]] == k for k, idx in pools.items() for i in idx)  # one pool per profile
+    assert abs(len(pools["train"]) - 100) <= 3 and abs(len(pools["val"]) - 40) <= 3  # a profile has <= 3 rows
+    assert [p.tolist() for p in profile_pools(prompts, seed=5).values()] == [p.tolist() for p in pools.values()]
+    for seed in range(5):  # case and spacing do not separate a profile
+        mixed = profile_pools(["A b", "a  B"] * 3 + [f"u{i}" for i in range(10)], seed=seed)
+        assert sum(set(range(6)) <= set(v.tolist()) for v in mixed.values()) == 1
 
 
 def test_split_size_and_attribute_errors():

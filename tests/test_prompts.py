@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from lorafair.errors import UserError
-from lorafair.prompts import (identity_prompts, load_identity_terms, load_prompt_file, rtp_toxic,
-                              split_of)
+from lorafair.prompts import (identity_families, identity_prompts, identity_templates,
+                              load_identity_terms, load_prompt_file, normalise, rtp_toxic, split_of)
 
 
 def test_rtp_split_disjoint_and_complete():
@@ -89,6 +89,54 @@ def test_identity_bad_kind_and_custom_file(tmp_path):
     f.write_text(json.dumps({"genders": {}, "axes": {},
                              "templates": [{"id": "t1", "text": "no slot"}]}))
     with pytest.raises(UserError, match="exactly once"):
+        load_identity_terms(f)
+
+
+def test_identity_templates_split_into_training_and_evaluation():
+    terms = load_identity_terms()
+    ev, ft = identity_templates("eval"), identity_templates("finetune")
+    assert len(ev) >= 15 and len(ft) >= 15 and len(ev) + len(ft) == len(terms["templates"])
+    assert not {t["id"] for t in ev} & {t["id"] for t in ft}
+    assert {t["category"] for t in ev} == {t["category"] for t in ft}  # every category on both sides
+    prompts_ev = identity_prompts("all", split="eval")
+    prompts_ft = identity_prompts("all", split="finetune")
+    assert not {normalise(p["prompt"]) for p in prompts_ev} & {normalise(p["prompt"]) for p in prompts_ft}
+    per_group = {g: len(tids) for g, tids in _templates_by_group(prompts_ev).items()}
+    assert min(per_group.values()) >= 15  # every group is evaluated on at least 15 unseen templates
+    assert len(per_group) == len(terms["axes"]["race"]) + len(terms["axes"]["religion"])
+    assert {p["split"] for p in prompts_ev} == {"eval"}
+    assert len(prompts_ev) + len(prompts_ft) == len(identity_prompts("all"))
+
+
+def _templates_by_group(prompts):
+    out: dict[str, set[str]] = {}
+    for p in prompts:
+        out.setdefault(p["group"], set()).add(p["template_id"])
+    return out
+
+
+def test_identity_families_group_by_template_and_axis():
+    terms = load_identity_terms()
+    fams = identity_families("all")
+    assert len(fams) == len(identity_templates("eval")) * 2
+    for (tid, axis), members in fams.items():
+        assert len(members) == len(terms["axes"][axis]) * len(terms["genders"])
+        assert {m["template_id"] for m in members} == {tid} and {m["axis"] for m in members} == {axis}
+        assert len({m["prompt"].replace(m["person"], "{person}") for m in members}) == 1
+    assert set(identity_families("race", split="finetune")) == {(t["id"], "race") for t in identity_templates("finetune")}
+
+
+def test_template_split_field_and_fallback(tmp_path):
+    f = tmp_path / "terms.json"
+    tpl = [{"id": "a", "text": "The {person} is", "split": "finetune"}, {"id": "b", "text": "A {person} was"}]
+    f.write_text(json.dumps({"genders": {"x": "person"}, "axes": {"race": ["Black"]}, "templates": tpl}))
+    assert identity_templates("finetune", f)[0]["id"] == "a"
+    assert identity_templates(None, f)[1]["split"] == split_of("A {person} was")
+    f.write_text(json.dumps({"genders": {}, "axes": {}, "templates": [{**tpl[0], "split": "test"}]}))
+    with pytest.raises(UserError, match="'finetune' or 'eval'"):
+        load_identity_terms(f)
+    f.write_text(json.dumps({"genders": {}, "axes": {}, "templates": [tpl[0], {"id": "c", "text": "THE {person}  is"}]}))
+    with pytest.raises(UserError, match="same text"):
         load_identity_terms(f)
 
 

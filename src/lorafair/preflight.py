@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorafair import models
+from lorafair import models, overlap
 from lorafair.config import Arm, Study, expand_arms
 from lorafair.errors import UserError
 from lorafair.store import RunDir
@@ -43,6 +43,7 @@ def preflight(study: Study, only: list[str] | None = None, analyses: bool = True
         plan.warnings.append(f"model.trust_remote_code is true: loading {study.model.source!r} runs the Python "
                              "code that comes with it; use this only for a model you trust")
     check_output(plan.output)
+    overlap.check_task(task, study)  # no evaluation item in the fine-tuning data
     rows = task.check(study)
     if rows is not None:
         check_sizes(study, arms, analyses, split_corpus(rows, task.data.val_fraction, task.data.heldout_fraction))

@@ -7,7 +7,9 @@ no identity). Sets are deterministic: the same call returns the same prompts in 
   Perspective toxicity 0.50–0.99), split into disjoint fine-tuning and evaluation halves by a hash
   of the prompt text.
 - :func:`identity_prompts`: sentence prefixes about a person named only by race or religion and
-  gender ("The Muslim woman worked as a"), from ``data/identity_terms.json``.
+  gender ("The Muslim woman worked as a"), from ``data/identity_terms.json``. Templates are split
+  into "finetune" and "eval" templates (:func:`identity_templates`); :func:`identity_families`
+  groups prompts by template and axis (the counterfactual families).
 - :func:`load_prompt_file`: a user's JSONL file, one object per line.
 """
 
@@ -25,6 +27,7 @@ EVAL_FRACTION = 0.5  # share of RealToxicityPrompts prompts in the "eval" split 
 _RTP_FILE = ("data", "Toxicity", "test.jsonl")
 _TERMS_FILE = Path(__file__).parent / "data" / "identity_terms.json"
 _KINDS = ("race", "religion", "all")
+TEMPLATE_SPLITS = ("finetune", "eval")
 
 
 def _sha(text: str) -> str:
@@ -83,7 +86,9 @@ def load_identity_terms(path: str | Path | None = None) -> dict:
     """The identity term lists and templates (the packaged file, or a user file of the same shape).
 
     Shape: ``{"genders": {gender: noun}, "axes": {axis: [term]},
-    "templates": [{"id", "category", "text" with one "{person}"}], "sources": {...}}``.
+    "templates": [{"id", "category", "split", "text" with one "{person}"}], "sources": {...}}``.
+    ``split`` is "finetune" or "eval"; a template without one is placed by a hash of its text
+    (:func:`split_of`). Template texts must differ after :func:`normalise`.
     """
     p = Path(path) if path is not None else _TERMS_FILE
     try:
@@ -95,7 +100,8 @@ def load_identity_terms(path: str | Path | None = None) -> dict:
     for key in ("genders", "axes", "templates"):
         if key not in data:
             raise UserError(f"{p}: missing key {key!r}; see lorafair/data/identity_terms.json")
-    ids = set()
+    ids: set[str] = set()
+    texts: dict[str, str] = {}
     for i, t in enumerate(data["templates"]):
         if not isinstance(t, dict) or "id" not in t or "text" not in t:
             raise UserError(f"{p}: templates[{i}] needs an 'id' and a 'text'")
@@ -104,6 +110,13 @@ def load_identity_terms(path: str | Path | None = None) -> dict:
         if t["id"] in ids:
             raise UserError(f"{p}: template id {t['id']!r} appears twice; make ids unique")
         ids.add(t["id"])
+        if t.get("split", "eval") not in TEMPLATE_SPLITS:
+            raise UserError(f"{p}: template {t['id']!r} has split {t['split']!r}; use 'finetune' or 'eval'")
+        key = normalise(t["text"])
+        if key in texts:
+            raise UserError(f"{p}: templates {texts[key]!r} and {t['id']!r} have the same text (ignoring "
+                            "case and spacing); make every template's text distinct")
+        texts[key] = t["id"]
     return data
 
 
@@ -111,31 +124,66 @@ def _slug(term: str) -> str:
     return term.lower().replace(" ", "-")
 
 
-def identity_prompts(kind: str = "all", terms_path: str | Path | None = None) -> list[dict]:
+def normalise(text: str) -> str:
+    """A prompt's comparison key: case folded, runs of whitespace made one space, ends stripped."""
+    return " ".join(text.casefold().split())
+
+
+def template_split(template: dict) -> str:
+    """"finetune" or "eval": the template's ``split``, else a hash of its text (:func:`split_of`)."""
+    return template.get("split") or split_of(template["text"])
+
+
+def identity_templates(split: str | None = None, terms_path: str | Path | None = None) -> list[dict]:
+    """The identity templates ``{id, category, split, text}`` of one split (None: all), in file order."""
+    if split is not None and split not in TEMPLATE_SPLITS:
+        raise UserError(f"identity templates: split={split!r}; use 'finetune', 'eval' or None")
+    out = [{**t, "split": template_split(t)} for t in load_identity_terms(terms_path)["templates"]]
+    return [t for t in out if split is None or t["split"] == split]
+
+
+def identity_prompts(kind: str = "all", terms_path: str | Path | None = None,
+                     split: str | None = None) -> list[dict]:
     """Counterfactual identity prompts: every template × every term of the axis × every gender.
 
-    kind: "race", "religion" or "all". Each prompt is
-    ``{id, prompt, template_id, category, group: "<axis>=<term>", axis, term, gender, person}``;
-    prompts with the same template_id differ only in ``person`` ("<term> <noun>").
+    kind: "race", "religion" or "all". split: "finetune" or "eval" for the prompts of that split's
+    templates only (None: every template). Each prompt is ``{id, prompt, template_id, category,
+    split, group: "<axis>=<term>", axis, term, gender, person}``; prompts with the same template_id
+    differ only in ``person`` ("<term> <noun>").
     Order: axis, template, term, gender (as listed in the terms file).
     """
     if kind not in _KINDS:
         raise UserError(f"identity_prompts: kind={kind!r}; use one of {list(_KINDS)}")
     data = load_identity_terms(terms_path)
+    templates = identity_templates(split, terms_path)
     axes = list(data["axes"]) if kind == "all" else [kind]
     out = []
     for axis in axes:
         if axis not in data["axes"]:
             raise UserError(f"identity terms: no axis {axis!r}; the file has {list(data['axes'])}")
-        for t in data["templates"]:
+        for t in templates:
             for term in data["axes"][axis]:
                 for gender, noun in data["genders"].items():
                     person = f"{term} {noun}"
                     out.append({"id": f"{axis}/{t['id']}/{_slug(term)}/{gender}",
                                 "prompt": t["text"].replace("{person}", person),
                                 "template_id": t["id"], "category": t.get("category"),
-                                "group": f"{axis}={term}", "axis": axis, "term": term,
-                                "gender": gender, "person": person})
+                                "split": t["split"], "group": f"{axis}={term}", "axis": axis,
+                                "term": term, "gender": gender, "person": person})
+    return out
+
+
+def identity_families(kind: str = "all", split: str | None = "eval",
+                      terms_path: str | Path | None = None) -> dict[tuple[str, str], list[dict]]:
+    """Identity prompts grouped into counterfactual families: ``{(template_id, axis): [prompt]}``.
+
+    The prompts of one family share the template and the axis and differ only in the identity
+    phrase (every term × every gender, in file order); families are in :func:`identity_prompts`
+    order. split: as for :func:`identity_prompts` (default "eval": the templates nothing trains on).
+    """
+    out: dict[tuple[str, str], list[dict]] = {}
+    for p in identity_prompts(kind, terms_path, split=split):
+        out.setdefault((p["template_id"], p["axis"]), []).append(p)
     return out
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from lorafair import models, stats, store
+from lorafair import models, overlap, stats, store
 from lorafair.arms import ArmBank, bank_name, check_arm, save_final, wrap_for_training
 from lorafair.config import Arm, Study, build_options, expand_arms, resolved_dict, second_scorer_name
 from lorafair.errors import UserError
@@ -213,6 +213,7 @@ class Runner:
             self._work += 1
         if not rows:
             raise UserError(f"data: the fine-tuning set is empty ({path}); check data.corpus and its options")
+        overlap.check_task(self.task, self.study, [r["prompt"] for r in rows])  # the corpus as built
         splits = split_corpus(rows, self.task.data.val_fraction, self.task.data.heldout_fraction)
         if not splits["train"]:
             raise UserError("data: no training examples after the validation/held-out split; lower the fractions")

@@ -22,10 +22,16 @@ german     good credit risk                            1,000        70 %
 - german: sex comes from the personal-status code (A91-A95); the marital part is not written because
   the code mixes it with sex. Age is written only as its group ("under 25" / "25 or over").
 
-Splits: the eligible rows are permuted once with ``seed`` and cut into fixed pools (50 % train, 20 %
-val, 30 % test); a split of size n is the first n rows of its pool. So the same seed gives the same
-rows whatever n, a larger n only adds rows, and the splits never overlap. The label rate is left as
-it is (no rebalancing). Default sizes (:data:`DEFAULT_SIZES`) fit CPU runs.
+Splits: rows are assigned to fixed pools (50 % train, 20 % val, 30 % test of the rows) by
+*profile*: rows whose prompts are identical after :func:`lorafair.prompts.normalise` (the same text,
+e.g. two Adult rows with the same age, job, hours and education) always share a pool, so no profile
+is in two splits. The distinct profiles are permuted with ``seed`` and filled into the pools in that
+order; within a pool the rows are in the order of a second permutation (``seed`` too), and a split
+of size n is the first n rows of its pool. So the same seed gives the same rows whatever n, a larger
+n only adds rows, and the splits never share a row or a profile text. Assigning whole profiles at
+random, rather than dropping the evaluation rows whose text also occurs in training, keeps the
+test set's mix of common and rare profiles. The label rate is left as it is (no rebalancing).
+Default sizes (:data:`DEFAULT_SIZES`) fit CPU runs.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import pandas as pd
 
 from lorafair.datasets import package_file
 from lorafair.errors import UserError
+from lorafair.prompts import normalise
 
 Example = dict[str, Any]
 
@@ -254,6 +261,27 @@ def _example(name: str, rid: str, f: dict[str, Any], label: int,
     return ex
 
 
+def profile_pools(prompts: list[str], seed: int) -> dict[str, np.ndarray]:
+    """Row indices of the train / val / test pools, whole profiles at a time.
+
+    prompts: one rendered profile per row. Distinct profiles (after ``normalise``) are taken in a
+    random order and each goes, with all its rows, to the pool whose share of rows (``POOL_FRACTIONS``)
+    is not yet full; rows within a pool follow a random row order. Returns {pool: int array}.
+    """
+    rng = np.random.default_rng(seed)
+    row_order = rng.permutation(len(prompts))
+    keys = [normalise(p) for p in prompts]
+    profile_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    counts = np.bincount([profile_of[k] for k in keys], minlength=len(profile_of))
+    order = rng.permutation(len(profile_of))
+    start = np.cumsum(counts[order]) - counts[order]  # rows filled before each profile in that order
+    cuts = np.cumsum(POOL_FRACTIONS[:2]) * len(prompts)
+    pool_of_profile = np.empty(len(profile_of), dtype=np.int64)
+    pool_of_profile[order] = np.searchsorted(np.floor(cuts), start, side="right")
+    pool = pool_of_profile[[profile_of[keys[i]] for i in row_order]]
+    return {name: row_order[pool == k] for k, name in enumerate(("train", "val", "test"))}
+
+
 def load_tabular(
     name: str,
     n_train: int | None = None,
@@ -281,10 +309,7 @@ def load_tabular(
                         f"choose from {', '.join(PROTECTED[name])}")
     sizes = [d if n is None else n for n, d in zip((n_train, n_val, n_test), DEFAULT_SIZES[name])]
     rows = READERS[name]()
-    perm = np.random.default_rng(seed).permutation(len(rows))
-    cut1 = int(POOL_FRACTIONS[0] * len(rows))
-    cut2 = cut1 + int(POOL_FRACTIONS[1] * len(rows))
-    pools = {"train": perm[:cut1], "val": perm[cut1:cut2], "test": perm[cut2:]}
+    pools = profile_pools([RENDER[name](f) for _, f, _ in rows], seed)
     out: dict[str, list[Example]] = {}
     for (split, pool), n in zip(pools.items(), sizes):
         if not 0 <= n <= len(pool):

@@ -14,7 +14,8 @@ of decisions that change when only the protected attribute is swapped in the pro
 Splits: the fine-tuning corpus is the data set's train slice (``n_train`` rows), which the runner
 divides by hash into train / validation / held out. Decisions are scored on the test slice
 (``n_test``); the validation slice (``n_val``) is never trained on or scored, and supplies the
-prompts of the token-posterior KL.
+prompts of the token-posterior KL. No profile text occurs in two slices (``tabular.load_tabular``),
+and the run checks that no test profile is in the fine-tuning corpus (``lorafair.overlap``).
 """
 
 from __future__ import annotations
@@ -99,6 +100,15 @@ class Classification(Task):
         return [{"id": ex["id"], "prompt": ex["prompt"], "completion": pos if ex["label"] else neg,
                  "label": ex["label"], **{a: ex[a] for a in self.protected}}
                 for ex in self.splits()["train"]]
+
+    def evaluation_items(self, study) -> list[str]:
+        return [ex["prompt"] for ex in self.splits()["test"]]
+
+    def finetune_items(self, study) -> list[str]:
+        return [ex["prompt"] for ex in self.splits()["train"]]
+
+    def disjoint_hint(self) -> str:
+        return "the tabular splits must not share a profile (see datasets.tabular.load_tabular)"
 
     def kl_prompts(self, ctx) -> list[str]:
         s = self.splits()

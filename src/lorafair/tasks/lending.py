@@ -420,6 +420,16 @@ class Lending(Task):
         return [{"prompt": p, "completion": DECISION_WORDS[int(a)], "group": int(g), "bin": int(b)}
                 for p, a, g, b in zip(texts, df["action"], df["group"], df["bin"])]
 
+    def evaluation_items(self, study) -> list[str]:
+        return [f"environment stream {int(s)}" for s in self.options.eval_seeds]
+
+    def finetune_items(self, study) -> list[str]:
+        return [f"environment stream {int(self.data.seed)}"]
+
+    def disjoint_hint(self) -> str:
+        return ("choose data.seed (the fine-tuning rollouts' stream) outside task.options.eval_seeds, "
+                "else the arms are evaluated on the applicants they trained on")
+
     def kl_prompts(self, ctx) -> list[str]:
         n = ctx.study.analyses.n_sequences
         seed = int(self.options.eval_seeds[0])

@@ -5,8 +5,9 @@ Corpora (`data.corpus`):
 - `self-detox`: for each fine-tuning prompt (RealToxicityPrompts, fine-tuning split) sample k
   continuations from the base model, score them, keep the least toxic one when it scores below
   `threshold`. The target is the base model's own non-toxic behaviour.
-- `counterfactual`: for identity prompts, one non-toxic continuation per template (sampled for the
-  template with a neutral "person"), reused for every group, so the target does not depend on the group.
+- `counterfactual`: for the identity prompts of the "finetune" templates, one non-toxic continuation
+  per template (sampled for the template with a neutral "person"), reused for every group, so the
+  target does not depend on the group. Identity evaluation uses only the "eval" templates.
 - `jsonl`: a user's file with `prompt` and `completion` fields.
 
 Both generated corpora choose their targets with `data.selection_scorer` (default: the packaged
@@ -14,6 +15,9 @@ scorer that is *not* `evaluation.scorer`); a study whose selection scorer is its
 refused, since an arm fine-tuned on continuations that classifier passed can learn its blind spots
 and look detoxified to it alone. Every evaluation also scores the same continuations with
 `evaluation.second_scorer` and reports the agreement of the two.
+
+Evaluation is disjoint from fine-tuning: the run refuses a study whose evaluation prompts (or
+evaluation templates, with any identity phrase) occur in the corpus's prompts (`lorafair.overlap`).
 """
 
 from __future__ import annotations
@@ -103,11 +107,14 @@ class Toxicity(Task):
     # ------------------------------------------------------------------ prompts
 
     def eval_prompts(self, ctx) -> list[dict]:
-        o, n = self.options, ctx.study.evaluation.n_prompts
+        return self._eval_rows(ctx.study)
+
+    def _eval_rows(self, study) -> list[dict]:
+        o, n = self.options, study.evaluation.n_prompts
         if o.prompts == "rtp-toxic":
             rows = _rtp("eval", n, "evaluation.n_prompts")
         elif o.prompts in PROMPT_SETS:
-            rows = prompt_sets.identity_prompts(_identity_kind(o.prompts))
+            rows = prompt_sets.identity_prompts(_identity_kind(o.prompts), split="eval")
             rows = rows[:n] if n is not None and o.prompts != "identity" else rows
         else:
             rows = prompt_sets.load_prompt_file(o.prompts, field=o.prompt_field)[:n]
@@ -116,30 +123,62 @@ class Toxicity(Task):
                             "raise evaluation.n_prompts or give a non-empty prompt file")
         return rows
 
+    def evaluation_items(self, study) -> list[str]:
+        return [r["prompt"] for r in self._eval_rows(study)]
+
+    def finetune_items(self, study) -> list[str]:
+        return [r["prompt"] for r in self._corpus_sources()]
+
+    def evaluation_templates(self, study) -> list[str]:
+        if self.options.prompts not in PROMPT_SETS[1:]:
+            return []
+        return [t["text"] for t in prompt_sets.identity_templates("eval")]
+
+    def disjoint_hint(self) -> str:
+        return ("fine-tune and evaluate on different prompts: rtp-toxic and the identity templates are "
+                "split into 'finetune' and 'eval' parts; remove the shared prompts from your JSONL files")
+
     def kl_prompts(self, ctx) -> list[str]:
         return [r["prompt"] for r in self.eval_prompts(ctx)[: ctx.study.analyses.n_sequences]]
 
     # ------------------------------------------------------------------ corpus
 
-    def build_corpus(self, ctx) -> list[dict]:
+    def _corpus_sources(self) -> list[dict]:
+        """The prompts the corpus is built from ({id, prompt, ...}; jsonl rows with completion)."""
         d = self.data
         if d.corpus == "jsonl":
             return self._jsonl_corpus()
         if d.corpus == "self-detox":
-            source = _rtp("finetune", d.n_prompts, "data.n_prompts")
-            return self._least_toxic(ctx, source, source)
+            return _rtp("finetune", d.n_prompts, "data.n_prompts")
         if d.corpus == "counterfactual":
-            rows = prompt_sets.identity_prompts(_identity_kind(self.options.prompts)
-                                                if self.options.prompts in PROMPT_SETS[1:] else "all")
-            neutral = {}
-            for r in rows:
-                neutral.setdefault(r["template_id"], {"id": f"neutral-{r['template_id']}",
-                                                      "prompt": r["prompt"].replace(r["person"], "person")})
-            picked = {x["template_id"]: x for x in self._least_toxic(
-                ctx, list(neutral.values()), [{"template_id": k} for k in neutral])}
-            return [{"prompt": r["prompt"], "completion": picked[r["template_id"]]["completion"],
-                     "group": r["group"]} for r in rows if r["template_id"] in picked]
+            kind = _identity_kind(self.options.prompts) if self.options.prompts in PROMPT_SETS[1:] else "all"
+            return prompt_sets.identity_prompts(kind, split="finetune")
         raise UserError(f"data.corpus: unknown corpus {d.corpus!r}; valid: self-detox, counterfactual, jsonl")
+
+    def build_corpus(self, ctx) -> list[dict]:
+        d = self.data
+        rows = self._corpus_sources()
+        if d.corpus == "jsonl":
+            return rows
+        if d.samples < 1:
+            raise UserError(f"data.samples: k must be >= 1, got {d.samples}")
+        if d.corpus == "self-detox":
+            return self._least_toxic(ctx, rows, rows)
+        neutral = {}
+        for r in rows:
+            neutral.setdefault(r["template_id"], {"id": f"neutral-{r['template_id']}",
+                                                  "prompt": r["prompt"].replace(r["person"], "person")})
+        picked = {x["template_id"]: x for x in self._least_toxic(
+            ctx, list(neutral.values()), [{"template_id": k} for k in neutral])}
+        return [{"prompt": r["prompt"], "completion": picked[r["template_id"]]["completion"],
+                 "group": r["group"]} for r in rows if r["template_id"] in picked]
+
+    def corpus_key(self) -> dict:
+        """The options, and for counterfactual the source prompts (they follow the template split)."""
+        key = super().corpus_key()
+        if self.data.corpus == "counterfactual":
+            key["sources"] = [r["prompt"] for r in self._corpus_sources()]
+        return key
 
     def _least_toxic(self, ctx, source: list[dict], meta: list[dict]) -> list[dict]:
         d = self.data
