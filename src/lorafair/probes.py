@@ -1,6 +1,7 @@
 """Bias probes run on every arm alongside its task: CrowS-Pairs, StereoSet and BBQ.
 
-The model scores each sentence by its total log-likelihood (``lm.sequence_loglik``);
+The model scores each sentence by its total log-likelihood, every token of it after the model's start
+token (``lm.sequence_loglik``, ``lm.start_ids``; the causal-LM adaptation in docs/measures.md);
 ``datasets.stereotype`` turns the scores into measures:
 
 - ``crows_stereo_preference``: % of CrowS-Pairs items whose stereotypical sentence is the likelier

