@@ -30,7 +30,7 @@ PROBE_METRICS = ["crows_stereo_preference", "stereoset_ss", "stereoset_lms", "st
                  "bbq_accuracy_ambiguous", "bbq_accuracy_disambiguated"]
 
 
-def _study(out: Path, source: str = "tiny-random", n_test: int = 24, arms=None, **options) -> dict:
+def _study(out: Path, source: str = "tiny-random", n_test: int = 30, arms=None, **options) -> dict:
     return {
         "name": "cls-test", "model": {"source": source},
         "task": {"name": "classification", "options": {"dataset": "adult", **options}},
@@ -66,7 +66,7 @@ def test_every_metric_for_every_arm(run):
             assert {"value", "lo", "hi", "higher_is_better", "unit"} <= set(rec)
         assert set(summary["by_group"]) == set(ATTRS)
         assert set(summary["by_group"]["sex"]) == set(rows["sex"])
-        assert len(rows) == 24 and rows["id"].is_unique
+        assert len(rows) == 30 and rows["id"].is_unique
         assert set(summary["small_groups"]) == set(ATTRS)  # groups under min_group_size = 3, listed
         for a in ATTRS:
             gap = summary["gaps"][a]["accuracy_disparity"]

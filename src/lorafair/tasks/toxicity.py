@@ -160,8 +160,6 @@ class Toxicity(Task):
         rows = self._corpus_sources()
         if d.corpus == "jsonl":
             return rows
-        if d.samples < 1:
-            raise UserError(f"data.samples: k must be >= 1, got {d.samples}")
         if d.corpus == "self-detox":
             return self._least_toxic(ctx, rows, rows)
         neutral = {}
