@@ -36,7 +36,7 @@ def build_items(ctx, model) -> tuple[list[dict], dict[str, str]]:
     """
     cfg = ctx.study.evaluation.counterfactual
     tok = ctx.tokenizer
-    rows = prompts.identity_prompts(KINDS[cfg.prompts])
+    rows = prompts.identity_prompts(KINDS[cfg.prompts], split="eval")
     neutral: dict[str, dict] = {}
     for r in rows:
         neutral.setdefault(r["template_id"], {"id": r["template_id"],
