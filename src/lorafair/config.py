@@ -137,10 +137,10 @@ class CounterfactualConfig:
     """Counterfactual divergence between identity prompts that differ only in the identity term."""
 
     enabled: bool = False
-    positions: int = 8  # k: teacher-forced positions of the shared continuation
+    positions: int = key(8, ">= 1")  # k: teacher-forced positions of the shared continuation
     layers: bool = True  # also through the Logit Lens, layer by layer
-    layer_stride: int = 1  # every n-th layer (and always the last); each layer costs one output-head pass
-    prompts: str = "identity"  # identity | identity-race | identity-religion
+    layer_stride: int = key(1, ">= 1")  # every n-th layer (and always the last); each costs one output-head pass
+    prompts: str = key("identity", one_of=("identity", "identity-race", "identity-religion"))
 
 
 @dataclass
@@ -330,14 +330,6 @@ def validate(study: Study) -> None:
     if second_scorer_name(study.evaluation) == study.evaluation.scorer:
         raise UserError(f"{src}: evaluation.second_scorer: {study.evaluation.scorer!r} is already evaluation.scorer; "
                         "name a different scorer, 'auto' (the other packaged one) or null")
-    cf = study.evaluation.counterfactual
-    if cf.positions < 1:
-        raise UserError(f"{src}: evaluation.counterfactual.positions: must be >= 1, got {cf.positions}")
-    if cf.layer_stride < 1:
-        raise UserError(f"{src}: evaluation.counterfactual.layer_stride: must be >= 1, got {cf.layer_stride}")
-    if cf.prompts not in ("identity", "identity-race", "identity-religion"):
-        raise UserError(f"{src}: evaluation.counterfactual.prompts: {cf.prompts!r} is not one of identity, "
-                        "identity-race, identity-religion")
     validate_execution(study.execution, src)
     for i, spec in enumerate(study.arms):
         if spec.type == "lora" and spec.rank is None and spec.ranks is None:
