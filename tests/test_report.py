@@ -19,7 +19,8 @@ import pytest
 from lorafair import stats, store
 from lorafair.errors import UserError
 from lorafair.report import build_comparison, build_report, run_verdict
-from lorafair.report.load import arm_rank, load_run, pool, pooled_metrics
+from lorafair.arm_names import arm_rank
+from lorafair.report.load import load_run, pool, pooled_metrics
 from lorafair.report.verdict import (decision_sentence, fit_warnings, recommended_ranks, value_ci,
                                      verdict_table)
 

@@ -14,13 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lorafair.arm_names import adapter_key
 from lorafair.config import Arm
 from lorafair.errors import UserError
-
-
-def bank_name(arm: Arm, seed: int) -> str:
-    """The name an arm trained with `seed` has in an ArmBank: base, full, or '<arm>@<seed>'."""
-    return arm.type if arm.type in ("base", "full") else f"{arm.name}@{seed}"
 
 
 def linear_names(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -111,7 +107,7 @@ class ArmBank:
     def add_lora(self, name: str, adapter_dir: Path) -> None:
         from peft import PeftModel
 
-        key = name.replace(".", "_")
+        key = adapter_key(name)
         if self.peft is None:
             self.peft = PeftModel.from_pretrained(self.base, str(adapter_dir), adapter_name=key)
         else:
@@ -137,7 +133,7 @@ class ArmBank:
                 with self.peft.disable_adapter():
                     yield self.peft
         elif name in self.adapters:
-            self.peft.set_adapter(name.replace(".", "_"))
+            self.peft.set_adapter(adapter_key(name))
             yield self.peft
         else:
             raise KeyError(f"arm {name} not loaded")
@@ -146,10 +142,6 @@ class ArmBank:
         """Float32 logits of one arm."""
         with self.use(name) as m:
             return m(input_ids=ids, attention_mask=attn).logits.float()
-
-    def adapter_key(self, name: str) -> str:
-        """The PEFT adapter name of an arm ("__base__" for base: adapters off)."""
-        return "__base__" if name == "base" else name.replace(".", "_")
 
     def mixable(self, names: list[str]) -> list[str]:
         """The arms of `names` that can share a batch: base and LoRA adapters without DoRA (PEFT
@@ -164,7 +156,7 @@ class ArmBank:
         out = {}
         if len(mix) > 1:
             k = len(mix)
-            rows = [self.adapter_key(n) for n in mix for _ in range(ids.shape[0])]
+            rows = [adapter_key(n) for n in mix for _ in range(ids.shape[0])]
             logits = self.peft(input_ids=ids.repeat(k, 1), attention_mask=attn.repeat(k, 1),
                                adapter_names=rows).logits.float()
             out = dict(zip(mix, logits.chunk(k)))

@@ -24,10 +24,10 @@ from typing import Any, Callable
 
 import yaml
 
+from lorafair.arm_names import LORA_VARIANTS, REFERENCES, lora_name
 from lorafair.errors import UserError
 from lorafair.lr_search import check_grids
 
-LORA_VARIANTS = ("plain", "rslora", "dora")
 PROBES = ("crows-pairs", "stereoset", "bbq")  # bias probes (lorafair.probes)
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -254,15 +254,14 @@ def second_scorer_name(e: EvaluationConfig) -> str | None:
 def expand_arms(study: Study) -> list[Arm]:
     arms: list[Arm] = []
     for spec in study.arms:
-        if spec.type in ("base", "full"):
+        if spec.type in REFERENCES:
             arms.append(Arm(name=spec.type, type=spec.type, lr=spec.lr))
             continue
         ranks = spec.ranks if spec.ranks is not None else [spec.rank]
-        prefix = "lora" if spec.variant == "plain" else spec.variant
         for r in ranks:
             arms.append(
                 Arm(
-                    name=f"{prefix}-r{r}",
+                    name=lora_name(spec.variant, r),
                     type="lora",
                     rank=r,
                     alpha=spec.alpha if spec.alpha is not None else 2.0 * r,

@@ -20,7 +20,7 @@ import torch
 from lorafair import metrics, prompts, stats, store
 from lorafair.analysis import counterfactual as C
 from lorafair.analysis import lens
-from lorafair.arms import bank_name
+from lorafair.arm_names import bank_name
 from lorafair.generate import generate
 
 KINDS = {"identity": "all", "identity-race": "race", "identity-religion": "religion"}
@@ -102,7 +102,7 @@ def evaluate_arms(runner, arms, force: bool = False) -> None:
     with bank.use("base") as base:
         items, continuations = build_items(ctx, base)
     for arm, seed, h in todo:
-        name = bank_name(arm, seed)
+        name = bank_name(arm.name, seed)
         if arm.type == "full":
             bank.add_full(runner.load_full(seed))
         with bank.use(name) as model, torch.no_grad():

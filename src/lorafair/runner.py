@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from lorafair import models, overlap, stats, store
-from lorafair.arms import ArmBank, bank_name, check_arm, save_final, wrap_for_training
+from lorafair.arm_names import bank_name
+from lorafair.arms import ArmBank, check_arm, save_final, wrap_for_training
 from lorafair.config import Arm, Study, build_options, expand_arms, resolved_dict, second_scorer_name
 from lorafair.errors import UserError
 from lorafair.execute import Job, make_executor, raise_failures
@@ -410,7 +411,7 @@ class Runner:
         bank = ArmBank(self.ctx.base_model())
         for arm, seed in self.trained(arms):
             if arm.type == "lora":
-                bank.add_lora(bank_name(arm, seed), self.rd.weights_dir(arm.name, seed, "lora"))
+                bank.add_lora(bank_name(arm.name, seed), self.rd.weights_dir(arm.name, seed, "lora"))
         return bank
 
     def load_full(self, seed: int):
@@ -465,14 +466,14 @@ class Runner:
         t = time.perf_counter()
         mix = []
         if bank is not None and self.study.evaluation.mix_arms:
-            mix = bank.mixable([bank_name(a, s) for a, s, _ in pending])
+            mix = bank.mixable([bank_name(a.name, s) for a, s, _ in pending])
         shared = self.task.generate_many(self.ctx, bank, mix) if mix else {}
         shared_s = (time.perf_counter() - t) / max(1, len(shared))
         if shared:
             self.log(f"generated for {len(shared)} arms together in {time.perf_counter() - t:.0f}s")
         for arm, seed, h in pending:
             t = time.perf_counter()
-            name = bank_name(arm, seed)
+            name = bank_name(arm.name, seed)
             if arm.type == "full":
                 bank.add_full(self.load_full(seed))
             with bank.use(name) as model:

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from lorafair import store
-from lorafair.arms import bank_name
+from lorafair.arm_names import adapter_key, bank_name
 from lorafair.analysis import lens as lens_mod
 from lorafair.analysis import weights as W
 from lorafair.analysis.shift import compute_lens, compute_pairwise_kl
@@ -40,7 +40,7 @@ def run_analyses(runner, splits: dict[str, list[dict]]) -> dict:
         runner.log("analyses: no finished arms; skipped")
         return {}
     bank = getattr(runner, "_bank", None) or runner.bank(runner.arms)
-    names = {arm.name: bank_name(arm, seed) for arm, _ in done}
+    names = {arm.name: bank_name(arm.name, seed) for arm, _ in done}
     has_full = "full" in names
     if has_full:
         bank.add_full(runner.load_full(seed))
@@ -163,7 +163,7 @@ def weight_analysis(runner, bank, names: dict[str, str], kl_summary: dict | None
                      "intruders": W.intruder_dimensions(wb, full_w[name], u_base=u_base),
                      **{f"energy_r{r}": e for r, e in sp["energy_at_rank"].items()}})
     for arm in lora_arms:
-        deltas = W.peft_deltas(bank.peft, names[arm.name].replace(".", "_"))
+        deltas = W.peft_deltas(bank.peft, adapter_key(names[arm.name]))
         for name, dl in deltas.items():
             if name not in spectra:
                 continue

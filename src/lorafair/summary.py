@@ -8,16 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from lorafair.arm_names import arm_order
 from lorafair.store import RunDir, read_json
-
-
-def arm_order(name: str) -> tuple:
-    if name == "base":
-        return (0, 0, name)
-    if name == "full":
-        return (2, 0, name)
-    rank = int(name.rsplit("-r", 1)[1]) if "-r" in name else 0
-    return (1, rank, name)
 
 
 def fmt(rec: dict | None) -> str:

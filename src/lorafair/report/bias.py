@@ -6,7 +6,8 @@ import pandas as pd
 
 from lorafair.report import html as H
 from lorafair.report import plots
-from lorafair.report.load import Run, arm_order
+from lorafair.arm_names import arm_order
+from lorafair.report.load import Run
 from lorafair.report.verdict import value_ci
 from lorafair.summary import fmt
 

@@ -10,7 +10,8 @@ import os
 import platform
 from importlib import metadata
 
-from lorafair.report.load import Run, arm_order, finite, seeds
+from lorafair.arm_names import arm_order
+from lorafair.report.load import Run, finite, seeds
 from lorafair.summary import fmt
 
 PACKAGES = ("lorafair", "torch", "transformers", "peft", "numpy", "pandas", "matplotlib")

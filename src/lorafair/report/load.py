@@ -21,7 +21,7 @@ import pandas as pd
 
 from lorafair.errors import UserError
 from lorafair.store import RunDir, read_json
-from lorafair.summary import arm_order
+from lorafair.arm_names import arm_order, arm_rank
 
 Key = tuple[str, int]  # (arm, seed)
 
@@ -59,14 +59,6 @@ class Run:
     @property
     def task(self) -> str | None:
         return (self.study.get("task") or {}).get("name")
-
-
-def arm_rank(name: str) -> tuple[str, int | None]:
-    """``"rslora-r8"`` → ``("rslora", 8)``; ``"base"`` → ``("base", None)``."""
-    head, sep, tail = name.rpartition("-r")
-    if sep and head and tail.isdigit():
-        return head, int(tail)
-    return name, None
 
 
 def is_record(x: Any) -> bool:
@@ -286,5 +278,5 @@ def seeds(run: Run) -> list[int]:
     return list(s) if isinstance(s, list) else sorted({k[1] for k in run.done})
 
 
-__all__ = ["Run", "load_run", "is_run_dir", "arm_rank", "arm_order", "pool", "pooled_metrics",
+__all__ = ["Run", "load_run", "is_run_dir", "pool", "pooled_metrics",
            "group_records", "best_val_loss", "lens_table", "headline_names", "seeds"]

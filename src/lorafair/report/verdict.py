@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lorafair.report.load import arm_rank, finite, is_record
+from lorafair.arm_names import arm_rank
+from lorafair.report.load import finite, is_record
 from lorafair.stats import rank_recommendation
 
 FIT_TOLERANCE = 0.05

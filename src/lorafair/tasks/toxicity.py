@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import pandas as pd
 
 from lorafair import metrics, prompts as prompt_sets, stats
+from lorafair.arm_names import adapter_key
 from lorafair.config import key
 from lorafair.errors import UserError
 from lorafair.generate import generate, generate_adapters
@@ -207,7 +208,7 @@ class Toxicity(Task):
         if len(names) < 2:
             return {}
         e = ctx.study.evaluation
-        keys = {bank.adapter_key(n): n for n in names}
+        keys = {adapter_key(n): n for n in names}
         gen = generate_adapters(bank.peft, ctx.tokenizer, self.eval_prompts(ctx), list(keys), e.samples,
                                 e.max_new_tokens, **_sampling(ctx), batch_size=e.batch_size * len(keys))
         return {keys[k]: rows for k, rows in gen.items()}
