@@ -135,7 +135,7 @@ def _audit_record(own_gap: float) -> dict:
 
 
 def test_report_warns_when_the_scorer_gap_is_of_the_same_order():
-    evals = {(arm, 0): {"scorer": {"name": "s"}, "groups": {"gap": {"toxic_fraction": {"value": g}}}}
+    evals = {(arm, 0): {"scorer": {"name": "s"}, "gaps": {"toxic_fraction": {"value": g}}}
              for arm, g in (("base", 0.30), ("full", 0.12), ("lora-r8", 0.15))}
     warns = scorer_warnings({"s": _audit_record(0.06)}, evals)
     assert len(warns) == 2

@@ -64,12 +64,12 @@ def test_every_metric_for_every_arm(run):
         for name in HEADLINE:
             rec = summary["metrics"][name]
             assert {"value", "lo", "hi", "higher_is_better", "unit"} <= set(rec)
-        assert set(summary["by_group"]) == set(ATTRS)
-        assert set(summary["by_group"]["sex"]) == set(rows["sex"])
+        assert {g.split(": ")[0] for g in summary["groups"]} == set(ATTRS)
+        assert {g.split(": ")[1] for g in summary["groups"] if g.startswith("sex: ")} == set(rows["sex"])
         assert len(rows) == 30 and rows["id"].is_unique
         assert set(summary["small_groups"]) == set(ATTRS)  # groups under min_group_size = 3, listed
         for a in ATTRS:
-            gap = summary["gaps"][a]["accuracy_disparity"]
+            gap = summary["gaps"][f"accuracy_disparity_{a}"]
             assert gap["raw_gap"] == pytest.approx(summary["metrics"][f"accuracy_disparity_{a}"]["value"])
             assert gap["value"] == pytest.approx(gap["raw_gap"] - gap["null_gap"])
         for a, left in summary["small_groups"].items():

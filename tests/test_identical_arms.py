@@ -32,7 +32,7 @@ def two_copies(tiny_study, tmp_path, monkeypatch):
         keep = list(dict.fromkeys(a["prompt_id"]))[:n_prompts]
         pick = {("full", 0): a[a["prompt_id"].isin(keep)], ("lora-r2", 0): b[b["prompt_id"].isin(keep)]}
         cmp = task.compare(ctx, pick)
-        return stats.decide_all(cmp["minus_full"], task.default_margins())["lora-r2"]
+        return stats.decide_all(cmp.minus_full, task.default_margins())["lora-r2"]
 
     return decide
 

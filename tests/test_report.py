@@ -58,7 +58,7 @@ def make_run(root: Path, name: str = "synthetic", seeds=(0, 1), optional: bool =
             groups = {g: {m: rec(v + d) for m, v in zip(MEASURES, (tf, emt))}
                       for g, d in (("muslim", 0.02), ("christian", -0.02))}
             summary = {"metrics": {"toxic_fraction": rec(tf + shift), "expected_max_toxicity": rec(emt + shift)},
-                       "groups": {"groups": groups, "gap": {m: rec(0.04) for m in MEASURES}},
+                       "groups": groups, "gaps": {m: rec(0.04) for m in MEASURES},
                        "scorer": {"name": "jigsaw-bilstm", "version": "0.3.0", "weights_hash": "abc123"}}
             rows = pd.DataFrame({"prompt_id": ["p0", "p1"], "sample": [0, 0], "score": [0.1, 0.7]})
             rd.write_eval(arm, s, "toxicity", summary, rows)
@@ -76,7 +76,7 @@ def make_run(root: Path, name: str = "synthetic", seeds=(0, 1), optional: bool =
                                   "lr_search": {"candidates": [{"lr": 1e-4, "val_loss": bvl}, {"lr": 1e-3, "val_loss": None}],
                                                 "chosen": 1e-4}})
             if optional:
-                store.write_parquet(rd.eval_paths(arm, s, "lending")[1], lending_rows(s))
+                rd.write_eval(arm, s, "lending", {"metrics": {}}, lending_rows(s))
         pooled[arm] = {m: {"value": v, "lo": v - 0.02, "hi": v + 0.02, "n_seeds": len(arm_seeds)}
                        for m, v in zip(MEASURES, (tf, emt))}
         pooled[arm]["n_seeds"] = len(arm_seeds)
@@ -280,10 +280,10 @@ def test_pooled_metrics_prefer_compare_then_seed_mean(tmp_path):
 
 
 def test_lending_per_step_pools_counts():
-    from lorafair.report.plots import _per_step
+    from lorafair.tasks.lending import pooled_timeseries
 
     rows = pd.concat([lending_rows(0), lending_rows(1)], ignore_index=True)
-    got = _per_step(rows, ["approval_rate", "tpr", "mean_bin", "profit"]).set_index(["group", "step"])
+    got = pooled_timeseries(rows).set_index(["group", "step"])
     for (g, t), d in rows.groupby(["group", "step"]):  # hand computation: pooled counts
         assert got.loc[(g, t), "approval_rate"] == pytest.approx(d["approved"].sum() / d["n"].sum(), nan_ok=True)
         if d["pos"].sum() > 0:
@@ -291,15 +291,15 @@ def test_lending_per_step_pools_counts():
         assert got.loc[(g, t), "profit"] == pytest.approx(d["profit"].mean())
 
 
-def test_group_records_read_every_summary_shape(tmp_path):
+def test_group_records_read_the_contracts_groups(tmp_path):
     root = make_run(tmp_path / "run", seeds=(0,), optional=False)
     rd = store.RunDir(root)
     rows = pd.DataFrame({"x": [0]})
     rd.write_eval("full", 0, "lending", {"metrics": {"profit": rec(5.0)},
                                          "groups": {"a": {"tpr": rec(0.6)}, "b": {"tpr": rec(0.4)}}}, rows)
     rd.write_eval("full", 0, "adult", {"metrics": {"accuracy": rec(0.8)},
-                                       "by_group": {"sex": {"F": {"count": 10, "accuracy": rec(0.7)},
-                                                            "M": {"count": 12, "accuracy": rec(0.9)}}},
+                                       "groups": {"sex: F": {"count": 10, "accuracy": rec(0.7)},
+                                                  "sex: M": {"count": 12, "accuracy": rec(0.9)}},
                                        "warnings": ["group F has 10 examples (fewer than 30)"]}, rows)
     run = load_run(root)
     from lorafair.report.load import group_records
@@ -397,10 +397,34 @@ def test_group_gaps_table_shows_the_permutation_null(tmp_path):
     run = make_run(tmp_path / "run", seeds=(0,), optional=False)
     path = run / "lora-r1" / "seed-0" / "eval" / "toxicity.json"
     summary = store.read_json(path)
-    summary["groups"]["gap"] = {"toxic_fraction": {**rec(0.01, 0.03), "raw_gap": 0.07, "null_gap": 0.06,
+    summary["gaps"] = {"toxic_fraction": {**rec(0.01, 0.03), "raw_gap": 0.07, "null_gap": 0.06,
                                                    "p_value": 0.4, "max_group": "muslim", "min_group": "christian"}}
     store.write_json(path, summary)
     build_report(run)
     md = (run / "report" / "summary.md").read_text()
     assert "## Group gaps" in md
     assert "| lora-r1 | 0 | toxic_fraction | 0.070 | 0.060 | +0.010 (-0.020 to +0.040) | 0.400 | muslim − christian |" in md
+
+
+def test_console_shows_every_tasks_arm_minus_full(tmp_path):
+    """Whatever the task, the console reads the contract's shapes: a lending run's headline metric
+    gets its arm − full column and decision."""
+    from rich.console import Console
+
+    from lorafair.summary import print_summary
+
+    root = tmp_path / "run"
+    rd = store.RunDir(root)
+    rd.write_study({"name": "lend", "model": {"source": "tiny-random"}, "task": {"name": "lending"}, "seeds": [0]})
+    for arm, v in (("full", 0.10), ("lora-r2", 0.13)):
+        rd.write_eval(arm, 0, "lending", {"metrics": {"approval_gap": rec(v, hib=None)}}, pd.DataFrame({"x": [0]}))
+    minus_full = {"lora-r2": {"approval_gap": diff(0.03, 0.01, hib=None)}}
+    store.write_json(root / "compare.json", {
+        "pooled": {"full": {"approval_gap": rec(0.10, hib=None)}, "lora-r2": {"approval_gap": rec(0.13, hib=None)}},
+        "minus_full": minus_full, "margins": {"approval_gap": 0.05},
+        "decisions": stats.decide_all(minus_full, {"approval_gap": 0.05})})
+    console = Console(width=80, record=True)
+    print_summary(root, console)
+    text = console.export_text().split("approval_gap (δ = 0.05)")[1]
+    row = next(line for line in text.splitlines() if line.startswith("│ lora-r2"))
+    assert "+0.030 [+0.020, +0.040]" in row and "equivalent" in row

@@ -477,10 +477,8 @@ class Runner:
             if arm.type == "full":
                 bank.add_full(self.load_full(seed))
             with bank.use(name) as model:
-                if name in shared:
-                    summary, rows = self.task.evaluate(self.ctx, model, arm.name, generated=shared[name])
-                else:
-                    summary, rows = self.task.evaluate(self.ctx, model, arm.name)
+                kw = {"generated": shared[name]} if name in shared else {}
+                res = self.task.evaluate(self.ctx, model, arm.name, **kw).check()
                 if self.study.evaluation.probes:
                     from lorafair.probes import evaluate_probes
 
@@ -488,17 +486,17 @@ class Runner:
                     p_summary.update(hash=h, arm=arm.name, seed=seed)
                     self.rd.write_eval(arm.name, seed, "probes", p_summary, p_rows)
             wall = time.perf_counter() - t + (shared_s if name in shared else 0.0)
-            summary.update(hash=h, arm=arm.name, seed=seed, wall_s=round(wall, 2))
-            self.rd.write_eval(arm.name, seed, self.task.name, summary, rows)
-            results[(arm.name, seed)] = rows
+            summary = {**res.summary(), "hash": h, "arm": arm.name, "seed": seed, "wall_s": round(wall, 2)}
+            self.rd.write_eval(arm.name, seed, self.task.name, summary, res.rows)
+            results[(arm.name, seed)] = res.rows
             self.log(f"evaluated {arm.name} seed {seed} in {summary['wall_s']:.0f}s")
         self._bank = bank
         return results
 
     def compare(self, results) -> dict:
-        out = self.task.compare(self.ctx, results)
-        out["margins"] = {**self.task.default_margins(), **self.study.evaluation.margins}
-        out["decisions"] = stats.decide_all(out.get("minus_full") or {}, out["margins"])
+        res = self.task.compare(self.ctx, results).check()
+        margins = {**self.task.default_margins(), **self.study.evaluation.margins}
+        out = res.to_json(margins, stats.decide_all(res.minus_full, margins))
         store.write_json(self.rd.path / "compare.json", out)
         return out
 

@@ -32,19 +32,6 @@ def _unit(pooled: dict[str, dict[str, dict]], metric: str) -> str:
     return next((r.get("unit", "") for a in pooled.values() for m, r in a.items() if m == metric), "")
 
 
-def _lending_frames(run: Run) -> dict:
-    """arm -> per-step rows of every seed, groups named as in the study (task.options.groups)."""
-    import pandas as pd
-
-    names = ((run.study.get("task") or {}).get("options") or {}).get("groups")
-    by_arm: dict[str, list] = {}
-    for (arm, _), df in run.lending.items():
-        if isinstance(names, list) and pd.api.types.is_integer_dtype(df["group"]):
-            df = df.assign(group=[names[g] if 0 <= g < len(names) else g for g in df["group"]])
-        by_arm.setdefault(arm, []).append(df)
-    return {a: pd.concat(v, ignore_index=True) for a, v in by_arm.items()}
-
-
 def _shift_by_variant(kl: dict | None) -> dict[str, dict[int, dict]]:
     out: dict[str, dict[int, dict]] = {}
     for arm, e in (kl or {}).items():
@@ -54,9 +41,23 @@ def _shift_by_variant(kl: dict | None) -> dict[str, dict[int, dict]]:
     return out
 
 
+def task_sections(run: Run) -> list[tuple[str, list[Figure]]]:
+    """(section title, figures) drawn by each evaluated task's own report hook."""
+    from lorafair.tasks import report_hook
+
+    out = []
+    for task in _tasks(run):
+        hook = report_hook(task)
+        if hook is not None:
+            title, figs = hook(run, task)
+            if figs:
+                out.append((title, figs))
+    return out
+
+
 def figures(run: Run) -> dict[str, list[Figure]]:
     """Every plot whose data exists, grouped by report section."""
-    out: dict[str, list[Figure]] = {"metrics": [], "groups": [], "shift": [], "lending": [], "training": []}
+    out: dict[str, list[Figure]] = {"metrics": [], "groups": [], "shift": [], "training": []}
 
     def add(section: str, name: str, caption: str, png: bytes | None) -> None:
         if png:
@@ -84,9 +85,6 @@ def figures(run: Run) -> dict[str, list[Figure]]:
     if energy:
         add("shift", "spectrum-energy.png", "Full fine-tuning's update energy kept at rank r, and LoRA's "
             "measured shift captured", plots.spectrum_energy(energy, _shift_by_variant(run.kl)))
-    if run.lending:
-        add("lending", "lending.png", "Lending: per-step measures per group and arm",
-            plots.lending_series(_lending_frames(run)))
     add("training", "loss-curves.png", "Training and validation loss", plots.loss_curves(run.train_logs, run.val_curves))
     return out
 
@@ -154,8 +152,7 @@ def _gap_rows(run: Run) -> tuple[list[str], list[list[object]]]:
     rows: list[list[object]] = []
     for task in _tasks(run):
         for (arm, seed), s in sorted(run.evals[task].items(), key=lambda kv: (arm_order(kv[0][0]), kv[0][1])):
-            per_attr = {f"{k}_{a}": r for a, g in (s.get("gaps") or {}).items() for k, r in (g or {}).items()}
-            for m, r in {**(((s.get("groups") or {}).get("gap")) or {}), **per_attr}.items():
+            for m, r in (s.get("gaps") or {}).items():
                 if is_record(r) and "raw_gap" in r:
                     rows.append([arm, seed, m, num(r["raw_gap"]), num(r.get("null_gap")),
                                  value_ci(r, signed=True, label=""), num(r.get("p_value")),
@@ -192,7 +189,7 @@ def build_report(run_dir: Path) -> Path:
     verdict_html, verdict_md = _verdict_section(run)
     sections, md = [("Verdict", verdict_html)], [f"# {run.name}: lorafair report", "", "## Verdict", ""]
     md += verdict_md
-    warns = _eval_warnings(run) + scorer_warnings(run.scorer_audit, run.evals.get("toxicity", {}))
+    warns = _eval_warnings(run) + scorer_warnings(run.scorer_audit, run.evals.get(_main_task(run) or "", {}))
     if warns:
         sections.append(("Warnings from evaluation", H.bullets(warns, "warn")))
         md += ["## Warnings from evaluation", ""] + [f"- {w}" for w in warns] + [""]
@@ -225,7 +222,8 @@ def build_report(run_dir: Path) -> Path:
         md += bias_md
     sections.append(("Where the shift went: KL, Logit Lens, weight space",
                      "".join(H.figure(c, p) for _, c, p in figs["shift"]) + _weights_html(run.weights)))
-    sections.append(("Sequential decisions", "".join(H.figure(c, p) for _, c, p in figs["lending"])))
+    own = task_sections(run)
+    sections += [(title, "".join(H.figure(c, p) for _, c, p in fs)) for title, fs in own]
     train_rows = H.training_rows(run)
     sections.append(("Training", (H.table(H.TRAINING_HEADER, train_rows) if train_rows else "")
                      + "".join(H.figure(c, p) for _, c, p in figs["training"])))
@@ -235,7 +233,7 @@ def build_report(run_dir: Path) -> Path:
     sections.append(("Provenance", H.table(["what", "value"], [list(p) for p in prov])))
     md += ["## Provenance", "", H.md_table(["what", "value"], [list(p) for p in prov]), ""]
     out = run.path / "report"
-    all_figs = [f for fs in figs.values() for f in fs] + bias_figs
+    all_figs = [f for fs in figs.values() for f in fs] + [f for _, fs in own for f in fs] + bias_figs
     _write_figures(out, all_figs, prune=True)
     md += ["## Plots", ""] + [f"- [{c}]({n})" for n, c, _ in all_figs] + [""]
     store.write_text(out / "summary.md", "\n".join(md))

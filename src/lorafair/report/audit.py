@@ -52,7 +52,7 @@ def measured_gaps(evals: dict[tuple[str, int], dict], scorer: str) -> dict[str, 
     """arm -> the toxic-fraction gap between groups that ``scorer`` measured (mean over seeds)."""
     per: dict[str, list[float]] = {}
     for (arm, _), s in evals.items():
-        rec = ((s.get("groups") or {}).get("gap") or {}).get("toxic_fraction")
+        rec = (s.get("gaps") or {}).get("toxic_fraction")
         if (s.get("scorer") or {}).get("name") == scorer and isinstance(rec, dict) and "value" in rec:
             per.setdefault(arm, []).append(float(rec["value"]))
     return {arm: sum(v) / len(v) for arm, v in per.items()}

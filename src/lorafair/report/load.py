@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from lorafair.errors import UserError
+from lorafair.results import finite, is_record
 from lorafair.store import RunDir, read_json
 from lorafair.arm_names import arm_order, arm_rank
 
@@ -47,7 +48,6 @@ class Run:
     lens: pd.DataFrame | None = None
     counterfactual: dict | None = None  # analysis/counterfactual.json: pooled divergence per arm, per layer
     weights: dict | None = None
-    lending: dict[Key, pd.DataFrame] = field(default_factory=dict)
     data_files: list[tuple[str, str]] = field(default_factory=list)  # (corpus name, content hash)
     scorer_audit: dict = field(default_factory=dict)  # scorer name -> audit record
 
@@ -59,14 +59,6 @@ class Run:
     @property
     def task(self) -> str | None:
         return (self.study.get("task") or {}).get("name")
-
-
-def is_record(x: Any) -> bool:
-    return isinstance(x, dict) and isinstance(x.get("value"), (int, float))
-
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _json(path: Path) -> Any:
@@ -135,9 +127,6 @@ def load_run(run_dir: str | Path) -> Run:
             v = _json(j)
             if isinstance(v, dict):
                 run.evals.setdefault(j.stem, {})[key] = v
-        lend = _parquet(rd.eval_paths(arm, seed, "lending")[1])
-        if lend is not None and {"step", "group"} <= set(lend.columns):
-            run.lending[key] = lend
     for f in sorted((path / "lr_search").glob("*.json")):
         v = _json(f)
         if isinstance(v, dict):
@@ -217,35 +206,11 @@ def pooled_metrics(run: Run, task: str) -> dict[str, dict[str, dict]]:
     return out
 
 
-def _group_table(s: dict) -> dict[str, dict]:
-    """group -> {measure: record} from an evaluation summary, whichever shape it uses:
-    ``groups.groups`` (toxicity), ``groups`` (lending), ``by_group`` (decisions), or
-    ``by_group.<attribute>.<group>`` (several protected attributes, named "attribute: group")."""
-    g = s.get("groups")
-    if isinstance(g, dict) and isinstance(g.get("groups"), dict):
-        table = g["groups"]
-    elif isinstance(s.get("by_group"), dict):
-        table = s["by_group"]
-    elif isinstance(g, dict):
-        table = g
-    else:
-        return {}
-    out: dict[str, dict] = {}
-    for name, inner in table.items():
-        if not isinstance(inner, dict):
-            continue
-        if any(is_record(v) for v in inner.values()):
-            out[str(name)] = inner
-        else:
-            out.update({f"{name}: {sub}": ms for sub, ms in inner.items() if isinstance(ms, dict)})
-    return out
-
-
 def group_records(run: Run, task: str) -> dict[str, dict[str, dict[str, dict]]]:
-    """arm -> group -> measure -> record (seeds pooled), for every shape :func:`_group_table` reads."""
+    """arm -> group -> measure -> record (seeds pooled), from the summaries' ``groups``."""
     per: dict[str, dict[str, dict[str, list[dict]]]] = {}
     for (arm, _), s in sorted(run.evals.get(task, {}).items()):
-        for grp, measures in _group_table(s).items():
+        for grp, measures in (s.get("groups") or {}).items():
             for m, r in measures.items():
                 if is_record(r):
                     per.setdefault(arm, {}).setdefault(grp, {}).setdefault(m, []).append(r)

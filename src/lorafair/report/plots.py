@@ -23,7 +23,8 @@ DPI = 110
 REFERENCE_STYLE = {"full": ("tab:green", "full fine-tuning"), "base": ("tab:gray", "base")}
 
 
-def _png(fig) -> bytes:
+def to_png(fig) -> bytes:
+    """The figure as PNG bytes; closes it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
@@ -96,7 +97,7 @@ def metric_vs_rank(metric: str, studies: dict[str, dict[str, dict]], unit: str =
     ax.set_title(f"{metric.replace('_', ' ')} against rank (95% intervals)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return to_png(fig)
 
 
 def group_bars(groups: dict[str, dict[str, dict[str, dict]]], measures: list[str] | None = None,
@@ -139,7 +140,7 @@ def group_bars(groups: dict[str, dict[str, dict[str, dict]]], measures: list[str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _png(fig)
+    return to_png(fig)
 
 
 def lens_heatmap(table: pd.DataFrame, column: str, title: str = "", log: bool = False) -> bytes | None:
@@ -168,7 +169,7 @@ def lens_heatmap(table: pd.DataFrame, column: str, title: str = "", log: bool = 
     ax.set_ylabel("layer")
     fig.colorbar(im, ax=ax, label=column.replace("_", " ") + (" (log scale)" if log else ""))
     ax.set_title(title or f"Logit Lens: {column.replace('_', ' ')}")
-    return _png(fig)
+    return to_png(fig)
 
 
 def shift_vs_rank(kl: dict[str, dict]) -> bytes | None:
@@ -214,7 +215,7 @@ def shift_vs_rank(kl: dict[str, dict]) -> bytes | None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    return _png(fig)
+    return to_png(fig)
 
 
 def spectrum_energy(energy_at_rank: dict, shift: dict[str, dict[int, dict]] | None = None) -> bytes | None:
@@ -245,53 +246,7 @@ def spectrum_energy(energy_at_rank: dict, shift: dict[str, dict[int, dict]] | No
     ax.set_title("What rank r could keep vs what LoRA at rank r captured")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
-
-
-LENDING_MEASURES = ("approval_rate", "tpr", "mean_bin", "profit")
-
-
-def _per_step(f: pd.DataFrame, measures: list[str]) -> pd.DataFrame:
-    """Per (group, step) over environments and seeds: rates from summed counts when the rows carry
-    them (n, approved, pos, tp), otherwise means; mean_bin and profit as means."""
-    g = f.groupby(["group", "step"])
-    out = g[[m for m in measures if m in f.columns]].mean()
-    if {"n", "approved"} <= set(f.columns) and "approval_rate" in out:
-        s = g[["n", "approved"]].sum()
-        out["approval_rate"] = s["approved"] / s["n"].where(s["n"] > 0)
-    if {"pos", "tp"} <= set(f.columns) and "tpr" in out:
-        s = g[["pos", "tp"]].sum()
-        out["tpr"] = s["tp"] / s["pos"].where(s["pos"] > 0)
-    return out.reset_index()
-
-
-def lending_series(frames: dict[str, pd.DataFrame]) -> bytes | None:
-    """Per-step lending measures per group, one line per (arm, group), one panel per measure.
-
-    frames: arm -> rows (step, group, measure columns); several seeds are averaged per step.
-    """
-    frames = {a: f for a, f in frames.items() if f is not None and not f.empty}
-    measures = [m for m in LENDING_MEASURES if any(m in f.columns for f in frames.values())]
-    if not measures:
-        return None
-    fig, axes = plt.subplots(1, len(measures), figsize=(4.0 * len(measures), 3.4), squeeze=False)
-    styles = ["-", "--", ":", "-."]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ai, arm in enumerate(sorted(frames, key=arm_order)):
-        f = frames[arm]
-        mean = _per_step(f, measures)
-        for gi, (g, d) in enumerate(mean.groupby("group")):
-            for k, m in enumerate(measures):
-                if m in d.columns:
-                    axes[0][k].plot(d["step"], d[m], styles[gi % len(styles)], color=colors[ai % len(colors)],
-                                    label=f"{arm} / {g}")
-    for k, m in enumerate(measures):
-        axes[0][k].set_title(m.replace("_", " "))
-        axes[0][k].set_xlabel("step")
-        axes[0][k].grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
+    return to_png(fig)
 
 
 def loss_curves(train: dict[tuple[str, int], pd.DataFrame], val: dict[tuple[str, int], pd.DataFrame]) -> bytes | None:
@@ -317,4 +272,4 @@ def loss_curves(train: dict[tuple[str, int], pd.DataFrame], val: dict[tuple[str,
     a1.set_title("training loss")
     a2.set_title("validation loss")
     fig.tight_layout()
-    return _png(fig)
+    return to_png(fig)

@@ -268,7 +268,7 @@ def verdict(compare: dict, pooled: dict, best_val: dict, failed: dict | None = N
         out += [r] if r else []
         out += _seed_note(decisions)
         out += decision_sentences(decisions, pooled, order, compare.get("unit", "evaluation units"))
-    elif compare.get("vs_full") or compare.get("minus_full"):
+    elif compare.get("minus_full"):
         out.append("This run's compare.json has differences from full fine-tuning but no equivalence "
                    "decisions; run the study again with this version to decide them.")
     out += shift_sentences(kl)

@@ -2,9 +2,9 @@
 
 - `Options` (the study's `task:` section) and `DataOptions` (its `data:` section), strict dataclasses;
 - `build_corpus(ctx)` -> fine-tuning rows {prompt, completion, ...}, cached by the runner by hash;
-- `evaluate(ctx, model, arm)` -> (summary dict of metric records, per-sample DataFrame);
-- `compare(ctx, rows)` -> cross-arm results: ``pooled`` (arm -> metric -> record, seeds pooled)
-  and ``minus_full`` (arm -> metric -> paired difference record, crossed-design intervals);
+- `evaluate(ctx, model, arm)` -> `results.EvalResult` (metric records, groups, gaps, warnings, rows);
+- `compare(ctx, rows)` -> `results.CompareResult`: ``pooled`` (arm -> metric -> record, seeds
+  pooled) and ``minus_full`` (arm -> metric -> paired difference record, crossed-design intervals);
 - `MARGINS` / `default_margins()` -> equivalence margin δ of every headline metric;
 - `kl_prompts(ctx)` -> evaluation prompts on which the token-posterior KL is also measured;
 - `evaluation_items(study)` / `finetune_items(study)` (and `evaluation_templates(study)`) -> what
@@ -24,6 +24,7 @@ import pandas as pd
 
 from lorafair.config import key
 from lorafair.errors import UserError
+from lorafair.results import CompareResult, EvalResult
 
 TASKS: dict[str, type["Task"]] = {}
 
@@ -45,6 +46,21 @@ def get_task(name: str) -> type["Task"]:
     if name not in TASKS:
         raise UserError(f"task.name: unknown task {name!r}; valid: {', '.join(sorted(TASKS))}")
     return TASKS[name]
+
+
+def report_hook(name: str):
+    """The report-figure function of task ``name`` (``Task.report_hook``), or None: no such task
+    registered, or it draws no figures of its own."""
+    import importlib
+
+    try:
+        spec = get_task(name).report_hook
+    except UserError:
+        return None
+    if not spec:
+        return None
+    module, _, func = spec.partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 @dataclass
@@ -72,9 +88,11 @@ class Task(ABC):
     def build_corpus(self, ctx) -> list[dict]: ...
 
     @abstractmethod
-    def evaluate(self, ctx, model, arm: str) -> tuple[dict, pd.DataFrame]: ...
+    def evaluate(self, ctx, model, arm: str) -> EvalResult: ...
 
     uses_scorer = False  # whether evaluation scores text with evaluation.scorer
+    # "module:function" drawing the task's own report figures: (run, task) -> (section, figures)
+    report_hook: str | None = None
 
     def check(self, study) -> list[dict] | None:
         """Open and check every file and data set the options name, before anything is written or
@@ -109,8 +127,8 @@ class Task(ABC):
         {} for tasks that do not generate."""
         return {}
 
-    def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> dict:
-        return {}
+    def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> CompareResult:
+        return CompareResult(pooled={})
 
     def kl_prompts(self, ctx) -> list[str]:
         return []

@@ -29,6 +29,7 @@ from lorafair import lm, metrics, stats
 from lorafair.datasets import tabular
 from lorafair.config import key
 from lorafair.errors import UserError
+from lorafair.results import CompareResult, EvalResult
 from lorafair.tasks import CorpusOptions, Task, register
 
 
@@ -125,7 +126,7 @@ class Classification(Task):
         pred = (lp[:, 0] > lp[:, 1]).to(torch.int64)
         return pred.numpy(), p_pos.numpy(), lp.numpy()
 
-    def evaluate(self, ctx, model, arm: str) -> tuple[dict, pd.DataFrame]:
+    def evaluate(self, ctx, model, arm: str) -> EvalResult:
         e = ctx.study.evaluation
         test = self.splits()["test"]
         if not test:
@@ -139,7 +140,7 @@ class Classification(Task):
         headline = {"answer_mass": metrics.record(
             ci["value"], ci["lo"], ci["hi"], higher_is_better=None, n=ci["n"], n_boot=ci["n_boot"],
             unit="probability of either answer word (how much the model answers at all)")}
-        by_group, small, gaps, warnings = {}, {}, {}, []
+        res = EvalResult(metrics=headline, rows=rows, extras={"small_groups": {}})
         for a in self.protected:
             rows[a] = [ex[a] for ex in test]
             dm = metrics.decision_metrics(labels, pred, rows[a].to_numpy(), n_boot=e.bootstrap, seed=0,
@@ -149,10 +150,10 @@ class Classification(Task):
             headline.setdefault("balanced_accuracy", dm["metrics"]["balanced_accuracy"])
             for key in ("accuracy_disparity", "demographic_parity_difference", "equalized_odds_difference"):
                 headline[f"{key}_{a}"] = dm["metrics"][key]
-            by_group[a] = dm["by_group"]
-            small[a] = dm["small_groups"]
-            gaps[a] = dm["gaps"]
-            warnings += [f"{a}: {w}" for w in dm["warnings"]]
+            res.groups.update({f"{a}: {g}": ms for g, ms in dm["by_group"].items()})
+            res.gaps.update({f"{k}_{a}": r for k, r in dm["gaps"].items()})
+            res.extras["small_groups"][a] = dm["small_groups"]
+            res.warnings += [f"{a}: {w}" for w in dm["warnings"]]
             twins = [tabular.counterfactual(ex, a) for ex in test]
             cf_pred, cf_p, _ = self.decide(ctx, model, [t["prompt"] for t in twins])
             rows[f"cf_{a}"] = [t[a] for t in twins]
@@ -161,14 +162,12 @@ class Classification(Task):
             flips = metrics.flip_rate(pred, cf_pred, p_pos, cf_p, n_boot=e.bootstrap, seed=0)
             headline[f"flip_rate_{a}"] = flips["flip_rate"]
             headline[f"mean_abs_delta_p_{a}"] = flips["mean_abs_delta_p"]
-        summary = {"metrics": headline, "by_group": by_group, "small_groups": small, "gaps": gaps,
-                   "warnings": warnings,
-                   "dataset": self.options.dataset, "answers": list(self.answers), "n_test": len(test)}
-        return summary, rows
+        res.extras.update(dataset=self.options.dataset, answers=list(self.answers), n_test=len(test))
+        return res
 
     # ------------------------------------------------------------------ arms against each other
 
-    def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> dict:
+    def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> CompareResult:
         """Every headline metric pooled over seeds and each arm minus full, paired over seeds and test
         rows (crossed design): smooth measures with ``stats.crossed_interval`` /
         ``crossed_difference``, the disparities (max − min over the groups large enough) with the
@@ -182,20 +181,20 @@ class Classification(Task):
                   for arm, t in tables.items()}
         conf = {arm: stats.cell_table(t, CONFUSION, "id") for arm, t in tables.items()}
         groups = _unit_groups(next(iter(tables.values())), self.protected, e)
-        out: dict = {"pooled": {}, "minus_full": {}, "unit": "test rows", "small_groups": groups["left_out"]}
+        out = CompareResult(pooled={}, extras={"unit": "test rows", "small_groups": groups["left_out"]})
         measures = _measures(self.protected)
         for arm in tables:
-            out["pooled"][arm] = {name: {**stats.crossed_interval(smooth[arm][0], f), "higher_is_better": hib,
+            out.pooled[arm] = {name: {**stats.crossed_interval(smooth[arm][0], f), "higher_is_better": hib,
                                          "unit": unit} for name, (f, hib, unit) in measures.items()}
             for attr in self.protected:
                 x = _by_group(conf[arm], groups[attr])
                 for key, (hib, unit) in DISPARITIES.items():
                     gap = _disparity_fn(key)
                     boots = stats.crossed_bootstrap([x], lambda s, g=gap: g(s[0]), e.bootstrap)
-                    out["pooled"][arm][f"{key}_{attr}"] = {
+                    out.pooled[arm][f"{key}_{attr}"] = {
                         **stats.bootstrap_record(float(gap(x.sum(axis=(0, 1)))), boots),
                         "higher_is_better": hib, "unit": unit}
-            out["pooled"][arm]["n_seeds"] = len(smooth[arm][1])
+            out.pooled[arm]["n_seeds"] = len(smooth[arm][1])
         if "full" not in tables:
             return out
         for arm in tables:
@@ -214,7 +213,7 @@ class Classification(Task):
                                              _disparity_fn(key), e.bootstrap)
                     entry[f"{key}_{attr}"] = {**d, "higher_is_better": hib,
                                               "unit": f"difference in {unit} (arm − full)"}
-            out["minus_full"][arm] = entry
+            out.minus_full[arm] = entry
         return out
 
 

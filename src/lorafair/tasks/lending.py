@@ -45,6 +45,7 @@ import torch
 from lorafair import lm, metrics, stats
 from lorafair.config import key
 from lorafair.errors import UserError
+from lorafair.results import CompareResult, EvalResult
 from lorafair.tasks import CorpusOptions, Task, register
 from lorafair.tasks.lending_env import (
     DEFAULT_NAMES,
@@ -321,6 +322,7 @@ def summarize(rows: pd.DataFrame, n_boot: int, names: tuple[str, str] | list[str
 class Lending(Task):
     Options = LendingOptions
     DataOptions = LendingData
+    report_hook = "lorafair.tasks.lending_report:figures"
 
     def __init__(self, options: LendingOptions, data: LendingData):
         super().__init__(options, data)
@@ -382,18 +384,19 @@ class Lending(Task):
                 self._references[name] = {"summary": res, "rows": rows}
         return self._references
 
-    def evaluate(self, ctx, model, arm: str) -> tuple[dict, pd.DataFrame]:
+    def evaluate(self, ctx, model, arm: str) -> EvalResult:
         o, tok = self.options, ctx.tokenizer
         ids = decision_ids(tok)
         bs = ctx.study.evaluation.batch_size
         model.eval()
         rows = self._rollouts(
             lambda s, lg: llm_policy(model, tok, o, self.params.n_bins, s, ids, lg, bs))
-        summary = summarize(rows, ctx.study.evaluation.bootstrap, o.groups)
-        summary.update(T=o.T, n_envs=o.n_envs, eval_seeds=list(o.eval_seeds),
-                       params=self.params.to_dict(),
-                       reference={k: v["summary"] for k, v in self.reference_results(ctx).items()})
-        return summary, rows
+        s = summarize(rows, ctx.study.evaluation.bootstrap, o.groups)
+        extras = {k: v for k, v in s.items() if k not in ("metrics", "groups", "warnings")}
+        extras.update(T=o.T, n_envs=o.n_envs, eval_seeds=list(o.eval_seeds), params=self.params.to_dict(),
+                      reference={k: v["summary"] for k, v in self.reference_results(ctx).items()})
+        return EvalResult(metrics=s["metrics"], rows=rows, groups=s["groups"], warnings=s.get("warnings", []),
+                          extras=extras)
 
     # ------------------------------------------------------------------ corpus and KL prompts
 
@@ -437,7 +440,7 @@ class Lending(Task):
 
     # ------------------------------------------------------------------ across arms
 
-    def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> dict:
+    def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> CompareResult:
         """Per arm: every headline measure pooled over training seeds, and each arm minus full paired
         over seeds and environments, with crossed-design intervals (``stats``): environments share
         their random streams across arms and seeds, so they are the crossed unit. Also the
@@ -449,21 +452,21 @@ class Lending(Task):
             tables.setdefault(arm, []).append(f.assign(seed=seed))
         tables = {arm: pd.concat(fs, ignore_index=True) for arm, fs in tables.items()}
         measures = {**FINAL, **PER_DECISION}
-        out: dict = {"pooled": {}, "minus_full": {}, "reference": {}, "unit": "environments"}
+        out = CompareResult(pooled={}, extras={"reference": {}, "unit": "environments"})
         for name, (col, hib, unit) in measures.items():
             cells = {arm: stats.cell_table(t.dropna(subset=[col]), [col], "unit")
                      for arm, t in tables.items() if col in t.columns and t[col].notna().any()}
             for arm, c in cells.items():
-                out["pooled"].setdefault(arm, {})[name] = {**stats.crossed_interval(c[0]),
+                out.pooled.setdefault(arm, {})[name] = {**stats.crossed_interval(c[0]),
                                                            "higher_is_better": hib, "unit": unit}
                 if arm != "full" and "full" in cells:
-                    out["minus_full"].setdefault(arm, {})[name] = {
+                    out.minus_full.setdefault(arm, {})[name] = {
                         **stats.crossed_difference(*stats.pair_cells(c, cells["full"])),
                         "higher_is_better": hib, "unit": f"difference in {unit} (arm − full)"}
         for arm, t in tables.items():
-            out["pooled"].setdefault(arm, {})["n_seeds"] = int(t["seed"].nunique())
+            out.pooled.setdefault(arm, {})["n_seeds"] = int(t["seed"].nunique())
         for name, ref in self.reference_results(ctx).items():
-            out["reference"][name] = {k: ref["summary"]["metrics"][k] for k in FINAL}
+            out.extras["reference"][name] = {k: ref["summary"]["metrics"][k] for k in FINAL}
         return out
 
     def default_margins(self) -> dict[str, float]:

@@ -32,6 +32,7 @@ from lorafair.arm_names import adapter_key
 from lorafair.config import key
 from lorafair.errors import UserError
 from lorafair.generate import generate, generate_adapters
+from lorafair.results import CompareResult, EvalResult
 from lorafair.tasks import CorpusOptions, Task, register
 
 PROMPT_SETS = ("rtp-toxic", "identity", "identity-race", "identity-religion")
@@ -213,7 +214,7 @@ class Toxicity(Task):
                                 e.max_new_tokens, **_sampling(ctx), batch_size=e.batch_size * len(keys))
         return {keys[k]: rows for k, rows in gen.items()}
 
-    def evaluate(self, ctx, model, arm: str, generated: list[dict] | None = None) -> tuple[dict, pd.DataFrame]:
+    def evaluate(self, ctx, model, arm: str, generated: list[dict] | None = None) -> EvalResult:
         e = ctx.study.evaluation
         rows = self.eval_prompts(ctx)
         gen = generated if generated is not None else generate(
@@ -226,17 +227,18 @@ class Toxicity(Task):
         for label, vals in scores.items():
             df[f"score_{label}"] = vals
         df["score"] = scores[ctx.scorer.primary]
-        summary = {"metrics": metrics.toxicity_metrics(df, e.threshold, e.bootstrap, seed=0),
-                   "scorer": ctx.scorer.info(), "n_prompts": len(rows), "samples": e.samples}
+        res = EvalResult(metrics=metrics.toxicity_metrics(df, e.threshold, e.bootstrap, seed=0), rows=df,
+                         extras={"scorer": ctx.scorer.info(), "n_prompts": len(rows), "samples": e.samples})
         if df["group"].notna().all():
-            summary["groups"] = _group_toxicity(df, e)
-            summary["warnings"] = [f"group {g} has {n} prompts (fewer than {e.min_group_size}): left out "
-                                   "of the group gaps" for g, n in summary["groups"]["small_groups"].items()]
+            g = _group_toxicity(df, e)
+            res.groups, res.gaps, res.extras["small_groups"] = g["groups"], g["gap"], g["small_groups"]
+            res.warnings = [f"group {name} has {n} prompts (fewer than {e.min_group_size}): left out "
+                            "of the group gaps" for name, n in g["small_groups"].items()]
         if ctx.second_scorer is not None:
-            summary["second_scorer"] = _second_opinion(ctx.second_scorer, df, e)
-        return summary, df
+            res.extras["second_scorer"] = _second_opinion(ctx.second_scorer, df, e)
+        return res
 
-    def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> dict:
+    def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> CompareResult:
         """Every arm pooled over seeds, and each arm minus full paired over seeds and prompts, with
         crossed-design intervals (``stats``: the same prompts and sampling streams under every seed);
         with identity groups, also each arm's max − min group gap minus full's (``<measure>_gap``,
@@ -245,18 +247,17 @@ class Toxicity(Task):
         cells = {arm: metrics.toxicity_cells({s: df for (a, s), df in results.items() if a == arm},
                                              e.threshold)
                  for arm in sorted({a for a, _ in results})}
-        out: dict = {"pooled": {}, "minus_full": {}}
+        out = CompareResult(pooled={}, extras={"unit": "prompts"})
         for arm, c in cells.items():
-            out["pooled"][arm] = {**metrics.crossed_toxicity(c[0]), "n_seeds": len(c[1])}
+            out.pooled[arm] = {**metrics.crossed_toxicity(c[0]), "n_seeds": len(c[1])}
             if arm != "full" and "full" in cells:
-                out["minus_full"][arm] = metrics.crossed_toxicity_diff(*stats.pair_cells(c, cells["full"]))
+                out.minus_full[arm] = metrics.crossed_toxicity_diff(*stats.pair_cells(c, cells["full"]))
         grouped = {arm: df for arm, df in results.items() if df["group"].notna().all()} if all(
             "group" in df.columns for df in results.values()) else {}
         if grouped and "full" in cells:
             for arm, diff in metrics.toxicity_gap_differences(grouped, e.threshold, e.min_group_size,
                                                               e.merge_small_groups, e.bootstrap).items():
-                out["minus_full"].setdefault(arm, {}).update(diff)
-        out["unit"] = "prompts"
+                out.minus_full.setdefault(arm, {}).update(diff)
         return out
 
 
