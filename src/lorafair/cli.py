@@ -251,7 +251,9 @@ def _say_missing(run_dir: Path) -> None:
 
 
 def _study_of(run_dir: Path, load_study):
-    f = run_dir / "study.yaml"
+    from lorafair.store import RunDir
+
+    f = RunDir(run_dir).study_path()
     if not f.is_file():
         raise UserError(f"{run_dir}: not a run directory (no study.yaml); give the output folder of a study")
     study = load_study(f)

@@ -163,7 +163,7 @@ class Runner:
                 raise
 
     def _run_locked(self, arms: list[Arm], force: bool, analyses: bool, report: bool):
-        timings = self.rd.path / "timings.json"
+        timings = self.rd.timings_path()
         self._earlier = store.read_json(timings) if timings.is_file() else {}
         self.rd.write_study(resolved_dict(self.study))
         splits = self._stage("corpus", self.corpus)
@@ -497,7 +497,7 @@ class Runner:
         res = self.task.compare(self.ctx, results).check()
         margins = {**self.task.default_margins(), **self.study.evaluation.margins}
         out = res.to_json(margins, stats.decide_all(res.minus_full, margins))
-        store.write_json(self.rd.path / "compare.json", out)
+        store.write_json(self.rd.compare_path(), out)
         return out
 
     def audit_scorers(self) -> dict:

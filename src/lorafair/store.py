@@ -3,7 +3,7 @@
 Layout::
 
     <output>/
-      study.yaml                 resolved study (as validated)
+      study.yaml                 resolved study (as validated); study.json: the same with its hash
       data/<name>-<hash>.jsonl   fine-tuning corpora, cached by content hash
       <arm>/seed-<s>/
         config.json              resolved arm config and its hash
@@ -15,6 +15,8 @@ Layout::
       analysis/                  kl, lens, weights results
       scorer_audit.json          audits of the scorers the run used (how far to trust them)
       lr_search/<arm>.json       learning-rate search records
+      compare.json               every arm pooled over seeds, arm − full differences, decisions
+      timings.json               wall time per stage
       report/                    report.html, summary.md, *.png
 """
 
@@ -229,12 +231,50 @@ class RunDir:
             raise UserError(f"output: cannot write to {self.path} ({e.strerror}); choose a writable folder "
                             "with output: in the study or fix its permissions") from None
 
+    def study_path(self, ext: str = "yaml") -> Path:
+        """``study.yaml`` (the resolved study) or, with ``ext="json"``, ``study.json`` (it and its hash)."""
+        return self.path / f"study.{ext}"
+
     def write_study(self, resolved: dict) -> None:
         import yaml
 
-        write_text(self.path / "study.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        write_text(self.study_path(), yaml.safe_dump(resolved, sort_keys=False))
         where = {k: v for k, v in resolved.items() if k != "output"}  # the same study anywhere: the same hash
-        write_json(self.path / "study.json", {"study": resolved, "hash": content_hash(where)})
+        write_json(self.study_path("json"), {"study": resolved, "hash": content_hash(where)})
+
+    def compare_path(self) -> Path:
+        return self.path / "compare.json"
+
+    def timings_path(self) -> Path:
+        return self.path / "timings.json"
+
+    def seed_dirs(self) -> list[tuple[tuple[str, int], Path]]:
+        """Every ``<arm>/seed-<s>`` folder: ((arm, seed), folder), sorted."""
+        out = []
+        for d in sorted(self.path.glob("*/seed-*")):
+            arm, s = d.parent.name, d.name.split("-", 1)[1]
+            if d.is_dir() and s.lstrip("-").isdigit() and arm not in ("analysis", "report", "data", "lr_search"):
+                out.append(((arm, int(s)), d))
+        return out
+
+    def arm_file(self, arm: str, seed: int, name: str) -> Path:
+        """A file of one arm and seed: ``config.json``, ``done.json``, ``failed.json``, ``val_curve.json``."""
+        return self.arm_dir(arm, seed) / name
+
+    def eval_names(self, arm: str, seed: int) -> list[str]:
+        """The evaluations written for one arm and seed (task names, ``probes``, ...)."""
+        return [j.stem for j in sorted((self.arm_dir(arm, seed) / "eval").glob("*.json"))]
+
+    def lr_search_paths(self) -> list[Path]:
+        return sorted((self.path / "lr_search").glob("*.json"))
+
+    def corpus_files(self) -> list[Path]:
+        """The cached fine-tuning corpora, ``data/<name>-<hash>.jsonl``."""
+        return sorted((self.path / "data").glob("*.jsonl"))
+
+    def failures(self) -> dict[tuple[str, int], dict]:
+        """(arm, seed) -> the record of a training stopped because its loss diverged."""
+        return {k: read_json(d / "failed.json") for k, d in self.seed_dirs() if (d / "failed.json").is_file()}
 
     def remove_leftovers(self) -> list[Path]:
         """Delete temporary files and folders that a killed process left behind (only call this while
@@ -247,7 +287,7 @@ class RunDir:
         return gone
 
     def is_run(self) -> bool:
-        return (self.path / "study.yaml").is_file() or (self.path / "study.json").is_file()
+        return self.study_path().is_file() or self.study_path("json").is_file()
 
     def finished_arms(self) -> list[Path]:
         return sorted(self.path.glob("*/seed-*/done.json"))
@@ -292,11 +332,11 @@ class RunDir:
         return self.arm_dir(arm, seed) / ("adapter" if kind == "lora" else "model")
 
     def is_done(self, arm: str, seed: int, h: str) -> bool:
-        f = self.arm_dir(arm, seed) / "done.json"
+        f = self.arm_file(arm, seed, "done.json")
         return f.is_file() and read_json(f).get("hash") == h
 
     def done(self, arm: str, seed: int) -> dict | None:
-        f = self.arm_dir(arm, seed) / "done.json"
+        f = self.arm_file(arm, seed, "done.json")
         return read_json(f) if f.is_file() else None
 
     def clear_arm(self, arm: str, seed: int) -> None:
@@ -307,7 +347,7 @@ class RunDir:
             shutil.rmtree(d)
 
     def write_arm_config(self, arm: str, seed: int, cfg: dict) -> None:
-        write_json(self.arm_dir(arm, seed) / "config.json", cfg)
+        write_json(self.arm_file(arm, seed, "config.json"), cfg)
 
     def save_weights(self, arm: str, seed: int, save, kind: str) -> None:
         """save(folder) writes into a temporary folder that is renamed into place."""
@@ -328,7 +368,7 @@ class RunDir:
 
     def write_train_log(self, arm: str, seed: int, log: list[dict], val_curve: list[dict]) -> None:
         write_jsonl(self.arm_dir(arm, seed) / "train_log.jsonl", log)
-        write_json(self.arm_dir(arm, seed) / "val_curve.json", val_curve)
+        write_json(self.arm_file(arm, seed, "val_curve.json"), val_curve)
 
     def train_log(self, arm: str, seed: int) -> list[dict]:
         f = self.arm_dir(arm, seed) / "train_log.jsonl"
@@ -337,16 +377,16 @@ class RunDir:
     def mark_done(self, arm: str, seed: int, summary: dict) -> None:
         import shutil
 
-        write_json(self.arm_dir(arm, seed) / "done.json", summary)
+        write_json(self.arm_file(arm, seed, "done.json"), summary)
         ck = self.checkpoint_dir(arm, seed)
         if ck.exists():
             shutil.rmtree(ck)
-        failed = self.arm_dir(arm, seed) / "failed.json"
+        failed = self.arm_file(arm, seed, "failed.json")
         if failed.exists():
             failed.unlink()
 
     def write_failed(self, arm: str, seed: int, info: dict) -> None:
-        write_json(self.arm_dir(arm, seed) / "failed.json", info)
+        write_json(self.arm_file(arm, seed, "failed.json"), info)
 
     def lr_search_path(self, arm: str) -> Path:
         return self.path / "lr_search" / f"{arm}.json"

@@ -9,29 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lorafair.arm_names import arm_order
-from lorafair.store import RunDir, read_json
-
-
-def fmt(rec: dict | None) -> str:
-    if not rec or rec.get("value") is None:
-        return "-"
-    v, lo, hi = rec["value"], rec.get("lo"), rec.get("hi")
-    if lo is None or hi is None:
-        return f"{v:.3f}"
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
-def _bracket(rec: dict | None, signed: bool = False) -> str:
-    """``0.120 [0.090, 0.150]`` at one precision (``+`` on positive numbers when ``signed``)."""
-    from lorafair.report.verdict import _decimals, num
-
-    if not rec or rec.get("value") is None:
-        return "-"
-    v, lo, hi = rec.get("value"), rec.get("lo"), rec.get("hi")
-    d = _decimals(v, lo, hi)
-    if lo is None or hi is None:
-        return num(v, signed, d)
-    return f"{num(v, signed, d)} [{num(lo, signed, d)}, {num(hi, signed, d)}]"
+from lorafair.report.fmt import bracket, num
+from lorafair.store import RunDir
 
 
 SECOND_HEADER = ["arm", "seed", "second scorer", "toxic fraction", "exp. max toxicity", "Spearman ρ",
@@ -50,10 +29,10 @@ def second_scorer_rows(evals: dict[tuple[str, int], dict]) -> list[list[str]]:
         if not sec:
             continue
         m, a = sec.get("metrics", {}), sec.get("agreement", {})
-        num = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-        rows.append([arm, str(seed), sec.get("scorer", {}).get("name", "?"), fmt(m.get("toxic_fraction")),
-                     fmt(m.get("expected_max_toxicity")), num(a.get("spearman")), num(a.get("agreement")),
-                     num(a.get("kappa"))])
+        three = lambda x: "-" if x is None else num(x, decimals=3)  # noqa: E731
+        rows.append([arm, str(seed), sec.get("scorer", {}).get("name", "?"), bracket(m.get("toxic_fraction")),
+                     bracket(m.get("expected_max_toxicity")), three(a.get("spearman")), three(a.get("agreement")),
+                     three(a.get("kappa"))])
     return rows
 
 
@@ -63,24 +42,21 @@ def missing_arms(run_dir: Path) -> list[str]:
 
     from lorafair.config import expand_arms, study_from_dict
 
-    f = Path(run_dir) / "study.yaml"
+    rd = RunDir(run_dir)
+    f = rd.study_path()
     if not f.is_file():
         return []
     raw = yaml.safe_load(f.read_text(encoding="utf-8"))
     study = study_from_dict({k: v for k, v in raw.items() if k != "source_path"}, str(f))
-    evaluated = set(RunDir(run_dir).evals(study.task.name))
+    evaluated = set(rd.evals(study.task.name))
     want = [(a.name, s) for a in expand_arms(study) for s in (study.seeds[:1] if a.type == "base" else study.seeds)]
     return [f"{a} seed {s}" for a, s in want if (a, s) not in evaluated]
 
 
 def failed_arms(run_dir: Path) -> list[str]:
     """One line per arm and seed whose training stopped because the loss diverged."""
-    out = []
-    for f in sorted(Path(run_dir).glob("*/seed-*/failed.json")):
-        info = read_json(f)
-        out.append(f"{f.parts[-3]} {f.parts[-2].replace('-', ' ')}: loss became {info.get('loss')} at step "
-                   f"{info.get('step')} with lr {info.get('lr')}")
-    return out
+    return [f"{arm} seed {seed}: loss became {info.get('loss')} at step {info.get('step')} with lr {info.get('lr')}"
+            for (arm, seed), info in RunDir(run_dir).failures().items()]
 
 
 def print_summary(run_dir: Path, console: Console) -> None:
@@ -119,7 +95,7 @@ def print_summary(run_dir: Path, console: Console) -> None:
             t.add_column(col)
         for arm in sorted(pooled, key=arm_order):
             d = (decisions.get(arm) or {}).get(m)
-            t.add_row(arm, _bracket(pooled[arm].get(m)), _bracket(d, signed=True) if d else "-",
+            t.add_row(arm, bracket(pooled[arm].get(m)), bracket(d, signed=True) if d else "-",
                       decision_label(d) if d else "-")
         console.print(t)
     second = second_scorer_rows(run.evals[task])

@@ -22,7 +22,7 @@ import pandas as pd
 from lorafair.errors import UserError
 from lorafair.results import finite, is_record
 from lorafair.store import RunDir, read_json
-from lorafair.arm_names import arm_order, arm_rank
+from lorafair.arm_names import arm_order
 
 Key = tuple[str, int]  # (arm, seed)
 
@@ -77,29 +77,43 @@ def _parquet(path: Path) -> pd.DataFrame | None:
 
 
 def is_run_dir(path: Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and ((p / "study.yaml").is_file() or (p / "study.json").is_file())
+    return Path(path).is_dir() and RunDir(path).is_run()
 
 
-def _study(path: Path) -> tuple[dict, str | None]:
-    sj = _json(path / "study.json")
+def _study(rd: RunDir) -> tuple[dict, str | None]:
+    sj = _json(rd.study_path("json"))
     if isinstance(sj, dict) and isinstance(sj.get("study"), dict):
         return sj["study"], sj.get("hash")
     try:
         import yaml
 
-        return yaml.safe_load((path / "study.yaml").read_text()) or {}, None
+        return yaml.safe_load(rd.study_path().read_text()) or {}, None
     except (OSError, ValueError):
         return {}, None
 
 
-def _seed_dirs(path: Path) -> list[tuple[Key, Path]]:
-    out = []
-    for d in sorted(path.glob("*/seed-*")):
-        arm, s = d.parent.name, d.name.split("-", 1)[1]
-        if d.is_dir() and s.lstrip("-").isdigit() and arm not in ("analysis", "report", "data", "lr_search"):
-            out.append(((arm, int(s)), d))
-    return out
+def _dict(path: Path) -> dict | None:
+    v = _json(path)
+    return v if isinstance(v, dict) else None
+
+
+def _read_seed(run: Run, rd: RunDir, arm: str, seed: int) -> None:
+    """One arm and seed's files into ``run``."""
+    key = (arm, seed)
+    for name, target in (("done.json", run.done), ("failed.json", run.failed), ("config.json", run.configs)):
+        v = _dict(rd.arm_file(arm, seed, name))
+        if v is not None:
+            target[key] = v
+    log = rd.train_log(arm, seed)
+    if log:
+        run.train_logs[key] = pd.DataFrame(log)
+    vc = _json(rd.arm_file(arm, seed, "val_curve.json"))
+    if isinstance(vc, list) and vc:
+        run.val_curves[key] = pd.DataFrame(vc)
+    for name in rd.eval_names(arm, seed):
+        v = _dict(rd.eval_paths(arm, seed, name)[0])
+        if v is not None:
+            run.evals.setdefault(name, {})[key] = v
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -109,39 +123,22 @@ def load_run(run_dir: str | Path) -> Run:
         raise UserError(f"{path}: not a run directory (no study.yaml or study.json); "
                         "give the output folder of a study run")
     rd = RunDir(path)
-    study, h = _study(path)
+    study, h = _study(rd)
     run = Run(path=path, name=str(study.get("name") or path.name), study=study, study_hash=h)
-    for key, d in _seed_dirs(path):
-        arm, seed = key
-        for name, target in (("done.json", run.done), ("failed.json", run.failed), ("config.json", run.configs)):
-            v = _json(d / name)
-            if isinstance(v, dict):
-                target[key] = v
-        log = rd.train_log(arm, seed) if (d / "train_log.jsonl").is_file() else []
-        if log:
-            run.train_logs[key] = pd.DataFrame(log)
-        vc = _json(d / "val_curve.json")
-        if isinstance(vc, list) and vc:
-            run.val_curves[key] = pd.DataFrame(vc)
-        for j in sorted((d / "eval").glob("*.json")):
-            v = _json(j)
-            if isinstance(v, dict):
-                run.evals.setdefault(j.stem, {})[key] = v
-    for f in sorted((path / "lr_search").glob("*.json")):
-        v = _json(f)
-        if isinstance(v, dict):
+    for (arm, seed), _ in rd.seed_dirs():
+        _read_seed(run, rd, arm, seed)
+    for f in rd.lr_search_paths():
+        v = _dict(f)
+        if v is not None:
             run.lr_search[f.stem] = v
-    run.compare = _json(path / "compare.json") or {}
-    run.timings = _json(path / "timings.json") or {}
+    run.compare = _json(rd.compare_path()) or {}
+    run.timings = _json(rd.timings_path()) or {}
     run.kl = _kl(_json(rd.analysis_path("kl")))
     run.lens = _parquet(rd.analysis_path("lens", "parquet"))
-    cf = _json(rd.analysis_path("counterfactual"))
-    run.counterfactual = cf if isinstance(cf, dict) else None
-    w = _json(rd.analysis_path("weights"))
-    run.weights = w if isinstance(w, dict) else None
-    audits = _json(rd.scorer_audit_path())
-    run.scorer_audit = audits if isinstance(audits, dict) else {}
-    for f in sorted((path / "data").glob("*.jsonl")):
+    run.counterfactual = _dict(rd.analysis_path("counterfactual"))
+    run.weights = _dict(rd.analysis_path("weights"))
+    run.scorer_audit = _dict(rd.scorer_audit_path()) or {}
+    for f in rd.corpus_files():
         name, _, hsh = f.stem.rpartition("-")
         run.data_files.append((name or f.stem, hsh if name else ""))
     return run
