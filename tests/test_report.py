@@ -21,8 +21,8 @@ from lorafair.errors import UserError
 from lorafair.report import build_comparison, build_report, run_verdict
 from lorafair.arm_names import arm_rank
 from lorafair.report.load import load_run, pool, pooled_metrics
-from lorafair.report.verdict import (decision_sentence, fit_warnings, recommended_ranks, value_ci,
-                                     verdict_table)
+from lorafair.report.fmt import bracket, cell, num, value_ci
+from lorafair.report.verdict import decision_sentence, fit_warnings, recommended_ranks, verdict_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MEASURES = ("toxic_fraction", "expected_max_toxicity")
@@ -346,6 +346,15 @@ def test_verdict_table_cells():
     assert header == ["arm", "a"]
     assert rows == [["base", "worse >δ: +0.300 (+0.290–+0.310)"],
                     ["lora-r1", "equivalent: +0.001 (-0.009 to +0.011)"]]
+
+
+def test_one_formatter_for_records_and_cells():
+    assert bracket(rec(0.12, 0.03)) == "0.120 [0.090, 0.150]"
+    assert bracket(diff(0.03, 0.01), signed=True) == "+0.030 [+0.020, +0.040]"
+    assert bracket(rec(0.0012, 0.0005)) == "0.0012 [0.0007, 0.0017]" and bracket(None) == "-"
+    assert bracket({"value": 0.5}) == "0.500"
+    assert num(float("nan")) == "n/a" and num(-0.0001, decimals=3) == "0"
+    assert cell(0.12345) == "0.123" and cell({"mean": 2.0}) == "2.000" and cell(3) == "3" and cell("x") == "x"
 
 
 def test_value_ci_precision():

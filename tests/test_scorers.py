@@ -14,7 +14,7 @@ from scipy.special import expit, softmax
 
 from lorafair.errors import UserError
 from lorafair.scorers import available_scorers, get_scorer
-from lorafair.scorers.base import package_dir
+from lorafair.packages import package_dir
 from lorafair.scorers.hf import primary_label
 from lorafair.scorers.jigsaw import LABELS, JigsawBiLSTM, encode, load_tokenizer
 

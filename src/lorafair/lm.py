@@ -15,10 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _batches(n: int, size: int):
-    for i in range(0, n, size):
-        yield slice(i, min(i + size, n))
+from lorafair.packages import slices
 
 
 @torch.no_grad()
@@ -31,7 +28,7 @@ def choice_logprobs(model: nn.Module, tokenizer, prompts: list[str], token_ids: 
     tokenizer.padding_side = "left"  # the last position is then the next-token position for every row
     out = []
     try:
-        for sl in _batches(len(prompts), batch_size):
+        for sl in slices(len(prompts), batch_size):
             enc = tokenizer(prompts[sl], return_tensors="pt", padding=True).to(dev)
             pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # positions count from each row's first token
             logits = model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1].float()  # last position only
@@ -72,7 +69,7 @@ def prefixed_choice_logprobs(model: nn.Module, prefix: list[int], suffixes: list
     head = torch.tensor([prefix], device=dev)
     cache = model(input_ids=head, use_cache=True, logits_to_keep=1).cache
     P, out = len(prefix), []
-    for sl in _batches(len(suffixes), batch_size):
+    for sl in slices(len(suffixes), batch_size):
         rows = suffixes[sl]
         L = max(len(r) for r in rows)
         ids = torch.tensor([[pad_id] * (L - len(r)) + r for r in rows], device=dev)
@@ -99,7 +96,7 @@ def sequence_loglik(model: nn.Module, tokenizer, texts: list[str], batch_size: i
     start = start_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start[0]
     totals, counts = [], []
-    for sl in _batches(len(texts), batch_size):
+    for sl in slices(len(texts), batch_size):
         seqs = [start + tokenizer.encode(t, add_special_tokens=False) for t in texts[sl]]
         width = max(len(x) for x in seqs)
         ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs], device=dev)

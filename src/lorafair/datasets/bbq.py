@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from lorafair.datasets import package_file
+from lorafair.packages import package_file
 from lorafair.errors import UserError
 
 UNKNOWN = {"unknown", "cannot be determined", "can't be determined", "not answerable", "not known",

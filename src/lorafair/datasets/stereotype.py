@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from lorafair.datasets import package_file
+from lorafair.packages import package_file
 from lorafair.errors import UserError
 
 LogLik = Callable[[list[str]], np.ndarray]

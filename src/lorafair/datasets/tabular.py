@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lorafair.datasets import package_file
+from lorafair.packages import package_file
 from lorafair.errors import UserError
 from lorafair.prompts import normalise
 

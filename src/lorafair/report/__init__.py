@@ -18,7 +18,8 @@ from lorafair.report import plots
 from lorafair.report.load import (Run, best_val_loss, group_records, headline_names,
                                   is_record, lens_table, load_run, pooled_metrics)
 from lorafair.report.audit import HEADER as AUDIT_HEADER, NOTE as SCORER_NOTE, audit_row, scorer_warnings
-from lorafair.report.verdict import num, value_ci, verdict, verdict_table
+from lorafair.report.fmt import cell, num, value_ci
+from lorafair.report.verdict import verdict, verdict_table
 from lorafair.summary import SECOND_HEADER, SECOND_NOTE, second_scorer_rows
 
 Figure = tuple[str, str, bytes]  # (file name, caption, PNG bytes)
@@ -94,20 +95,12 @@ def _weights_html(weights: dict | None) -> str:
     parts = []
     if isinstance(arms, dict) and arms:
         cols = sorted({c for e in arms.values() if isinstance(e, dict) for c in e})
-        rows = [[a, *[_cell(arms[a].get(c)) for c in cols]] for a in sorted(arms, key=arm_order)]
+        rows = [[a, *[cell(arms[a].get(c)) for c in cols]] for a in sorted(arms, key=arm_order)]
         parts.append(H.table(["arm", *cols], rows))
     rec = (weights or {}).get("recommendation")
     if isinstance(rec, dict) and rec:
-        parts.append(H.table(["recommendation", "value"], [[k, _cell(v)] for k, v in rec.items()]))
+        parts.append(H.table(["recommendation", "value"], [[k, cell(v)] for k, v in rec.items()]))
     return "".join(parts)
-
-
-def _cell(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, dict) and "mean" in v:
-        return f"{v['mean']:.4g}"
-    return str(v)
 
 
 def run_verdict(run: Run) -> list[str]:
@@ -232,7 +225,7 @@ def build_report(run_dir: Path) -> Path:
     prov = H.provenance(run)
     sections.append(("Provenance", H.table(["what", "value"], [list(p) for p in prov])))
     md += ["## Provenance", "", H.md_table(["what", "value"], [list(p) for p in prov]), ""]
-    out = run.path / "report"
+    out = store.RunDir(run.path).report_dir()
     all_figs = [f for fs in figs.values() for f in fs] + [f for _, fs in own for f in fs] + bias_figs
     _write_figures(out, all_figs, prune=True)
     md += ["## Plots", ""] + [f"- [{c}]({n})" for n, c, _ in all_figs] + [""]

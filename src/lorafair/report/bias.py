@@ -8,8 +8,7 @@ from lorafair.report import html as H
 from lorafair.report import plots
 from lorafair.arm_names import arm_order
 from lorafair.report.load import Run
-from lorafair.report.verdict import value_ci
-from lorafair.summary import fmt
+from lorafair.report.fmt import bracket, value_ci
 
 CF_COLUMNS = [("js", "JS divergence"), ("kl_ab", "KL(a‖b)"), ("kl_ba", "KL(b‖a)"),
               ("minus_full", "JS, arm − full"), ("reduction_share", "share of full's reduction")]
@@ -51,7 +50,7 @@ def bbq_table(run: Run) -> tuple[list[str], list[list[object]]]:
         cats = ((s.get("by_bias_type") or {}).get("bbq")) or {}
         for cat, c in sorted(cats.items()):
             rows.append([arm, seed, cat, c.get("n"),
-                         *[fmt({"value": c[k]["value"], "lo": c[k]["low"], "hi": c[k]["high"]}) for k, _ in BBQ_STATS]])
+                         *[bracket({"value": c[k]["value"], "lo": c[k]["low"], "hi": c[k]["high"]}) for k, _ in BBQ_STATS]])
     return header, rows
 
 

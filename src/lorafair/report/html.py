@@ -12,7 +12,7 @@ from importlib import metadata
 
 from lorafair.arm_names import arm_order
 from lorafair.report.load import Run, finite, seeds
-from lorafair.summary import fmt
+from lorafair.report.fmt import bracket
 
 PACKAGES = ("lorafair", "torch", "transformers", "peft", "numpy", "pandas", "matplotlib")
 
@@ -63,7 +63,7 @@ def metric_rows(pooled: dict[str, dict[str, dict]], metrics: list[str],
     rows = []
     for arm in sorted(pooled, key=arm_order):
         n = max([r.get("n_seeds", 1) for r in pooled[arm].values() if isinstance(r.get("n_seeds", 1), int)] or [1])
-        rows.append([*(prefix or []), arm, n, *[fmt(pooled[arm].get(m)) for m in metrics]])
+        rows.append([*(prefix or []), arm, n, *[bracket(pooled[arm].get(m)) for m in metrics]])
     return rows
 
 

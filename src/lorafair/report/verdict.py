@@ -20,44 +20,13 @@ import math
 from typing import Any
 
 from lorafair.arm_names import arm_rank
+from lorafair.report.fmt import num, places, value_ci
 from lorafair.report.load import finite, is_record
 from lorafair.stats import rank_recommendation
 
 FIT_TOLERANCE = 0.05
 
 VARIANT_LABELS = {"lora": "LoRA", "rslora": "rsLoRA", "dora": "DoRA", "pissa": "PiSSA"}
-
-
-def _decimals(*xs: Any) -> int:
-    """Decimals for the largest finite magnitude among ``xs``: three, or two significant digits below 0.01."""
-    mags = [abs(float(x)) for x in xs if finite(x) and x != 0]
-    if not mags:
-        return 3
-    return int(min(6, max(3, 1 - math.floor(math.log10(max(mags))))))
-
-
-def num(x: Any, signed: bool = False, decimals: int | None = None) -> str:
-    """A number at ``decimals`` places (three significant digits by default); '+' on positive
-    differences when ``signed``; zero is always "0"."""
-    if not finite(x):
-        return "n/a"
-    x = float(x)
-    d = _decimals(x) if decimals is None else decimals
-    s = f"{x:.{d}f}"
-    if float(s) == 0:
-        return "0"
-    return f"+{s}" if signed and x > 0 else s
-
-
-def value_ci(rec: dict, signed: bool = False, label: str = "95% CI ") -> str:
-    """``"0.120 (95% CI 0.090–0.150)"``, the three numbers at one precision; bounds below zero are
-    joined by "to" so a minus sign is never read as a dash."""
-    v, lo, hi = rec.get("value"), rec.get("lo"), rec.get("hi")
-    d = _decimals(v, lo, hi)
-    if not (finite(lo) and finite(hi)):
-        return f"{num(v, signed, d)} (no interval)"
-    sep = " to " if min(lo, hi) < 0 else "–"
-    return f"{num(v, signed, d)} ({label}{num(lo, signed, d)}{sep}{num(hi, signed, d)})"
 
 
 def _cap(text: str) -> str:
@@ -130,7 +99,7 @@ def decision_sentence(arm: str, metric: str, d: dict, arm_rec: dict | None = Non
         head = f"{who} minus full fine-tuning on {m}: "
     body = "difference " + value_ci(d, signed=True)
     if finite(d.get("lo90")) and finite(d.get("hi90")):
-        dec = _decimals(d.get("value"), d.get("lo"), d.get("hi"))
+        dec = places(d.get("value"), d.get("lo"), d.get("hi"))
         sep = " to " if min(d["lo90"], d["hi90"]) < 0 else "–"
         body = body[:-1] + f"; 90% CI {num(d['lo90'], True, dec)}{sep}{num(d['hi90'], True, dec)})"
     what, delta = d.get("decision"), num(d.get("margin"))

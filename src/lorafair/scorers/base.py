@@ -7,10 +7,8 @@ empty case and checks the outputs; a concrete scorer only implements ``_score``.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,22 +67,6 @@ def check_texts(texts: Sequence[str], where: str) -> list[str]:
     return texts
 
 
-def package_dir(module: str, install: str) -> Path:
-    """Folder of an installed package, found without importing it; UserError naming ``install`` if absent."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"package '{module}' is not installed; run `{install}`")
-    return Path(spec.submodule_search_locations[0])
-
-
-def package_version(dist: str) -> str:
-    """Installed version of a distribution, or 'unknown' when it has no metadata."""
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def files_hash(paths: Sequence[str | Path], n: int = 16) -> str:
     """sha256 over the bytes of the files in the given order; first ``n`` hex digits."""
     h = hashlib.sha256()
@@ -93,9 +75,3 @@ def files_hash(paths: Sequence[str | Path], n: int = 16) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:n]
-
-
-def batches(n: int, size: int) -> Iterator[slice]:
-    """Consecutive slices covering range(n), each at most ``size`` long."""
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))

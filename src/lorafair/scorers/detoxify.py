@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from lorafair.errors import UserError
-from lorafair.scorers.base import Scorer, batches, files_hash, package_dir, package_version
+from lorafair.packages import package_dir, package_version, slices
+from lorafair.scorers.base import Scorer, files_hash
 
 INSTALL = "pip install --no-deps detoxify"
 CHECKPOINTS = {
@@ -61,7 +62,7 @@ class DetoxifyScorer(Scorer):
 
     def _score(self, texts: list[str]) -> dict[str, np.ndarray]:
         out: dict[str, list[float]] = {label: [] for label in self.labels}
-        for s in batches(len(texts), self.batch_size):
+        for s in slices(len(texts), self.batch_size):
             for label, values in self._model.predict(texts[s]).items():
                 out[label].extend(values)
         return {label: np.asarray(v, dtype=np.float64) for label, v in out.items()}

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from lorafair.errors import UserError
-from lorafair.scorers.base import Scorer, batches, files_hash, package_version
+from lorafair.packages import package_version, slices
+from lorafair.scorers.base import Scorer, files_hash
 
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 _NEGATED = re.compile(r"(^|[^a-z])(non|not|no)[\s_-]*toxic")
@@ -83,7 +84,7 @@ class HFClassifier(Scorer):
     def _score(self, texts: list[str]) -> dict[str, np.ndarray]:
         chunks = []
         with torch.no_grad():
-            for s in batches(len(texts), self.batch_size):
+            for s in slices(len(texts), self.batch_size):
                 enc = self._tok(texts[s], padding=True, truncation=True, max_length=self.max_length,
                                 return_tensors="pt")
                 logits = self._model(**enc).logits.float()  # [b, labels]

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from lorafair.errors import UserError
-from lorafair.scorers.base import Scorer, batches, files_hash, package_dir, package_version
+from lorafair.packages import package_dir, package_version, slices
+from lorafair.scorers.base import Scorer, files_hash
 
 PACKAGE = "toxic_classifier"
 INSTALL = "pip install --no-deps toxic-comment-classifier==0.3.0 h5py"
@@ -142,5 +143,5 @@ class JigsawBiLSTM(Scorer):
     def _score(self, texts: list[str]) -> dict[str, np.ndarray]:
         ids = encode(texts, self._tok)
         with torch.no_grad():
-            probs = torch.cat([self._net(ids[s]) for s in batches(len(texts), self.batch_size)]).numpy()
+            probs = torch.cat([self._net(ids[s]) for s in slices(len(texts), self.batch_size)]).numpy()
         return {label: probs[:, j] for j, label in enumerate(self.labels)}

@@ -32,7 +32,8 @@ import yaml
 
 from lorafair import lm, models
 from lorafair.errors import UserError
-from lorafair.scorers.base import Scorer, package_version
+from lorafair.packages import package_version
+from lorafair.scorers.base import Scorer
 from lorafair.store import content_hash
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "judge"

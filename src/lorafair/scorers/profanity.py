@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from lorafair.errors import UserError
-from lorafair.scorers.base import Scorer, files_hash, package_dir, package_version
+from lorafair.packages import package_dir, package_version
+from lorafair.scorers.base import Scorer, files_hash
 
 INSTALL = "pip install alt-profanity-check==1.9.1"
 
