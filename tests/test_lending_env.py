@@ -8,17 +8,15 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from scipy import optimize, stats
 
+from lending_oracles import describe_swapped, gaps, rollout_pairs, timeseries
 from lorafair.errors import UserError
 from lorafair.tasks.lending_env import (
     LendingEnv,
     LendingParams,
     describe,
-    describe_swapped,
     env_seeds,
-    gaps,
     initial_counts,
     rollout,
-    timeseries,
 )
 from lorafair.tasks.lending_policies import (
     EqualOpportunityOracle,
@@ -26,7 +24,6 @@ from lorafair.tasks.lending_policies import (
     equal_opportunity_thresholds,
     expected_profit,
     max_profit_threshold,
-    rollout_pairs,
     threshold_policy,
     tpr_of,
 )

@@ -14,7 +14,6 @@ from lorafair.config import study_from_dict
 from lorafair.errors import UserError
 from lorafair.runner import Runner, make_task, split_corpus
 from lorafair.tasks.lending import (
-    DecisionLog,
     LendingOptions,
     case_numbers,
     decision_ids,
@@ -26,10 +25,10 @@ from lorafair.tasks.lending import (
     pooled_timeseries,
     reference_thresholds,
     summarize,
-    threshold_logged,
 )
-from lorafair.tasks.lending_env import LendingEnv, LendingParams, env_seeds, rollout, timeseries
-from lorafair.tasks.lending_policies import EqualOpportunityOracle
+from lending_oracles import timeseries
+from lorafair.tasks.lending_env import LendingEnv, LendingParams, env_seeds, rollout
+from lorafair.tasks.lending_policies import DecisionLog, EqualOpportunityOracle, threshold_policy
 
 T, N_ENVS, BURNIN = 12, 4, 3
 
@@ -223,7 +222,7 @@ def test_flip_rate_is_per_environment_from_the_decision_log(tmp_path):
 
     def policy(seed, log):
         logs[seed] = log
-        return threshold_logged((ths[0], ths[1]), seed, log)
+        return threshold_policy((ths[0], ths[1]), seed, log)
 
     rows = task._rollouts(policy)
     fin = final_by_env(rows)

@@ -21,7 +21,7 @@ from lorafair.errors import UserError
 from lorafair.report import build_comparison, build_report, run_verdict
 from lorafair.arm_names import arm_rank
 from lorafair.report.load import load_run, pool, pooled_metrics
-from lorafair.report.fmt import bracket, cell, num, value_ci
+from lorafair.fmt import bracket, cell, num, value_ci
 from lorafair.report.verdict import decision_sentence, fit_warnings, recommended_ranks, verdict_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

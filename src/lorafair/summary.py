@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lorafair.arm_names import arm_order
-from lorafair.report.fmt import bracket, num
+from lorafair.fmt import bracket, num
 from lorafair.store import RunDir
 
 

@@ -8,7 +8,7 @@ from lorafair.report import html as H
 from lorafair.report import plots
 from lorafair.arm_names import arm_order
 from lorafair.report.load import Run
-from lorafair.report.fmt import bracket, value_ci
+from lorafair.fmt import bracket, value_ci
 
 CF_COLUMNS = [("js", "JS divergence"), ("kl_ab", "KL(a‖b)"), ("kl_ba", "KL(b‖a)"),
               ("minus_full", "JS, arm − full"), ("reduction_share", "share of full's reduction")]

@@ -12,7 +12,7 @@ from importlib import metadata
 
 from lorafair.arm_names import arm_order
 from lorafair.report.load import Run, finite, seeds
-from lorafair.report.fmt import bracket
+from lorafair.fmt import bracket
 
 PACKAGES = ("lorafair", "torch", "transformers", "peft", "numpy", "pandas", "matplotlib")
 

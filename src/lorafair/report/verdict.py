@@ -20,7 +20,7 @@ import math
 from typing import Any
 
 from lorafair.arm_names import arm_rank
-from lorafair.report.fmt import num, places, value_ci
+from lorafair.fmt import num, places, value_ci
 from lorafair.report.load import finite, is_record
 from lorafair.stats import rank_recommendation
 

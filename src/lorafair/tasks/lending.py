@@ -58,13 +58,12 @@ from lorafair.tasks.lending_env import (
 )
 from lorafair.tasks.lending_policies import (
     DECISION_WORDS,
+    DecisionLog,
     EqualOpportunityOracle,
     Threshold,
-    Thresholds,
-    decide,
     equal_opportunity_thresholds,
     max_profit_threshold,
-    per_env_thresholds,
+    threshold_policy,
 )
 
 REFERENCES = ("equal-opportunity", "equal-opportunity-fixed", "max-profit")
@@ -135,26 +134,6 @@ def decision_ids(tokenizer) -> list[int]:
 # ----------------------------------------------------------------------------- policies
 
 
-class DecisionLog:
-    """Decisions of a batch policy in call order: action and swapped action, [steps, n_envs] each,
-    with p(approve) over the two words (NaN for threshold policies)."""
-
-    def __init__(self) -> None:
-        self.parts: list[np.ndarray] = []  # each [n_envs, 4]: action, swapped, p, p_swapped
-
-    def add(self, a, a_sw, p, p_sw) -> None:
-        self.parts.append(np.column_stack([a, a_sw, p, p_sw]).astype(np.float64))
-
-    def rows_of(self, df: pd.DataFrame) -> np.ndarray:
-        """The logged decisions of the rows of a rollout frame decided by the policy (``call`` >= 0),
-        in the frame's order, [rows, 4]."""
-        if not self.parts:
-            return np.zeros((0, 4))
-        n = self.parts[0].shape[0]
-        decided = df[df["call"] >= 0]
-        return np.concatenate(self.parts)[decided["call"].to_numpy() * n + decided["env"].to_numpy()]
-
-
 @torch.no_grad()
 def llm_decide(model, tokenizer, texts: list[str], ids: list[int], batch_size: int = 32
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -192,25 +171,6 @@ def reference_thresholds(name: str, params: LendingParams) -> tuple[Threshold, T
     if name == "equal-opportunity-fixed":
         return equal_opportunity_thresholds(params)
     raise UserError(f"task.options.reference: {name!r} is not one of {', '.join(REFERENCES)}")
-
-
-def threshold_logged(ths: Thresholds, seed: int, log: DecisionLog) -> PolicyFn:
-    """Per-group thresholds (fixed, or the oracle's on each environment's current distributions) as
-    a batch policy; the swapped decision applies the other group's threshold with the same uniform
-    draw (so randomised boundary bins flip only when needed)."""
-    rng = np.random.default_rng(seed)
-
-    def policy(batch: list[Obs], dists: np.ndarray | None = None) -> list[int]:
-        u = rng.random(len(batch))
-        per_env = per_env_thresholds(ths, len(batch), dists)
-        a = [decide(th[int(ob["group"])], int(ob["bin"]), ui) for ob, ui, th in zip(batch, u, per_env)]
-        sw = [decide(th[1 - int(ob["group"])], int(ob["bin"]), ui) for ob, ui, th in zip(batch, u, per_env)]
-        nan = np.full(len(batch), np.nan)
-        log.add(a, sw, nan, nan)
-        return a
-
-    policy.needs_dists = isinstance(ths, EqualOpportunityOracle)
-    return policy
 
 
 # ----------------------------------------------------------------------------- measures
@@ -376,7 +336,7 @@ class Lending(Task):
             self._references = {}
             for name in REFERENCES:
                 ths = reference_thresholds(name, self.params)
-                rows = self._rollouts(lambda s, lg, ths=ths: threshold_logged(ths, s, lg))
+                rows = self._rollouts(lambda s, lg, ths=ths: threshold_policy(ths, s, lg))
                 res = summarize(rows, n_boot, self.options.groups)
                 start = ths(np.asarray(self.params.init_dists)) if callable(ths) else ths
                 res["thresholds"] = [{"cutoff": t.cutoff, "p_cutoff": t.p_cutoff} for t in start]
@@ -405,7 +365,7 @@ class Lending(Task):
         rows (approvals the reference did not decide) left out."""
         o = self.options
         steps = self.params.burnin + -(-n // o.n_envs)
-        pol = threshold_logged(self.thresholds, seed, DecisionLog())
+        pol = threshold_policy(self.thresholds, seed)
         df = rollout(pol, o.n_envs, steps, seed, self.params)
         return df[df["call"] >= 0].sort_values(["step", "env"], kind="stable").head(n)
 

@@ -40,13 +40,11 @@ Defaults (``LendingParams()``), from ML-fairness-gym ``environments/lending_para
 
 Text
     ``describe(obs)`` writes an observation as a prompt, e.g. "Applicant from group A with credit
-    score bin 4 of 7. Decision:" (bins shown 1-based); ``describe_swapped`` swaps only the group
-    words, for the counterfactual flip rate.
+    score bin 4 of 7. Decision:" (bins shown 1-based).
 
-Rollout measures (``rollout`` -> ``timeseries`` -> ``gaps``): per group and step, the approval rate
-and true positive rate so far (pooled over environments), the mean credit bin of the group's
-population, and the cumulative profit from the group's loans (mean over environments); gaps are
-group 0 minus group 1.
+``rollout`` runs a batch policy in several environments at once and returns one row per applicant;
+the task's measures of those rows are in ``lorafair.tasks.lending`` (``env_series``,
+``final_by_env``, ``pooled_timeseries``).
 """
 
 from __future__ import annotations
@@ -273,12 +271,6 @@ def describe(obs: Obs, names: Sequence[str] = DEFAULT_NAMES, template: str = DEF
     return template.format(group=names[int(obs["group"])], bin=int(obs["bin"]) + 1, n_bins=n_bins)
 
 
-def describe_swapped(obs: Obs, names: Sequence[str] = DEFAULT_NAMES,
-                     template: str = DEFAULT_TEMPLATE, n_bins: int = len(SUCCESS_PROBS)) -> str:
-    """The same text with only the group words swapped (counterfactual prompt)."""
-    return describe({"group": 1 - int(obs["group"]), "bin": obs["bin"]}, names, template, n_bins)
-
-
 def env_seeds(seed: int, n_envs: int) -> list[int]:
     """Independent reset seeds for ``n_envs`` parallel environments of one rollout."""
     return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n_envs)]
@@ -341,51 +333,3 @@ def rollout(policy_fn: PolicyFn, n_envs: int, T: int, seed: int,
                     "reward": np.float32, "mean_bin_0": np.float32, "mean_bin_1": np.float32,
                     "call": np.int64})
     return df.sort_values(["env", "step"], kind="stable").reset_index(drop=True)
-
-
-def timeseries(df: pd.DataFrame) -> pd.DataFrame:
-    """Per group and step, from a ``rollout`` frame (long format, sorted by step then group).
-
-    Columns: step, group, n (applicants so far, all envs), approval_rate (approved / applicants
-    so far), tpr (approved among would-repay so far; NaN before the first would-repay), mean_bin
-    (mean over envs of the group's population mean bin after the step), profit (mean over envs
-    of the cumulative reward from the group's applicants).
-    """
-    steps = np.sort(df["step"].unique())
-    n_envs = df["env"].nunique()
-    rows = []
-    for g in (0, 1):
-        sub = df[df["group"] == g]
-        per = pd.DataFrame({
-            "n": sub.groupby("step").size(),
-            "approved": sub.groupby("step")["action"].sum(),
-            "pos": sub.groupby("step")["would_repay"].sum(),
-            "tp": sub[sub["would_repay"]].groupby("step")["action"].sum(),
-            "reward": sub.groupby("step")["reward"].sum().astype(np.float64),
-        }).reindex(steps, fill_value=0).fillna(0).cumsum()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = pd.DataFrame({
-                "step": steps,
-                "group": g,
-                "n": per["n"].to_numpy().astype(np.int64),
-                "approval_rate": np.where(per["n"] > 0, per["approved"] / per["n"], np.nan),
-                "tpr": np.where(per["pos"] > 0, per["tp"] / per["pos"], np.nan),
-                "mean_bin": df.groupby("step")[f"mean_bin_{g}"].mean()
-                .reindex(steps).to_numpy(np.float64),
-                "profit": per["reward"].to_numpy() / n_envs,
-            })
-        rows.append(out)
-    ts = pd.concat(rows, ignore_index=True)
-    return ts.sort_values(["step", "group"], kind="stable").reset_index(drop=True)
-
-
-GAP_MEASURES = ("approval_rate", "tpr", "mean_bin", "profit")
-
-
-def gaps(ts: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Group 0 minus group 1 for every measure of ``timeseries``: per step, and at the last step."""
-    wide = ts.pivot(index="step", columns="group", values=list(GAP_MEASURES))
-    per_step = pd.DataFrame({m: wide[(m, 0)] - wide[(m, 1)] for m in GAP_MEASURES})
-    per_step = per_step.reset_index()
-    final = {m: float(per_step[m].iloc[-1]) for m in GAP_MEASURES}
-    return per_step, final

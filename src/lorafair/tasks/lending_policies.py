@@ -20,8 +20,9 @@ bin ``cutoff`` itself with probability ``p_cutoff``, and nothing below.
 * ``EqualOpportunityOracle``: the equal-opportunity thresholds re-optimised at every step on each
   environment's current group distributions, as ML-fairness-gym's ``OracleThresholdAgent`` does
   (it reads the environment's true state); the fixed-at-start thresholds above remain available.
-* ``threshold_policy`` turns thresholds into a batch ``policy_fn`` for ``lending_env.rollout``;
-  ``rollout_pairs`` writes (prompt, " approve" / " deny") pairs for fine-tuning data.
+* ``threshold_policy`` turns thresholds into a batch ``policy_fn`` for ``lending_env.rollout``,
+  optionally logging each decision next to the one the other group's threshold gives
+  (``DecisionLog``, for the flip rate).
 """
 
 from __future__ import annotations
@@ -30,16 +31,13 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from lorafair.errors import UserError
 from lorafair.tasks.lending_env import (
-    DEFAULT_NAMES,
-    DEFAULT_TEMPLATE,
     LendingParams,
     Obs,
     PolicyFn,
-    describe,
-    rollout,
 )
 
 DECISION_WORDS: tuple[str, str] = (" deny", " approve")
@@ -162,6 +160,26 @@ class EqualOpportunityOracle:
 Thresholds = Threshold | Sequence[Threshold] | EqualOpportunityOracle
 
 
+class DecisionLog:
+    """Decisions of a batch policy in call order: action and swapped action, [steps, n_envs] each,
+    with p(approve) over the two words (NaN for threshold policies)."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []  # each [n_envs, 4]: action, swapped, p, p_swapped
+
+    def add(self, a, a_sw, p, p_sw) -> None:
+        self.parts.append(np.column_stack([a, a_sw, p, p_sw]).astype(np.float64))
+
+    def rows_of(self, df: pd.DataFrame) -> np.ndarray:
+        """The logged decisions of the rows of a rollout frame decided by the policy (``call`` >= 0),
+        in the frame's order, [rows, 4]."""
+        if not self.parts:
+            return np.zeros((0, 4))
+        n = self.parts[0].shape[0]
+        decided = df[df["call"] >= 0]
+        return np.concatenate(self.parts)[decided["call"].to_numpy() * n + decided["env"].to_numpy()]
+
+
 def decide(th: Threshold, b: int, u: float) -> int:
     """Approve bin ``b`` under threshold ``th`` with the uniform draw ``u``."""
     return int(b > th.cutoff or (b == th.cutoff and u < th.p_cutoff))
@@ -179,12 +197,14 @@ def per_env_thresholds(thresholds: Thresholds, n: int, dists: np.ndarray | None
     return [ths] * n
 
 
-def threshold_policy(thresholds: Thresholds, seed: int = 0) -> PolicyFn:
+def threshold_policy(thresholds: Thresholds, seed: int = 0, log: DecisionLog | None = None) -> PolicyFn:
     """A batch policy for ``rollout``: one threshold for both groups, one per group, or an
     ``EqualOpportunityOracle`` (then the policy asks the rollout for the current distributions).
 
     Randomised boundary decisions come from a generator seeded with ``seed`` and consumed one
-    number per observation in call order.
+    number per observation in call order. With ``log``, each decision is logged next to the
+    swapped one, the other group's threshold under the same uniform draw (so randomised boundary
+    bins flip only when needed).
     """
     if not isinstance(thresholds, EqualOpportunityOracle):
         per_env_thresholds(thresholds, 0, None)  # bad thresholds fail here, not at the first step
@@ -193,21 +213,12 @@ def threshold_policy(thresholds: Thresholds, seed: int = 0) -> PolicyFn:
     def policy(batch: list[Obs], dists: np.ndarray | None = None) -> list[int]:
         u = rng.random(len(batch))
         ths = per_env_thresholds(thresholds, len(batch), dists)
-        return [decide(th[int(ob["group"])], int(ob["bin"]), ui) for ob, ui, th in zip(batch, u, ths)]
+        a = [decide(th[int(ob["group"])], int(ob["bin"]), ui) for ob, ui, th in zip(batch, u, ths)]
+        if log is not None:
+            sw = [decide(th[1 - int(ob["group"])], int(ob["bin"]), ui) for ob, ui, th in zip(batch, u, ths)]
+            nan = np.full(len(batch), np.nan)
+            log.add(a, sw, nan, nan)
+        return a
 
     policy.needs_dists = isinstance(thresholds, EqualOpportunityOracle)
     return policy
-
-
-def rollout_pairs(policy: PolicyFn, n_envs: int, T: int, seed: int,
-                  params: LendingParams | None = None, names: Sequence[str] = DEFAULT_NAMES,
-                  template: str = DEFAULT_TEMPLATE) -> list[tuple[str, str]]:
-    """(observation text, " approve" / " deny") for every decision the policy took in a rollout
-    (burn-in approvals left out), env-major order."""
-    params = params or LendingParams()
-    df = rollout(policy, n_envs, T, seed, params)
-    df = df[df["call"] >= 0]
-    return [
-        (describe({"group": g, "bin": b}, names, template, params.n_bins), DECISION_WORDS[a])
-        for g, b, a in zip(df["group"].to_numpy(), df["bin"].to_numpy(), df["action"].to_numpy())
-    ]
