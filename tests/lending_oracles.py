@@ -1,6 +1,6 @@
 """Independent reference implementations of the lending measures and helpers used only by tests:
 per-step measures computed group by group with plain pandas, to check the task's own
-(`lorafair.tasks.lending.env_series`, `pooled_timeseries`)."""
+(`lorafair.tasks.lending.task.env_series`, `pooled_timeseries`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from lorafair.tasks.lending_env import (DEFAULT_NAMES, DEFAULT_TEMPLATE, SUCCESS_PROBS, LendingParams, Obs,
+from lorafair.tasks.lending.env import (DEFAULT_NAMES, DEFAULT_TEMPLATE, SUCCESS_PROBS, LendingParams, Obs,
                                         PolicyFn, describe, rollout)
-from lorafair.tasks.lending_policies import DECISION_WORDS
+from lorafair.tasks.lending.policies import DECISION_WORDS
 
 
 def timeseries(df: pd.DataFrame) -> pd.DataFrame:

@@ -9,8 +9,7 @@ import pytest
 from scipy import stats
 
 from lorafair.datasets import (
-    ANSWERS,
-    PROTECTED,
+    DATASETS,
     check_answer_words,
     counterfactual,
     crows_pairs,
@@ -40,16 +39,16 @@ def test_adult_row_count_matches_raw_files():
         for line in [x for x in lines.splitlines() if x.strip()][skip:]:
             fields = [f.strip() for f in line.split(",")]
             kept += fields[1] != "?" and fields[6] != "?"
-    rows = tabular.READERS["adult"]()
+    rows = DATASETS["adult"].read()
     assert len(rows) == kept == 46033
     positives = sum(label for _, _, label in rows)
     assert 0.24 < positives / len(rows) < 0.26  # natural rate kept, no rebalancing
 
 
 def test_compas_and_german_counts():
-    compas = tabular.READERS["compas"]()
+    compas = DATASETS["compas"].read()
     assert len(compas) == 6172  # ProPublica's filtered two-year sample
-    german = tabular.READERS["german"]()
+    german = DATASETS["german"].read()
     assert len(german) == 1000
     assert sum(label for _, _, label in german) == 700  # 700 good, 300 bad risks
     assert sum(f["sex"] == "female" for _, f, _ in german) == 310  # code A92
@@ -81,11 +80,11 @@ def test_probe_counts():
 def test_split_shape_and_fields(name):
     data = load_tabular(name)
     assert [len(data[s]) for s in ("train", "val", "test")] == [400, 100, 300]
-    pos, neg = ANSWERS[name]
+    pos, neg = DATASETS[name].answers
     for ex in data["train"][:20]:
         assert ex["prompt"].endswith("Answer:")
         assert ex["completion"] == (pos if ex["label"] == 1 else neg)
-        assert set(PROTECTED[name]) <= set(ex)
+        assert set(DATASETS[name].protected) <= set(ex)
 
 
 def test_splits_deterministic_disjoint_and_nested():
@@ -151,7 +150,7 @@ def test_counterfactual_changes_only_attribute_words(name):
     allowed = {"sex": {"man", "woman", "He", "She"}, "race": {"White", "Black"},
                "age_group": {"under", "25", "or", "over"}}
     data = load_tabular(name, 60, 0, 0, seed=1)["train"]
-    for attribute in PROTECTED[name]:
+    for attribute in DATASETS[name].protected:
         pool = data if attribute != "race" else [e for e in data if e["race"] in ("White", "Black")]
         assert len(pool) > 10
         for ex in pool:
@@ -162,7 +161,7 @@ def test_counterfactual_changes_only_attribute_words(name):
             assert cf["prompt"] != ex["prompt"]
             assert _changed_words(ex["prompt"], cf["prompt"]) <= allowed[attribute]
             assert counterfactual(cf, attribute)["prompt"] == ex["prompt"]  # swap back
-            others = [a for a in PROTECTED[name] if a != attribute]
+            others = [a for a in DATASETS[name].protected if a != attribute]
             assert all(cf[a] == ex[a] for a in others)
 
 

@@ -10,7 +10,7 @@ from scipy import optimize, stats
 
 from lending_oracles import describe_swapped, gaps, rollout_pairs, timeseries
 from lorafair.errors import UserError
-from lorafair.tasks.lending_env import (
+from lorafair.tasks.lending.env import (
     LendingEnv,
     LendingParams,
     describe,
@@ -18,7 +18,7 @@ from lorafair.tasks.lending_env import (
     initial_counts,
     rollout,
 )
-from lorafair.tasks.lending_policies import (
+from lorafair.tasks.lending.policies import (
     EqualOpportunityOracle,
     Threshold,
     equal_opportunity_thresholds,

@@ -13,7 +13,7 @@ from lorafair import models
 from lorafair.config import study_from_dict
 from lorafair.errors import UserError
 from lorafair.runner import Runner, make_task, split_corpus
-from lorafair.tasks.lending import (
+from lorafair.tasks.lending.task import (
     LendingOptions,
     case_numbers,
     decision_ids,
@@ -27,8 +27,8 @@ from lorafair.tasks.lending import (
     summarize,
 )
 from lending_oracles import timeseries
-from lorafair.tasks.lending_env import LendingEnv, LendingParams, env_seeds, rollout
-from lorafair.tasks.lending_policies import DecisionLog, EqualOpportunityOracle, threshold_policy
+from lorafair.tasks.lending.env import LendingEnv, LendingParams, env_seeds, rollout
+from lorafair.tasks.lending.policies import DecisionLog, EqualOpportunityOracle, threshold_policy
 
 T, N_ENVS, BURNIN = 12, 4, 3
 

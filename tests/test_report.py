@@ -102,7 +102,7 @@ def make_run(root: Path, name: str = "synthetic", seeds=(0, 1), optional: bool =
 
 def lending_rows(seed: int, n_envs: int = 3, steps: int = 12) -> pd.DataFrame:
     """Per (env, step, group) cumulative rows as the lending task stores them."""
-    from lorafair.tasks.lending_env import rollout
+    from lorafair.tasks.lending.env import rollout
 
     rng = np.random.default_rng(seed)
     df = rollout(lambda b: rng.integers(0, 2, len(b)).tolist(), n_envs, steps, seed)
@@ -280,7 +280,7 @@ def test_pooled_metrics_prefer_compare_then_seed_mean(tmp_path):
 
 
 def test_lending_per_step_pools_counts():
-    from lorafair.tasks.lending import pooled_timeseries
+    from lorafair.tasks.lending.task import pooled_timeseries
 
     rows = pd.concat([lending_rows(0), lending_rows(1)], ignore_index=True)
     got = pooled_timeseries(rows).set_index(["group", "step"])

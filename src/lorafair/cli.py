@@ -199,6 +199,26 @@ def print_audit(result: dict) -> None:
         out.print(line, markup=False)
 
 
+@command("tasks")
+def tasks_cmd():
+    """List the registered tasks (lorafair's and other packages') and their study options."""
+    import inspect
+
+    from rich.table import Table
+
+    from lorafair.tasks import discover, options_table
+
+    for name, cls in sorted(discover().items()):
+        doc = inspect.cleandoc(cls.__doc__ or inspect.getmodule(cls).__doc__ or "").split("\n\n")[0]
+        doc = doc.replace("\n", " ")
+        t = Table(title=f"{name}: {doc}", title_justify="left")
+        for col in ("key", "default", "accepts"):
+            t.add_column(col, overflow="fold")
+        for row in options_table(cls):
+            t.add_row(*row)
+        out.print(t)
+
+
 @command()
 def analyze(run_dir: Path):
     """Run the shift analyses (KL, Logit Lens, weights) on a finished study."""

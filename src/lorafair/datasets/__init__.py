@@ -14,9 +14,8 @@ from lorafair.datasets.stereotype import (
     stereoset_score,
 )
 from lorafair.datasets.tabular import (
-    ANSWERS,
-    DEFAULT_SIZES,
-    PROTECTED,
+    DATASETS,
+    DecisionData,
     check_answer_words,
     counterfactual,
     load_tabular,
@@ -24,9 +23,8 @@ from lorafair.datasets.tabular import (
 from lorafair.packages import package_file
 
 __all__ = [
-    "ANSWERS",
-    "DEFAULT_SIZES",
-    "PROTECTED",
+    "DATASETS",
+    "DecisionData",
     "check_answer_words",
     "counterfactual",
     "crows_pairs",

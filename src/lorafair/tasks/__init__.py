@@ -11,7 +11,10 @@
   is evaluated and what the corpus is built from, as text, so that `lorafair.overlap` can refuse a
   study whose evaluation overlaps its fine-tuning data before anything is trained.
 
-Adding a task is one module with `@register("name")`; the runner never changes.
+Adding a task is one folder ``tasks/<name>/`` whose package registers a `Task` subclass with
+`@register("name")`, plus a study file; the runner, the report and the CLI never change. Tasks are
+found by scanning this package's folders and the entry-point group ``lorafair.tasks`` (another
+package adds a task by declaring ``[project.entry-points."lorafair.tasks"] name = "pkg.module"``).
 """
 
 from __future__ import annotations
@@ -40,12 +43,54 @@ def register(name: str):
     return deco
 
 
-def get_task(name: str) -> type["Task"]:
-    from lorafair.tasks import classification, lending, toxicity  # noqa: F401  (registers them)
+ENTRY_POINTS = "lorafair.tasks"
 
+
+def discover() -> dict[str, type["Task"]]:
+    """Import every task: the folders of this package, then the modules other packages declare in
+    the entry-point group ``lorafair.tasks``; each registers itself. Returns the registry."""
+    import importlib
+    import importlib.metadata
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.ispkg:
+            importlib.import_module(f"{__name__}.{info.name}")
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        if ep.name not in TASKS:
+            ep.load()
+    return TASKS
+
+
+def get_task(name: str) -> type["Task"]:
+    if name not in TASKS:
+        discover()
     if name not in TASKS:
         raise UserError(f"task.name: unknown task {name!r}; valid: {', '.join(sorted(TASKS))}")
     return TASKS[name]
+
+
+def options_table(cls: type["Task"]) -> list[tuple[str, str, str]]:
+    """(study key, default, accepted values) of every option of task class ``cls``: its
+    ``task.options`` and ``data`` sections."""
+    import dataclasses
+
+    rows = []
+    for section, schema in (("task.options", cls.Options), ("data", cls.DataOptions)):
+        if not dataclasses.is_dataclass(schema):
+            continue
+        for f in dataclasses.fields(schema):
+            if f.default is not dataclasses.MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                default = repr(f.default_factory())
+            else:
+                default = "(required)"
+            meta = f.metadata or {}
+            accepts = (meta["bounds"].describe() if meta.get("bounds") else
+                       "one of " + ", ".join(map(str, meta["one_of"])) if meta.get("one_of") else "")
+            rows.append((f"{section}.{f.name}", default, accepts))
+    return rows
 
 
 def report_hook(name: str):

@@ -42,7 +42,7 @@ class ClassificationOptions:
 
 @dataclass
 class ClassificationData(CorpusOptions):
-    # Slice sizes of the data set's fixed pools; None takes tabular.DEFAULT_SIZES (400, 100, 300).
+    # Slice sizes of the data set's fixed pools; None takes the data set's default sizes (400, 100, 300).
     n_train: int | None = key(None, ">= 1")
     n_val: int | None = key(None, ">= 1")
     n_test: int | None = key(None, ">= 1")
@@ -64,13 +64,13 @@ class Classification(Task):
         if options.dataset not in tabular.NAMES:
             raise UserError(f"task.options.dataset: unknown data set {options.dataset!r}; "
                             f"valid: {', '.join(tabular.NAMES)}")
-        valid = tabular.PROTECTED[options.dataset]
+        valid = tabular.DATASETS[options.dataset].protected
         self.protected = tuple(valid if options.protected is None else options.protected)
         bad = [a for a in self.protected if a not in valid]
         if bad or not self.protected:
             what = f"{bad} not available for {options.dataset}" if bad else "the list is empty"
             raise UserError(f"task.options.protected: {what}; choose from {', '.join(valid)}")
-        answers = tabular.ANSWERS[options.dataset] if options.answers is None else tuple(options.answers)
+        answers = tabular.DATASETS[options.dataset].answers if options.answers is None else tuple(options.answers)
         if len(answers) != 2 or answers[0] == answers[1]:
             raise UserError(f"task.options.answers: need two different words [positive, negative], "
                             f"got {list(answers)}")

@@ -3,7 +3,7 @@
 Fine-tuning data: (observation text, " approve" / " deny") pairs from rollouts of a reference
 policy (`options.reference`: "equal-opportunity", the default, re-optimised at every step on the
 current group distributions; "equal-opportunity-fixed", its thresholds fixed at the start; or
-"max-profit"; see `lending_policies`). Burn-in steps, in which the environment approves everyone,
+"max-profit"; see `policies.py`). Burn-in steps, in which the environment approves everyone,
 are not the reference's decisions and are left out of the corpus. Evaluation: every arm (the untouched base included) is the policy of
 `options.n_envs` parallel environments for `options.T` steps each, once per evaluation seed; the
 environments' random streams are the same for every arm and for the reference policies.
@@ -47,7 +47,7 @@ from lorafair.config import key
 from lorafair.errors import UserError
 from lorafair.results import CompareResult, EvalResult
 from lorafair.tasks import CorpusOptions, Task, register
-from lorafair.tasks.lending_env import (
+from lorafair.tasks.lending.env import (
     DEFAULT_NAMES,
     DEFAULT_TEMPLATE,
     LendingParams,
@@ -56,7 +56,7 @@ from lorafair.tasks.lending_env import (
     describe,
     rollout,
 )
-from lorafair.tasks.lending_policies import (
+from lorafair.tasks.lending.policies import (
     DECISION_WORDS,
     DecisionLog,
     EqualOpportunityOracle,
@@ -177,13 +177,13 @@ def reference_thresholds(name: str, params: LendingParams) -> tuple[Threshold, T
 
 
 def env_series(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (env, step, group) cumulative measures of one rollout frame (`lending_env.rollout`).
+    """Per (env, step, group) cumulative measures of one rollout frame (`env.rollout`).
 
     Columns: env, step, group, n, approved, pos, tp, approval_rate, tpr (NaN while a count is 0),
     mean_bin, profit; with the frame's optional per-decision ``flip``, ``abs_delta_p`` and
     ``decided`` (1 where the policy, not burn-in, decided), also the group's cumulative ``flips``,
     ``sum_abs_delta_p`` and ``sum_decided``; sorted by env, step, group. Equals
-    `lending_env.timeseries` of each environment's rows alone.
+    the tests' independent per-step oracle of each environment's rows alone.
     """
     d = df.sort_values(["env", "step"], kind="stable")
     frames = []
@@ -236,7 +236,7 @@ def final_by_env(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def pooled_timeseries(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (step, group) over every environment (as `lending_env.timeseries`): rates from pooled
+    """Per (step, group) over every environment: rates from pooled
     counts, mean_bin and profit as means over environments."""
     g = rows.groupby(["step", "group"])
     s = g[["n", "approved", "pos", "tp"]].sum()
@@ -282,7 +282,7 @@ def summarize(rows: pd.DataFrame, n_boot: int, names: tuple[str, str] | list[str
 class Lending(Task):
     Options = LendingOptions
     DataOptions = LendingData
-    report_hook = "lorafair.tasks.lending_report:figures"
+    report_hook = "lorafair.tasks.lending.report:figures"
 
     def __init__(self, options: LendingOptions, data: LendingData):
         super().__init__(options, data)

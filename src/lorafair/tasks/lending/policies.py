@@ -20,7 +20,7 @@ bin ``cutoff`` itself with probability ``p_cutoff``, and nothing below.
 * ``EqualOpportunityOracle``: the equal-opportunity thresholds re-optimised at every step on each
   environment's current group distributions, as ML-fairness-gym's ``OracleThresholdAgent`` does
   (it reads the environment's true state); the fixed-at-start thresholds above remain available.
-* ``threshold_policy`` turns thresholds into a batch ``policy_fn`` for ``lending_env.rollout``,
+* ``threshold_policy`` turns thresholds into a batch ``policy_fn`` for ``env.rollout``,
   optionally logging each decision next to the one the other group's threshold gives
   (``DecisionLog``, for the flip rate).
 """
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from lorafair.errors import UserError
-from lorafair.tasks.lending_env import (
+from lorafair.tasks.lending.env import (
     LendingParams,
     Obs,
     PolicyFn,

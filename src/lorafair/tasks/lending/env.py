@@ -43,7 +43,7 @@ Text
     score bin 4 of 7. Decision:" (bins shown 1-based).
 
 ``rollout`` runs a batch policy in several environments at once and returns one row per applicant;
-the task's measures of those rows are in ``lorafair.tasks.lending`` (``env_series``,
+the task's measures of those rows are in ``lorafair.tasks.lending.task`` (``env_series``,
 ``final_by_env``, ``pooled_timeseries``).
 """
 
