@@ -5,6 +5,8 @@ A *record* is one number with its interval::
 
     {"value": float, "lo": float, "hi": float, "higher_is_better": bool | None, "unit": str, ...}
 
+(an undefined number is NaN in memory and null once written).
+
 - :class:`EvalResult` — one arm and seed: headline ``metrics`` (name -> record), per-group records in
   one shape (``groups``: group -> measure -> record; with several protected attributes a group is
   named ``"<attribute>: <group>"``), group ``gaps`` (measure -> record with ``raw_gap``,
@@ -35,12 +37,17 @@ def finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _number_or_none(x: Any) -> bool:
+    """A record's number: NaN while undefined in memory, None once written (strict JSON)."""
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
 def _check_records(where: str, table: dict, counts_allowed: bool = False) -> None:
     """Every entry a record; with ``counts_allowed`` plain numbers (a group's count, ``n_seeds``) pass."""
     for name, r in table.items():
         if counts_allowed and isinstance(r, (int, float)):
             continue
-        if not (is_record(r) and all(k in r for k in RECORD_KEYS)):
+        if not (isinstance(r, dict) and all(k in r and _number_or_none(r[k]) for k in RECORD_KEYS)):
             raise ValueError(f"{where}[{name!r}] is not a record with value, lo and hi: {r!r}")
 
 
