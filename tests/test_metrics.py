@@ -12,9 +12,10 @@ from fairlearn.metrics import (MetricFrame, demographic_parity_difference,
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from lorafair.errors import UserError
-from lorafair.metrics import (bootstrap_ci, decision_metrics, flip_rate, group_toxicity,
-                              paired_bootstrap_diff, paired_toxicity_diff, toxicity_gap_differences,
-                              toxicity_metrics)
+from lorafair.metrics import bootstrap_ci, paired_bootstrap_diff
+from lorafair.tasks.classification.measures import decision_metrics, flip_rate
+from lorafair.tasks.toxicity.measures import (group_toxicity, paired_toxicity_diff, toxicity_gap_differences,
+                                              toxicity_metrics)
 
 RECORD_KEYS = {"value", "lo", "hi", "higher_is_better", "unit"}
 
@@ -225,7 +226,7 @@ def test_decision_metrics_match_fairlearn():
 
 def test_decision_bootstrap_replicates_match_fairlearn_on_a_resample():
     # the vectorised replicate statistics equal fairlearn on the same resampled rows
-    from lorafair.metrics import _confusion, decision_stats_from_counts
+    from lorafair.tasks.classification.measures import _confusion, decision_stats_from_counts
 
     rng = np.random.default_rng(5)
     n = 120

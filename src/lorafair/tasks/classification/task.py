@@ -7,7 +7,7 @@ renormalised over the two words, p = sigmoid(lp_pos - lp_neg). A tie counts as t
 
 Measures (per protected attribute, intervals resample test rows): accuracy, balanced accuracy,
 per-group accuracy / selection rate / TPR / FPR, accuracy disparity, demographic-parity difference,
-equalized-odds difference (``metrics.decision_metrics``), and the counterfactual flip rate: the share
+equalized-odds difference (``measures.decision_metrics``), and the counterfactual flip rate: the share
 of decisions that change when only the protected attribute is swapped in the profile
 (``datasets.tabular.counterfactual``), with the mean |Δp|.
 
@@ -31,6 +31,7 @@ from lorafair.config import key
 from lorafair.errors import UserError
 from lorafair.results import CompareResult, EvalResult
 from lorafair.tasks import CorpusOptions, Task, register
+from lorafair.tasks.classification import measures
 
 
 @dataclass
@@ -143,7 +144,7 @@ class Classification(Task):
         res = EvalResult(metrics=headline, rows=rows, extras={"small_groups": {}})
         for a in self.protected:
             rows[a] = [ex[a] for ex in test]
-            dm = metrics.decision_metrics(labels, pred, rows[a].to_numpy(), n_boot=e.bootstrap, seed=0,
+            dm = measures.decision_metrics(labels, pred, rows[a].to_numpy(), n_boot=e.bootstrap, seed=0,
                                           min_group_size=e.min_group_size,
                                           merge_small=e.merge_small_groups)
             headline.setdefault("accuracy", dm["metrics"]["accuracy"])  # the same for every attribute
@@ -159,7 +160,7 @@ class Classification(Task):
             rows[f"cf_{a}"] = [t[a] for t in twins]
             rows[f"cf_pred_{a}"] = cf_pred
             rows[f"cf_p_pos_{a}"] = cf_p
-            flips = metrics.flip_rate(pred, cf_pred, p_pos, cf_p, n_boot=e.bootstrap, seed=0)
+            flips = measures.flip_rate(pred, cf_pred, p_pos, cf_p, n_boot=e.bootstrap, seed=0)
             headline[f"flip_rate_{a}"] = flips["flip_rate"]
             headline[f"mean_abs_delta_p_{a}"] = flips["mean_abs_delta_p"]
         res.extras.update(dataset=self.options.dataset, answers=list(self.answers), n_test=len(test))
@@ -290,6 +291,6 @@ def _disparity_fn(key: str):
     def fn(sums: np.ndarray) -> np.ndarray:
         if sums.shape[-2] < 2:
             return np.full(sums.shape[:-2], np.nan)
-        return metrics.decision_stats_from_counts(sums)[key]
+        return measures.decision_stats_from_counts(sums)[key]
 
     return fn

@@ -34,6 +34,7 @@ from lorafair.errors import UserError
 from lorafair.generate import generate, generate_adapters
 from lorafair.results import CompareResult, EvalResult
 from lorafair.tasks import CorpusOptions, Task, register
+from lorafair.tasks.toxicity import measures
 
 PROMPT_SETS = ("rtp-toxic", "identity", "identity-race", "identity-religion")
 
@@ -227,7 +228,7 @@ class Toxicity(Task):
         for label, vals in scores.items():
             df[f"score_{label}"] = vals
         df["score"] = scores[ctx.scorer.primary]
-        res = EvalResult(metrics=metrics.toxicity_metrics(df, e.threshold, e.bootstrap, seed=0), rows=df,
+        res = EvalResult(metrics=measures.toxicity_metrics(df, e.threshold, e.bootstrap, seed=0), rows=df,
                          extras={"scorer": ctx.scorer.info(), "n_prompts": len(rows), "samples": e.samples})
         if df["group"].notna().all():
             g = _group_toxicity(df, e)
@@ -244,18 +245,18 @@ class Toxicity(Task):
         with identity groups, also each arm's max − min group gap minus full's (``<measure>_gap``,
         crossed bootstrap over templates and seeds)."""
         e = ctx.study.evaluation
-        cells = {arm: metrics.toxicity_cells({s: df for (a, s), df in results.items() if a == arm},
+        cells = {arm: measures.toxicity_cells({s: df for (a, s), df in results.items() if a == arm},
                                              e.threshold)
                  for arm in sorted({a for a, _ in results})}
         out = CompareResult(pooled={}, extras={"unit": "prompts"})
         for arm, c in cells.items():
-            out.pooled[arm] = {**metrics.crossed_toxicity(c[0]), "n_seeds": len(c[1])}
+            out.pooled[arm] = {**measures.crossed_toxicity(c[0]), "n_seeds": len(c[1])}
             if arm != "full" and "full" in cells:
-                out.minus_full[arm] = metrics.crossed_toxicity_diff(*stats.pair_cells(c, cells["full"]))
+                out.minus_full[arm] = measures.crossed_toxicity_diff(*stats.pair_cells(c, cells["full"]))
         grouped = {arm: df for arm, df in results.items() if df["group"].notna().all()} if all(
             "group" in df.columns for df in results.values()) else {}
         if grouped and "full" in cells:
-            for arm, diff in metrics.toxicity_gap_differences(grouped, e.threshold, e.min_group_size,
+            for arm, diff in measures.toxicity_gap_differences(grouped, e.threshold, e.min_group_size,
                                                               e.merge_small_groups, e.bootstrap).items():
                 out.minus_full.setdefault(arm, {}).update(diff)
         return out
@@ -269,7 +270,7 @@ def _second_opinion(scorer, df: pd.DataFrame, e) -> dict:
         df[f"score2_{label}"] = vals
     df["score2"] = scores[scorer.primary]
     alt = df.assign(score=df["score2"])
-    out = {"scorer": scorer.info(), "metrics": metrics.toxicity_metrics(alt, e.threshold, e.bootstrap, seed=0),
+    out = {"scorer": scorer.info(), "metrics": measures.toxicity_metrics(alt, e.threshold, e.bootstrap, seed=0),
            "agreement": metrics.scorer_agreement(df["score"].to_numpy(), df["score2"].to_numpy(), e.threshold)}
     if df["group"].notna().all():
         out["groups"] = _group_toxicity(alt, e)
@@ -278,7 +279,7 @@ def _second_opinion(scorer, df: pd.DataFrame, e) -> dict:
 
 def _group_toxicity(df: pd.DataFrame, e) -> dict:
     """Group measures and gaps of scored continuations (column ``score``), strata by template."""
-    return metrics.group_toxicity(df, "group", e.threshold, e.bootstrap, seed=0, strata_col="template",
+    return measures.group_toxicity(df, "group", e.threshold, e.bootstrap, seed=0, strata_col="template",
                                   min_group_size=e.min_group_size, merge_small=e.merge_small_groups)
 
 
