@@ -18,7 +18,8 @@ import torch
 from lorafair import models
 from lorafair.config import load_study, study_from_dict
 from lorafair.errors import UserError
-from lorafair.runner import Runner, make_task
+from lorafair.context import make_task
+from lorafair.runner import Runner
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 ARMS = ["base", "full", "lora-r2"]

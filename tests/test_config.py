@@ -11,7 +11,8 @@ from lorafair import arms as arms_mod
 from lorafair import models
 from lorafair.config import ALL_PROJECTIONS, Arm, expand_arms, load_study, study_from_dict
 from lorafair.errors import UserError
-from lorafair.runner import Runner, check_model
+from lorafair.context import check_model
+from lorafair.runner import Runner
 from lorafair.store import RunDir
 
 from conftest import write_corpus, write_yaml

@@ -12,7 +12,8 @@ import torch
 from lorafair import models
 from lorafair.config import study_from_dict
 from lorafair.errors import UserError
-from lorafair.runner import Runner, make_task, split_corpus
+from lorafair.context import make_task, split_corpus
+from lorafair.runner import Runner
 from lorafair.tasks.lending.task import (
     LendingOptions,
     case_numbers,

@@ -14,7 +14,7 @@ from lorafair.cli import app
 from lorafair.config import load_study, study_from_dict
 from lorafair.errors import UserError
 from lorafair.prompts import identity_prompts, identity_templates, normalise, rtp_toxic
-from lorafair.runner import make_task
+from lorafair.context import make_task
 
 from conftest import write_corpus
 

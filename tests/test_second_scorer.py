@@ -13,7 +13,8 @@ from scipy.stats import spearmanr
 from lorafair import metrics, scorers
 from lorafair.config import second_scorer_name, study_from_dict
 from lorafair.errors import UserError
-from lorafair.runner import Context, Runner, make_task
+from lorafair.context import Context, make_task
+from lorafair.runner import Runner
 
 from conftest import tiny_study_dict, write_corpus
 
@@ -90,7 +91,7 @@ def test_the_corpus_is_selected_with_the_selection_scorer(tmp_path, monkeypatch)
     study = study_from_dict(d, "s.yaml")
     r = Runner(study, log=lambda m: None)
     r.ctx = Context(study, r.log)
-    rows = r.corpus()["train"]
+    rows = r.corpus()[0]["train"]
     assert used == ["profanity-svm"] and len(rows) == 6
     prof = real("profanity-svm").toxicity([x["completion"] for x in rows])
     np.testing.assert_allclose([x["score"] for x in rows], prof, rtol=1e-6)

@@ -9,7 +9,7 @@ import pytest
 
 from lorafair import models
 from lorafair.config import expand_arms, load_study
-from lorafair.runner import check_model, make_task
+from lorafair.context import check_model, make_task
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
 

@@ -23,7 +23,8 @@ from lorafair import models, runner as runner_mod
 from lorafair.arms import ArmBank, save_final, wrap_for_training
 from lorafair.config import Arm, TrainingConfig, study_from_dict
 from lorafair.errors import UserError
-from lorafair.runner import Context, Runner
+from lorafair.context import Context
+from lorafair.runner import Runner
 from lorafair.store import RunDir, read_json, read_jsonl
 from lorafair.train import Diverged, collate, completion_loss, encode, train, validation_loss
 
@@ -247,7 +248,7 @@ def _train_stage(study, force=False):
         m.setattr(runner_mod, "train", _recording_train(calls))
         r = Runner(study, log=lambda msg: None)
         r.ctx = Context(study, r.log)
-        splits = r.corpus()
+        splits, r.corpus_hash = r.corpus()
         r.train_all(r.arms, splits, force)
     return r, calls
 

@@ -223,15 +223,12 @@ def tasks_cmd():
 def analyze(run_dir: Path):
     """Run the shift analyses (KL, Logit Lens, weights) on a finished study."""
     from lorafair.config import load_study
-    from lorafair.runner import Context, Runner
-    from lorafair.shift_runner import run_analyses
+    from lorafair.runner import Runner
 
     study = _study_of(run_dir, load_study)
     _say_missing(run_dir)
     runner = Runner(study, log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
-    runner.ctx = Context(study, runner.log)
-    with runner.rd.lock():
-        run_analyses(runner, runner.corpus())
+    runner.analyze_finished()
 
 
 @command()

@@ -98,7 +98,7 @@ def evaluate_arms(runner, arms, force: bool = False) -> None:
             todo.append((arm, seed, h))
     if not todo:
         return
-    bank = getattr(runner, "_bank", None) or runner.bank(arms)
+    bank = runner.shared_bank(arms)
     with bank.use("base") as base:
         items, continuations = build_items(ctx, base)
     for arm, seed, h in todo:
@@ -114,7 +114,6 @@ def evaluate_arms(runner, arms, force: bool = False) -> None:
         js = summary["metrics"]["cf_js"]
         runner.log(f"counterfactual divergence {arm.name} seed {seed}: JS {js['value']:.4g} "
                    f"[{js['lo']:.4g}, {js['hi']:.4g}] over {summary['n_templates']} templates")
-    runner._bank = bank
 
 
 def pool(runner, arms) -> dict | None:

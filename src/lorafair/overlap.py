@@ -70,6 +70,6 @@ def check_task(task, study: Study, finetune: list[str] | None = None) -> None:
 
 def check_study(study: Study) -> None:
     """Build the study's task and run :func:`check_task` (no model is loaded, nothing written)."""
-    from lorafair.runner import make_task
+    from lorafair.context import make_task
 
     check_task(make_task(study), study)

@@ -34,7 +34,7 @@ def output_path(study: Study) -> Path:
 def preflight(study: Study, only: list[str] | None = None, analyses: bool = True) -> Plan:
     """Every check `run` makes before it writes anything (`analyses`: whether the shift analyses
     will run, so their needs are checked)."""
-    from lorafair.runner import check_model, make_task, select_arms, split_corpus
+    from lorafair.context import check_model, make_task, select_arms, split_corpus
 
     arms = select_arms(expand_arms(study), only)
     task = make_task(study)

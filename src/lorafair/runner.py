@@ -21,111 +21,14 @@ import torch
 
 from lorafair import models, overlap, stats, store
 from lorafair.arm_names import bank_name
-from lorafair.arms import ArmBank, check_arm, save_final, wrap_for_training
-from lorafair.config import Arm, Study, build_options, expand_arms, resolved_dict, second_scorer_name
+from lorafair.arms import ArmBank, save_final, wrap_for_training
+from lorafair.config import Arm, Study, expand_arms, resolved_dict
+from lorafair.context import Context, make_task, select_arms, split_corpus
 from lorafair.errors import UserError
 from lorafair.execute import Job, make_executor, raise_failures
 from lorafair.store import RunDir
-from lorafair.tasks import Task, get_task
 from lorafair.lr_search import bracket, lr_grid
-from lorafair.train import Diverged, encode, total_steps, train, validation_loss
-
-
-class Context:
-    """What tasks need from the run: the study, tokenizer, scorer, and the base model on demand."""
-
-    eval_seed = 0  # the random stream of evaluation sampling: the same for every arm
-
-    def __init__(self, study: Study, log: Callable[[str], None]):
-        self.study = study
-        self.log = log
-        self.tokenizer = models.load_tokenizer(study.model.source, study.model.trust_remote_code)
-        self._base = None
-        self._scorer = None
-        self.autocast = models.pick_dtype(study.model.precision)
-
-    def load_base(self, seed: int = 0):
-        m = models.load_model(self.study.model.source, self.study.model.trust_remote_code, seed=0)
-        return m.to(models.device())
-
-    def base_model(self):
-        if self._base is None:
-            self._base = self.load_base().eval()
-        return self._base
-
-    @property
-    def scorer(self):
-        if self._scorer is None:
-            from lorafair.scorers import get_scorer
-
-            self._scorer = get_scorer(self.study.evaluation.scorer)
-        return self._scorer
-
-    @property
-    def second_scorer(self):
-        """The scorer giving a second opinion on the same generations (evaluation.second_scorer), or None."""
-        name = second_scorer_name(self.study.evaluation)
-        if name is None:
-            return None
-        from lorafair.scorers import get_scorer
-
-        return get_scorer(name)
-
-
-def make_task(study: Study) -> Task:
-    cls = get_task(study.task.name)
-    src = study.source_path or "<study>"
-    task = cls(build_options(cls.Options, study.task.options, src, "task.options"),
-               build_options(cls.DataOptions, study.data, src, "data"))
-    task.check_study(study)
-    return task
-
-
-def check_model(study: Study, arms: list[Arm] | None = None) -> None:
-    """Check every LoRA arm's rank and target modules against the model's layers.
-
-    Builds the model on the meta device (no weights read), so it is cheap even for large models.
-    """
-    lora = [a for a in (arms if arms is not None else expand_arms(study)) if a.type == "lora"]
-    if not lora:
-        return
-    from transformers import AutoModelForCausalLM
-
-    trc = study.model.trust_remote_code
-    cfg = models.load_config(study.model.source, trc)
-    try:
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trc)
-    except (ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
-        raise UserError(f"model.source: {study.model.source!r} has a config that does not build a causal LM "
-                        f"({type(e).__name__}); check its config.json") from None
-    src = study.source_path or "<study>"
-    for arm in lora:
-        try:
-            check_arm(skeleton, arm)
-        except UserError as e:
-            raise UserError(f"{src}: arms: {e}") from None
-
-
-def split_corpus(rows: list[dict], val_fraction: float, heldout_fraction: float) -> dict[str, list[dict]]:
-    """Deterministic split by a hash of each example, independent of corpus order."""
-    out = {"train": [], "val": [], "heldout": []}
-    for r in rows:
-        u = int(store.content_hash([r["prompt"], r["completion"]], 8), 16) / 16**8
-        key = "val" if u < val_fraction else "heldout" if u < val_fraction + heldout_fraction else "train"
-        out[key].append(r)
-    return out
-
-
-def select_arms(arms: list[Arm], only: list[str] | None) -> list[Arm]:
-    """The arms named by --arms (all when None)."""
-    if not only:
-        return arms
-    names = {a.name for a in arms}
-    for n in only:
-        if n not in names:
-            raise UserError(f"--arms: no arm {n!r} in this study; arms: {', '.join(sorted(names))}")
-    return [a for a in arms if a.name in only]
+from lorafair.train import Diverged, encode, total_steps, train
 
 
 class Runner:
@@ -140,6 +43,8 @@ class Runner:
         self.main = True  # False in the other processes of a multi-process launch: they write nothing
         self.reused: list[str] = []  # stages that found all their work done by an earlier run
         self._work = 0  # pieces of work done in this process (a corpus built, an arm trained or evaluated)
+        self.corpus_hash: str | None = None  # from `corpus()`: part of every arm's and search's hash
+        self.bank_loaded: ArmBank | None = None  # the bank evaluation loaded, reused by the later stages
 
     # ------------------------------------------------------------------ stages
 
@@ -166,7 +71,7 @@ class Runner:
         timings = self.rd.timings_path()
         self._earlier = store.read_json(timings) if timings.is_file() else {}
         self.rd.write_study(resolved_dict(self.study))
-        splits = self._stage("corpus", self.corpus)
+        splits, self.corpus_hash = self._stage("corpus", self.corpus)
         self._stage("train", lambda: self.train_all(arms, splits, force))
         results = self._stage("evaluate", lambda: self.evaluate_all(arms, force))
         if self.study.evaluation.counterfactual.enabled:
@@ -178,9 +83,7 @@ class Runner:
         if self.study.evaluation.audit_scorer:
             self._stage("scorer_audit", self.audit_scorers)
         if analyses:
-            from lorafair.shift_runner import run_analyses
-
-            self._stage("analyses", lambda: run_analyses(self, splits))
+            self._stage("analyses", lambda: self.analyze(splits))
         store.write_json(timings, {**self.timings, "from_earlier_run": self.reused})
         if report:
             from lorafair.report import build_report
@@ -200,7 +103,9 @@ class Runner:
             self.reused.append(name)
         return out
 
-    def corpus(self) -> dict[str, list[dict]]:
+    def corpus(self) -> tuple[dict[str, list[dict]], str]:
+        """The fine-tuning corpus (built once, then read back by content hash) split into train, val
+        and held out, and its content hash (assign it to ``corpus_hash`` before hashing arms)."""
         key = self.task.corpus_key() | {"model": [self.study.model.source, self.model_hash],
                                         "scorer": self.study.evaluation.scorer}
         path = self.rd.corpus_path(self.task.data.corpus if hasattr(self.task.data, "corpus") else self.task.name,
@@ -218,9 +123,8 @@ class Runner:
         splits = split_corpus(rows, self.task.data.val_fraction, self.task.data.heldout_fraction)
         if not splits["train"]:
             raise UserError("data: no training examples after the validation/held-out split; lower the fractions")
-        self.corpus_hash = store.content_hash(rows)
         self.log(f"corpus: {len(splits['train'])} train, {len(splits['val'])} val, {len(splits['heldout'])} held out")
-        return splits
+        return splits, store.content_hash(rows)
 
     # ------------------------------------------------------------------ training
 
@@ -231,10 +135,15 @@ class Runner:
             self._model_hash = models.model_hash(self.study.model.source)
         return self._model_hash
 
+    def _corpus_hash(self) -> str:
+        if self.corpus_hash is None:
+            raise RuntimeError("corpus_hash is unset: assign the hash corpus() returns before hashing arms")
+        return self.corpus_hash
+
     def arm_hash(self, arm: Arm, seed: int) -> str:
         t = dataclasses.asdict(self.study.training)
         return store.content_hash({"arm": arm.to_dict(), "seed": seed, "training": t,
-                                   "model": [self.study.model.source, self.model_hash], "corpus": self.corpus_hash})
+                                   "model": [self.study.model.source, self.model_hash], "corpus": self._corpus_hash()})
 
     def train_all(self, arms: list[Arm], splits, force: bool) -> None:
         """Learning-rate searches (one job per arm that needs one), then trainings (one job per
@@ -303,7 +212,7 @@ class Runner:
     def search_key(self, arm: Arm) -> str:
         t = self.study.training
         return store.content_hash({"arm": arm.to_dict(), "search": dataclasses.asdict(t.lr_search),
-                                   "corpus": self.corpus_hash, "training": dataclasses.asdict(t),
+                                   "corpus": self._corpus_hash(), "training": dataclasses.asdict(t),
                                    "model": [self.study.model.source, self.model_hash]})
 
     def needs_search(self, arm: Arm) -> bool:
@@ -414,6 +323,32 @@ class Runner:
                 bank.add_lora(bank_name(arm.name, seed), self.rd.weights_dir(arm.name, seed, "lora"))
         return bank
 
+    def shared_bank(self, arms: list[Arm]) -> ArmBank:
+        """The bank evaluation loaded (every finished adapter attached), else a new one kept for the
+        next stage: the base model is loaded once per run."""
+        if self.bank_loaded is None:
+            self.bank_loaded = self.bank(arms)
+        return self.bank_loaded
+
+    def analyze(self, splits: dict[str, list[dict]]) -> dict:
+        """The shift analyses (KL, Logit Lens, weights) on the finished arms of the study's first seed."""
+        from lorafair.shift_runner import run_analyses
+
+        seed = self.study.seeds[0]
+        done = [arm for arm, s in self.trained(self.arms) if s == seed]
+        if not done:
+            self.log("analyses: no finished arms; skipped")
+            return {}
+        return run_analyses(self.study, self.rd, self.ctx, self.task, self.shared_bank(self.arms), done, splits,
+                            self.load_full, self.log)
+
+    def analyze_finished(self) -> dict:
+        """The analyses alone, on the run directory of a finished study (``lorafair analyze``)."""
+        self.ctx = Context(self.study, self.log)
+        with self.rd.lock():
+            splits, self.corpus_hash = self.corpus()
+            return self.analyze(splits)
+
     def load_full(self, seed: int):
         from transformers import AutoModelForCausalLM
 
@@ -490,7 +425,7 @@ class Runner:
             self.rd.write_eval(arm.name, seed, self.task.name, summary, res.rows)
             results[(arm.name, seed)] = res.rows
             self.log(f"evaluated {arm.name} seed {seed} in {summary['wall_s']:.0f}s")
-        self._bank = bank
+        self.bank_loaded = bank
         return results
 
     def compare(self, results) -> dict:
@@ -545,7 +480,7 @@ def train_arm(study: Study, arm_name: str, seed: int, force: bool, log: Callable
             preflight(study, [arm_name], analyses=False)
             r.rd.check_writable()
             r.rd.write_study(resolved_dict(study))
-        r.splits = r.corpus()
+        r.splits, r.corpus_hash = r.corpus()
     h = r.arm_hash(arm, seed)
     if not force and r.rd.is_done(arm.name, seed, h):
         r.log(f"{arm.name} seed {seed}: finished earlier, skipped (--force retrains)")
@@ -569,9 +504,9 @@ def worker_runner(study: Study) -> Runner:
         _WORKER.clear()
         r = Runner(study, log=lambda m: print(m, flush=True))
         r.ctx = Context(study, r.log)
-        r.splits = r.corpus()
+        r.splits, r.corpus_hash = r.corpus()
         _WORKER[key] = r
     return _WORKER[key]
 
 
-__all__ = ["Runner", "Context", "split_corpus", "validation_loss", "check_arm"]
+__all__ = ["Runner", "train_arm", "worker_runner"]

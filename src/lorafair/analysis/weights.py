@@ -212,3 +212,89 @@ def aggregate(rows: pd.DataFrame, module_col: str = "module") -> dict[str, pd.Da
         df.insert(0, "n", g.size())
         out[f"by_{key}"] = df.reset_index()
     return out
+
+
+# ----------------------------------------------------------------------------- the whole analysis
+
+
+def _full_rows(base_w: dict[str, Tensor], full_w: dict[str, Tensor], grid: list[int]) -> tuple[list[dict], dict]:
+    """Per matrix, full fine-tuning's update: its spectrum, effective rank and intruders. Also returns
+    per matrix (ΔW_full, its spectrum, its SVD, W_base's left singular vectors) for the LoRA rows."""
+    rows, spectra = [], {}
+    for name, wb in base_w.items():
+        if name not in full_w:
+            continue
+        d = full_w[name] - wb
+        sp = delta_spectrum(d, grid)
+        u_base = torch.linalg.svd(wb, full_matrices=False)[0]
+        spectra[name] = (d, sp, torch.linalg.svd(d, full_matrices=False), u_base)
+        rows.append({"arm": "full", "module": name, "sq_norm": sp["sq_norm"], "effective_rank": sp["effective_rank"],
+                     "intruders": intruder_dimensions(wb, full_w[name], u_base=u_base),
+                     **{f"energy_r{r}": e for r, e in sp["energy_at_rank"].items()}})
+    return rows, spectra
+
+
+def _lora_rows(lora: dict[str, tuple[int, dict[str, Tensor]]], base_w: dict[str, Tensor], spectra: dict) -> list[dict]:
+    """Per LoRA arm and matrix: its update's norm, overlap with full's top-r subspace, intruders."""
+    rows = []
+    for arm, (rank, deltas) in lora.items():
+        for name, dl in deltas.items():
+            if name not in spectra:
+                continue
+            d_full, _, full_svd, u_base = spectra[name]
+            cmp = lora_vs_full(dl, d_full, rank, full_svd=full_svd)
+            rows.append({"arm": arm, "module": name, "rank": rank, "sq_norm": float(dl.square().sum()),
+                         "intruders": intruder_dimensions(base_w[name], base_w[name] + dl, u_base=u_base), **cmp})
+    return rows
+
+
+def _arm_summaries(df: pd.DataFrame, lora: dict, total_sq: float) -> dict:
+    """Per LoRA arm: relative norm, mean overlaps and intruders; by module type and depth too."""
+    out: dict = {"arms": {}, "by_type": {}, "by_depth": {}}
+    for arm, (rank, _) in lora.items():
+        r = df[df["arm"] == arm]
+        if r.empty:
+            continue
+        out["arms"][arm] = {"rank": rank, "rel_norm": float(np.sqrt(r["sq_norm"].sum() / max(total_sq, 1e-30))),
+                            "rel_norm_mean": float(r["rel_norm"].mean()), "col_overlap": float(r["col_overlap"].mean()),
+                            "row_overlap": float(r["row_overlap"].mean()), "intruders_total": int(r["intruders"].sum())}
+        agg = aggregate(r[["module", "rel_norm", "col_overlap", "row_overlap", "intruders"]])
+        out["by_type"][arm] = agg["by_type"].to_dict("records")
+        out["by_depth"][arm] = agg["by_depth"].to_dict("records")
+    return out
+
+
+def update_analysis(base_w: dict[str, Tensor], full_w: dict[str, Tensor],
+                    lora: dict[str, tuple[int, dict[str, Tensor]]], grid: list[int],
+                    shift: dict[int, float], threshold: float) -> tuple[pd.DataFrame, dict]:
+    """The weight-space analysis of a study: full fine-tuning's update spectrum and each LoRA arm's
+    update against it, with the rank each view recommends.
+
+    base_w / full_w: module -> weight [out, in] (float32) of the base and the fully fine-tuned model;
+    lora: arm -> (rank, module -> ΔW [out, in]); grid: ranks at which the spectrum's energy is read;
+    shift: plain-LoRA rank -> measured shift captured (held-out KL); threshold: the share both
+    recommendations must reach. Returns (one row per arm and matrix, the summary).
+    """
+    full_rows, spectra = _full_rows(base_w, full_w, grid)
+    df = pd.DataFrame(full_rows + _lora_rows(lora, base_w, spectra))
+    full = df[df["arm"] == "full"]
+    energies = [spectra[n][1]["energy_at_rank"] for n in full["module"]]
+    sq = full["sq_norm"].tolist()
+    w = np.asarray(sq) / max(sum(sq), 1e-30)
+    energy = {r: float(np.dot([e[r] for e in energies], w)) for r in grid}
+    summary = {"full_spectrum": {"energy_at_rank": energy, "effective_rank_mean": float(full["effective_rank"].mean()),
+                                 "intruders_total": int(full["intruders"].sum()), "n_matrices": len(full),
+                                 "weighting": "energy shares weighted by each matrix's squared Frobenius norm"},
+               **_arm_summaries(df, lora, sum(sq))}
+    agg_full = aggregate(full[["module", "sq_norm", "effective_rank", "intruders"]])
+    summary["by_type"]["full"] = agg_full["by_type"].to_dict("records")
+    summary["by_depth"]["full"] = agg_full["by_depth"].to_dict("records")
+    spec_rank, meas_rank = rank_for_energy(energies, sq, threshold), rank_for_shift(shift, threshold)
+    summary["recommendation"] = {
+        "threshold": threshold, "rank_from_spectrum": spec_rank, "rank_measured": meas_rank, "ranks_tried": sorted(shift),
+        "agree": (spec_rank == meas_rank) if spec_rank is not None and meas_rank is not None else None,
+        "note": "rank_from_spectrum: smallest rank of the grid whose best rank-r approximation keeps the threshold "
+                "share of full fine-tuning's update energy; rank_measured: smallest LoRA rank whose shift captured "
+                "(held-out KL) reaches the threshold; None where no rank of the grid does",
+    }
+    return df, summary
