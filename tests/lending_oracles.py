@@ -1,6 +1,6 @@
 """Independent reference implementations of the lending measures and helpers used only by tests:
 per-step measures computed group by group with plain pandas, to check the task's own
-(`lorafair.tasks.lending.task.env_series`, `pooled_timeseries`)."""
+(`lorafair.tasks.lending.measures.env_series`, `pooled_timeseries`)."""
 
 from __future__ import annotations
 

@@ -14,18 +14,15 @@ from lorafair.config import study_from_dict
 from lorafair.errors import UserError
 from lorafair.context import make_task, split_corpus
 from lorafair.runner import Runner
+from lorafair.tasks.lending.measures import env_series, final_by_env, pooled_timeseries, summarize
 from lorafair.tasks.lending.task import (
     LendingOptions,
     case_numbers,
     decision_ids,
-    env_series,
-    final_by_env,
     llm_decide,
     llm_policy,
     observation_text,
-    pooled_timeseries,
     reference_thresholds,
-    summarize,
 )
 from lending_oracles import timeseries
 from lorafair.tasks.lending.env import LendingEnv, LendingParams, env_seeds, rollout

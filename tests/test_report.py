@@ -280,7 +280,7 @@ def test_pooled_metrics_prefer_compare_then_seed_mean(tmp_path):
 
 
 def test_lending_per_step_pools_counts():
-    from lorafair.tasks.lending.task import pooled_timeseries
+    from lorafair.tasks.lending.measures import pooled_timeseries
 
     rows = pd.concat([lending_rows(0), lending_rows(1)], ignore_index=True)
     got = pooled_timeseries(rows).set_index(["group", "step"])

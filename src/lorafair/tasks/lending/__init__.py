@@ -2,7 +2,8 @@
 
 - ``env.py``: the environment (gymnasium) and batched rollouts;
 - ``policies.py``: the reference threshold policies (max-profit, equal opportunity);
-- ``task.py``: options, corpus, the LLM policy, measures, evaluation and comparison;
+- ``measures.py``: per-step and final measures of rollout rows, one policy's summary;
+- ``task.py``: options, corpus, the LLM policy, evaluation and comparison;
 - ``report.py``: the task's own report figure (per-step measures per group).
 """
 

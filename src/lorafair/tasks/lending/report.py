@@ -8,7 +8,7 @@ import pandas as pd
 from lorafair.arm_names import arm_order
 from lorafair.report.plots import plt, to_png
 from lorafair.store import RunDir
-from lorafair.tasks.lending.task import pooled_timeseries
+from lorafair.tasks.lending.measures import pooled_timeseries
 
 SECTION = "Sequential decisions"
 MEASURES = ("approval_rate", "tpr", "mean_bin", "profit")
