@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from lorafair.config import study_from_dict
-from lorafair.runner import train_arm
+from lorafair.workers import train_arm
 from lorafair.store import read_json, read_jsonl
 
 from conftest import tiny_study_dict, write_corpus, write_yaml

@@ -116,7 +116,7 @@ def train(study: Path, arm: str = typer.Option(..., "--arm", help="the arm to tr
     """Train one arm x seed of STUDY. Launched by `torchrun --nproc_per_node N` (or accelerate
     launch), it trains data-parallel on N processes; `lorafair run` then evaluates it."""
     from lorafair.config import load_study
-    from lorafair.runner import train_arm
+    from lorafair.workers import train_arm
 
     train_arm(load_study(study), arm, seed, force, log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
 

@@ -82,7 +82,7 @@ class LocalExecutor:
 def run_remote(study, job: Job):
     """The body of a Ray task: a worker-side runner for `study` (built once per worker process and
     study) carries out `job`."""
-    from lorafair.runner import worker_runner
+    from lorafair.workers import worker_runner
 
     return worker_runner(study).do(job)
 

@@ -23,7 +23,7 @@ from lorafair import models, overlap, stats, store
 from lorafair.arm_names import bank_name
 from lorafair.arms import ArmBank, save_final, wrap_for_training
 from lorafair.config import Arm, Study, expand_arms, resolved_dict
-from lorafair.context import Context, make_task, select_arms, split_corpus
+from lorafair.context import Context, make_task, split_corpus
 from lorafair.errors import UserError
 from lorafair.execute import Job, make_executor, raise_failures
 from lorafair.store import RunDir
@@ -458,55 +458,4 @@ def _eval_key(e) -> dict:
     return d
 
 
-def train_arm(study: Study, arm_name: str, seed: int, force: bool, log: Callable[[str], None]) -> None:
-    """Train one arm x seed of `study`. Launched by torchrun or accelerate on N processes, every
-    process runs this; the training is data parallel (see lorafair.train.train) and only the main
-    process writes. The corpus is built by the main process first and read back by the others."""
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    r = Runner(study, log=log if state.is_main_process else (lambda m: None))
-    arm = select_arms(r.arms, [arm_name])[0]
-    if arm.type == "base":
-        raise UserError("--arm base: the base model is not trained; name a full or LoRA arm")
-    if seed not in study.seeds:
-        raise UserError(f"--seed {seed}: not one of the study's seeds {study.seeds}")
-    r.main = state.is_main_process
-    r.ctx = Context(study, r.log)
-    with state.main_process_first():
-        if r.main:
-            from lorafair.preflight import preflight
-
-            preflight(study, [arm_name], analyses=False)
-            r.rd.check_writable()
-            r.rd.write_study(resolved_dict(study))
-        r.splits, r.corpus_hash = r.corpus()
-    h = r.arm_hash(arm, seed)
-    if not force and r.rd.is_done(arm.name, seed, h):
-        r.log(f"{arm.name} seed {seed}: finished earlier, skipped (--force retrains)")
-        return
-    if force and r.main:
-        r.rd.clear_arm(arm.name, seed)
-    state.wait_for_everyone()
-    lr, search = r.choose_lr(arm, *r.encoded)
-    r.train_one(arm, seed, lr, search, *r.encoded, h)
-    state.wait_for_everyone()
-
-
-_WORKER: dict = {}
-
-
-def worker_runner(study: Study) -> Runner:
-    """The runner of a worker process that carries out jobs of `study`: built on the first job
-    (tokenizer loaded, corpus read back from the run directory) and kept for the next ones."""
-    key = (store.content_hash(resolved_dict(study)), study.output)
-    if key not in _WORKER:
-        _WORKER.clear()
-        r = Runner(study, log=lambda m: print(m, flush=True))
-        r.ctx = Context(study, r.log)
-        r.splits, r.corpus_hash = r.corpus()
-        _WORKER[key] = r
-    return _WORKER[key]
-
-
-__all__ = ["Runner", "train_arm", "worker_runner"]
+__all__ = ["Runner"]
