@@ -87,6 +87,15 @@ def study_file(tmp_path, tiny_study):
     return make
 
 
+@pytest.fixture(scope="session")
+def tok():
+    """The tiny random model's tokenizer, loaded once per test session and shared: a test that
+    changes its settings (padding side) works on ``copy.copy(tok)``."""
+    from lorafair import models
+
+    return models.load_tokenizer("tiny-random")
+
+
 @pytest.fixture
 def cli():
     from typer.testing import CliRunner

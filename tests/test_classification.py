@@ -108,12 +108,11 @@ def test_counterfactual_twins_swap_only_the_attribute(run):
     assert (rows["p_pos"] != rows["cf_p_pos_sex"]).any()
 
 
-def test_decision_is_argmax_of_direct_forward(run):
+def test_decision_is_argmax_of_direct_forward(run, tok):
     """Recompute the base arm's answer log-probs for one prompt without padding or batching."""
     _, rows = _read(run, "base", "classification")
     task = make_task(study_from_dict(_study(run)))
     ex = next(e for e in task.splits()["test"] if e["id"] == rows["id"].iloc[3])
-    tok = models.load_tokenizer("tiny-random")
     model = models.load_model("tiny-random", seed=0).eval()
     with torch.no_grad():
         logits = model(**tok(ex["prompt"], return_tensors="pt")).logits[0, -1]
@@ -151,8 +150,7 @@ def test_compare_against_full(run):
     assert cmp["unit"] == "test rows"
 
 
-def test_probes_on_every_arm(run):
-    tok = models.load_tokenizer("tiny-random")
+def test_probes_on_every_arm(run, tok):
     model = models.load_model("tiny-random", seed=0).eval()
     for arm in ARMS:
         summary, rows = _read(run, arm, "probes")
@@ -195,9 +193,9 @@ def test_unknown_dataset(tmp_path):
                                                                 "options": {"dataset": "mnist"}}}))
 
 
-def test_multi_token_answer_word(tmp_path):
+def test_multi_token_answer_word(tmp_path, tok):
     task = make_task(study_from_dict(_study(tmp_path, answers=[" Affirmative", " No"])))
-    ctx = types.SimpleNamespace(tokenizer=models.load_tokenizer("tiny-random"))
+    ctx = types.SimpleNamespace(tokenizer=tok)
     with pytest.raises(UserError, match="single tokens.*' Affirmative' is 2 token.*try ' affirmative'"):
         task.build_corpus(ctx)
 
@@ -207,9 +205,9 @@ def test_answer_words_must_differ(tmp_path):
         make_task(study_from_dict(_study(tmp_path, answers=[" Yes", " Yes"])))
 
 
-def test_custom_answer_words_become_completions(tmp_path):
+def test_custom_answer_words_become_completions(tmp_path, tok):
     task = make_task(study_from_dict(_study(tmp_path, answers=[" yes", " no"])))
-    rows = task.build_corpus(types.SimpleNamespace(tokenizer=models.load_tokenizer("tiny-random")))
+    rows = task.build_corpus(types.SimpleNamespace(tokenizer=tok))
     assert len(rows) == 24
     assert all(r["completion"] == (" yes" if r["label"] else " no") for r in rows)
     assert all(r["sex"] in ("male", "female") for r in rows)

@@ -12,6 +12,8 @@ moves the logits by rounding only, then allows at most one of its 18 streams to 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -23,11 +25,6 @@ SAME_LENGTH = ["The cat sat on the", "A dog ran into the", "My friend said that 
                "Some people think that a"]
 MIXED = ["Hello there", "The weather today is very", "A", "Once upon a time in a land far away there", "Why",
          "My friend said"]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return models.load_tokenizer("tiny-random")
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +126,7 @@ def test_same_continuation_regardless_of_batch(model, tok):
 
 def test_left_padding_moves_logits_by_rounding_only(model, tok):
     """The next-token logits of a left-padded batch equal each prompt's own to float rounding."""
+    tok = copy.copy(tok)
     tok.padding_side = "left"
     batch = tok(MIXED, return_tensors="pt", padding=True)
     pos = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)

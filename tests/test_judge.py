@@ -54,8 +54,7 @@ def test_default_template_and_provenance():
     assert load_template("instruct").hash() != load_template("completion").hash()
 
 
-def test_instruct_prompt_is_the_chat_format():
-    tok = models.load_tokenizer("tiny-random")
+def test_instruct_prompt_is_the_chat_format(tok):
     t = load_template("instruct")
     prompt = render(t, "hello there", tok)
     assert prompt.startswith("<|im_start|>system\n" + t.system) and prompt.endswith("<|im_start|>assistant\n")

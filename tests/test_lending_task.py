@@ -162,8 +162,8 @@ def test_bad_options_are_user_errors(tmp_path):
         make_task(_study(tmp_path, env={"burnin": T}))
 
 
-def test_corpus_follows_the_reference_and_splits_by_application(tmp_path):
-    ctx = type("Ctx", (), {"tokenizer": models.load_tokenizer("tiny-random")})()
+def test_corpus_follows_the_reference_and_splits_by_application(tmp_path, tok):
+    ctx = type("Ctx", (), {"tokenizer": tok})()
     task = make_task(_study(tmp_path))  # equal opportunity re-optimised at every step
     assert isinstance(task.thresholds, EqualOpportunityOracle)
     frame = task._reference_frame(task.data.seed, 32)

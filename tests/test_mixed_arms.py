@@ -3,6 +3,8 @@ give the same logits, KL summaries and continuations as running each arm on its 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -39,8 +41,8 @@ def bank(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def batch():
-    tok = models.load_tokenizer("tiny-random")
+def batch(tok):
+    tok = copy.copy(tok)
     tok.padding_side = "right"
     enc = tok(["The cat sat on the mat today", "A dog", "Some people think that a"], return_tensors="pt", padding=True)
     return enc["input_ids"], enc["attention_mask"]

@@ -30,11 +30,6 @@ LORA = Arm("lora-r4", "lora", rank=4, alpha=8.0,
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return models.load_tokenizer("tiny-random")
-
-
-@pytest.fixture(scope="module")
 def rows(tok):
     return encode(tok, CORPUS, 32)
 

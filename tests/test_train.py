@@ -46,11 +46,6 @@ def cfg(**kw) -> TrainingConfig:
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return models.load_tokenizer("tiny-random")
-
-
-@pytest.fixture(scope="module")
 def enc(tok):
     rows = encode(tok, CORPUS, 32)
     return rows[:18], rows[18:]
