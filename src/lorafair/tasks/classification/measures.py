@@ -112,12 +112,29 @@ def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray
     Returns ``{"metrics": {name: record}, "by_group": {group: {"count": int, metric: record}},
     "small_groups": {group: count}, "gaps": {name: record}, "warnings": [str], "n": int}``.
     """
-    from fairlearn.metrics import (MetricFrame, count, demographic_parity_difference,
-                                   equalized_odds_difference, false_positive_rate, selection_rate,
-                                   true_positive_rate)
-    from sklearn.metrics import accuracy_score
-
     check_boot(n_boot, alpha)
+    yt, yp, sens = _checked(y_true, y_pred, sensitive, pos_label)
+    sens, left_out = small_groups(sens.astype(str) if merge_small else sens, min_group_size, merge_small)
+    codes, names = pd.factorize(sens, sort=True)
+    kept = np.array([str(g) not in left_out for g in names])
+    rows = kept[codes]
+    mf, point, fair = _point_values(yt, yp, codes, len(names), kept)
+    cells = 2 * yt + yp
+    boot = _bootstrap(cells, codes, len(names), kept, n_boot, seed)
+    metrics = {}
+    for key, (src, hib, unit) in _HEADLINE.items():
+        lo, hi, used = percentile(boot[src], alpha)
+        metrics[key] = record(fair[src], lo, hi, higher_is_better=hib, unit=unit, n_boot=used)
+    by_group, warnings = _per_group(names, kept, mf, point, boot, alpha, min_group_size)
+    kept_names = [str(g) for g, k in zip(names, kept) if k]
+    gaps = _decision_gaps(np.eye(4)[cells], np.where(rows, np.cumsum(kept)[codes] - 1, -1), kept_names,
+                          n_boot, seed, alpha) if kept.sum() >= 2 else {}
+    return {"metrics": metrics, "by_group": by_group, "small_groups": left_out, "gaps": gaps,
+            "warnings": warnings, "n": int(len(yt))}
+
+
+def _checked(y_true: Any, y_pred: Any, sensitive: Any, pos_label: Any) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+    """The labels and decisions as 0/1 arrays and the groups as a Series; UserError on bad input."""
     yt, yp = _binary(y_true, "y_true", pos_label), _binary(y_pred, "y_pred", pos_label)
     sens = pd.Series(np.asarray(sensitive).ravel())
     if not len(yt) == len(yp) == len(sens):
@@ -128,13 +145,19 @@ def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray
     if sens.isna().any():
         raise UserError(f"decision metrics: sensitive attribute missing for "
                         f"{int(sens.isna().sum())} examples; fill or drop them first")
-    sens, left_out = small_groups(sens.astype(str) if merge_small else sens, min_group_size, merge_small)
-    codes, names = pd.factorize(sens, sort=True)
-    G = len(names)
-    kept = np.array([str(g) not in left_out for g in names])
+    return yt, yp, sens
+
+
+def _point_values(yt: np.ndarray, yp: np.ndarray, codes: np.ndarray, G: int, kept: np.ndarray):
+    """fairlearn's per-group frame, the counts-based statistics [G] and the headline point values
+    (disparities over the groups ``kept`` only, NaN with fewer than two)."""
+    from fairlearn.metrics import (MetricFrame, count, demographic_parity_difference,
+                                   equalized_odds_difference, false_positive_rate, selection_rate,
+                                   true_positive_rate)
+    from sklearn.metrics import accuracy_score
+
     rows = kept[codes]
     sub_codes = pd.factorize(codes[rows], sort=True)[0]
-
     mf = MetricFrame(metrics={"accuracy": accuracy_score, "selection_rate": selection_rate,
                               "true_positive_rate": true_positive_rate,
                               "false_positive_rate": false_positive_rate, "count": count},
@@ -155,24 +178,27 @@ def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray
     else:
         fair.update(accuracy_disparity=nan, demographic_parity_difference=nan,
                     equalized_odds_difference=nan)
+    return mf, point, fair
 
+
+def _bootstrap(cells: np.ndarray, codes: np.ndarray, G: int, kept: np.ndarray, n_boot: int,
+               seed: int) -> dict[str, np.ndarray]:
+    """Every statistic over ``n_boot`` row resamples: name -> [n_boot] or [n_boot, G]."""
     rng = np.random.default_rng(seed)
-    cells = 2 * yt + yp
     reps = []
-    for idx in index_chunks(rng, len(yt), n_boot):
+    for idx in index_chunks(rng, len(cells), n_boot):
         c = _confusion(cells[idx], codes[idx], G)
         r = decision_stats_from_counts(c)
         spreads = (decision_stats_from_counts(c[:, kept]) if kept.sum() >= 2
                    else {k: np.full(len(idx), np.nan) for k in _SPREADS})
         r.update({k: spreads[k] for k in _SPREADS})
         reps.append(r)
-    boot = {k: np.concatenate([r[k] for r in reps]) for k in reps[0]}
+    return {k: np.concatenate([r[k] for r in reps]) for k in reps[0]}
 
-    metrics = {}
-    for key, (src, hib, unit) in _HEADLINE.items():
-        lo, hi, used = percentile(boot[src], alpha)
-        metrics[key] = record(fair[src], lo, hi, higher_is_better=hib, unit=unit, n_boot=used)
 
+def _per_group(names, kept: np.ndarray, mf, point: dict, boot: dict, alpha: float,
+               min_group_size: int) -> tuple[dict[str, dict], list[str]]:
+    """group -> {count, measure: record}, and the warnings (small groups, undefined rates)."""
     warnings: list[str] = []
     by_group: dict[str, dict] = {}
     for i, g in enumerate(names):
@@ -194,11 +220,7 @@ def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray
     if kept.sum() < 2:
         warnings.append(f"fewer than two groups have {min_group_size} examples or more: "
                         "no disparity is reported")
-    kept_names = [str(g) for g, k in zip(names, kept) if k]
-    gaps = _decision_gaps(np.eye(4)[cells], np.where(rows, np.cumsum(kept)[codes] - 1, -1), kept_names,
-                          n_boot, seed, alpha) if kept.sum() >= 2 else {}
-    return {"metrics": metrics, "by_group": by_group, "small_groups": left_out, "gaps": gaps,
-            "warnings": warnings, "n": int(len(yt))}
+    return by_group, warnings
 
 
 _GAP_RATES = {  # disparity: group rate from confusion sums (tn, fp, fn, tp)
