@@ -99,65 +99,76 @@ def compute_pairwise_kl(
     full_base_seq: list[np.ndarray] = []  # per-sequence mean KL(full || base)
     seq_offset = 0
     has_loss_mask = False
-
     for bi, batch in enumerate(batches):
         ids, attn, loss_mask = _batch_tensors(batch, f"batch {bi}")
         has_loss_mask = has_loss_mask or loss_mask is not None
-        b = ids.shape[0]
-        valid = next_token_mask(attn).cpu()
-        bidx, pidx = valid.nonzero(as_tuple=True)
-        counts = valid.sum(1).numpy()
-        seq_ids = np.arange(seq_offset, seq_offset + b)
-
         with torch.no_grad():
-            # references as float32 log-probabilities, once per batch (log_softmax is idempotent,
-            # so the KL and log-likelihood helpers accept them in place of logits)
-            ref = {base_name: log_probs(logits_fn(base_name, ids, attn), chunk_size)}
-            if full_name is not None:
-                ref[full_name] = log_probs(logits_fn(full_name, ids, attn), chunk_size)
-                kl_fb, _ = kl_pair(ref[full_name], ref[base_name], chunk_size)
-                full_base_seq.append(_seq_mean(kl_fb.cpu(), valid))
-            others = [a for a in arms if a not in ref]
-            per_group = max(1, group_rows // b) if logits_many is not None else 1
-            fetched: dict[str, Tensor] = {}
-            for arm in arms:
-                if arm in ref:
-                    logits = ref[arm]
-                else:
-                    if arm not in fetched:
-                        group = others[others.index(arm):][:per_group]
-                        fetched = (logits_many(group, ids, attn) if len(group) > 1
-                                   else {arm: logits_fn(arm, ids, attn)})
-                    logits = fetched.pop(arm)
-                kls = _arm_kls(logits, ref[base_name], ref.get(full_name), chunk_size)
-                for col, val in kls.items():
-                    rows[col].append(val[bidx, pidx].numpy())
-                    seqs[col].append(_seq_mean(val, valid))
-                rows["arm"].append(np.full(bidx.numel(), arm, dtype=object))
-                rows["seq"].append(bidx.numpy() + seq_offset)
-                rows["pos"].append(pidx.numpy())
-                seqs["arm"].append(np.full(b, arm, dtype=object))
-                seqs["seq"].append(seq_ids)
-                seqs["n_tokens"].append(counts)
-                lp = (
-                    target_logprob(logits, ids, loss_mask, chunk_size).cpu().numpy()
-                    if loss_mask is not None
-                    else np.full(b, np.nan)
-                )
-                seqs["target_logprob"].append(lp)
-                del logits, kls
-            del ref
-        seq_offset += b
-
+            _batch_kls(logits_fn, logits_many, arms, (base_name, full_name), ids, attn, loss_mask, seq_offset,
+                       chunk_size, group_rows, rows, seqs, full_base_seq)
+        seq_offset += ids.shape[0]
     if seq_offset == 0:
         raise UserError("compute_pairwise_kl: the batches were empty; give at least one held-out sequence")
     order = {a: i for i, a in enumerate(arms)}
     rows_df = _sorted(pd.DataFrame({k: np.concatenate(v) for k, v in rows.items()}), order, ["seq", "pos"])
     seq_df = _sorted(pd.DataFrame({k: np.concatenate(v) for k, v in seqs.items()}), order, ["seq"])
     fb = np.concatenate(full_base_seq) if full_base_seq else None
+    summary = _kl_summary(arms, rows_df, seq_df, fb, has_loss_mask, n_boot, seed)
+    summary["n_sequences"] = int(seq_offset)
+    return {"summary": summary, "rows": rows_df, "sequences": seq_df}
 
+
+def _batch_kls(logits_fn, logits_many, arms: list[str], refs: tuple[str, str | None], ids: Tensor, attn: Tensor,
+               loss_mask: Tensor | None, seq_offset: int, chunk_size: int, group_rows: int,
+               rows: dict[str, list], seqs: dict[str, list], full_base_seq: list) -> None:
+    """One batch: every arm's four KL directions per token and per sequence, appended to ``rows`` and
+    ``seqs``; KL(full || base) per sequence appended to ``full_base_seq``."""
+    base_name, full_name = refs
+    b = ids.shape[0]
+    valid = next_token_mask(attn).cpu()
+    bidx, pidx = valid.nonzero(as_tuple=True)
+    counts = valid.sum(1).numpy()
+    seq_ids = np.arange(seq_offset, seq_offset + b)
+    # references as float32 log-probabilities, once per batch (log_softmax is idempotent,
+    # so the KL and log-likelihood helpers accept them in place of logits)
+    ref = {base_name: log_probs(logits_fn(base_name, ids, attn), chunk_size)}
+    if full_name is not None:
+        ref[full_name] = log_probs(logits_fn(full_name, ids, attn), chunk_size)
+        kl_fb, _ = kl_pair(ref[full_name], ref[base_name], chunk_size)
+        full_base_seq.append(_seq_mean(kl_fb.cpu(), valid))
+    others = [a for a in arms if a not in ref]
+    per_group = max(1, group_rows // b) if logits_many is not None else 1
+    fetched: dict[str, Tensor] = {}
+    for arm in arms:
+        if arm in ref:
+            logits = ref[arm]
+        else:
+            if arm not in fetched:
+                group = others[others.index(arm):][:per_group]
+                fetched = (logits_many(group, ids, attn) if len(group) > 1
+                           else {arm: logits_fn(arm, ids, attn)})
+            logits = fetched.pop(arm)
+        kls = _arm_kls(logits, ref[base_name], ref.get(full_name), chunk_size)
+        for col, val in kls.items():
+            rows[col].append(val[bidx, pidx].numpy())
+            seqs[col].append(_seq_mean(val, valid))
+        rows["arm"].append(np.full(bidx.numel(), arm, dtype=object))
+        rows["seq"].append(bidx.numpy() + seq_offset)
+        rows["pos"].append(pidx.numpy())
+        seqs["arm"].append(np.full(b, arm, dtype=object))
+        seqs["seq"].append(seq_ids)
+        seqs["n_tokens"].append(counts)
+        lp = (target_logprob(logits, ids, loss_mask, chunk_size).cpu().numpy() if loss_mask is not None
+              else np.full(b, np.nan))
+        seqs["target_logprob"].append(lp)
+        del logits, kls
+    del ref
+
+
+def _kl_summary(arms: list[str], rows_df: pd.DataFrame, seq_df: pd.DataFrame, fb: np.ndarray | None,
+                has_loss_mask: bool, n_boot: int, seed: int) -> dict[str, Any]:
+    """Per arm: each direction over tokens, shift captured over sequences, the target log-likelihood."""
     n_tokens = int(seq_df.loc[seq_df["arm"] == arms[0], "n_tokens"].sum())
-    summary: dict[str, Any] = {"n_sequences": int(seq_offset), "n_tokens": n_tokens, "arms": {}}
+    summary: dict[str, Any] = {"n_sequences": 0, "n_tokens": n_tokens, "arms": {}}
     for arm in arms:
         r = rows_df[rows_df["arm"] == arm]
         s = seq_df[seq_df["arm"] == arm].sort_values("seq")
@@ -168,7 +179,7 @@ def compute_pairwise_kl(
         lp = s["target_logprob"].to_numpy()
         entry["target_logprob"] = float(np.nanmean(lp)) if has_loss_mask and np.isfinite(lp).any() else None
         summary["arms"][arm] = entry
-    return {"summary": summary, "rows": rows_df, "sequences": seq_df}
+    return summary
 
 
 def _sorted(df: pd.DataFrame, arm_order: dict[str, int], keys: list[str]) -> pd.DataFrame:
@@ -242,72 +253,81 @@ def compute_lens(
     examples: dict[str, dict[str, list]] = {a: {"ids": [], "probs": []} for a in arms}
     seq_offset = 0
     n_layers: int | None = None
-
     for bi, batch in enumerate(batches):
         ids, attn, _ = _batch_tensors(batch, f"batch {bi}")
-        b = ids.shape[0]
-        real = attn.bool().cpu()
-        last = _last_real(real)
-        take_ex = max(0, min(b, n_examples - seq_offset))
         with torch.no_grad():
-            names = [base_name] + ([full_name] if full_name else []) + [a for a in arms if a not in (base_name, full_name)]
-            hidden = {name: hidden_fn(name, ids, attn) for name in names}
-            sizes = {len(h) for h in hidden.values()}
-            if len(sizes) != 1:
-                raise UserError(f"compute_lens: arms have different layer counts {sorted(sizes)}; compare arms of one base model")
-            n_layers = sizes.pop()
-            ex_layers: dict[str, list[tuple[Tensor, Tensor]]] = {a: [] for a in arms}
-            for layer in range(n_layers):
-                ref = {base_name: log_probs(project_fn(base_name, hidden[base_name][layer]), chunk_size)}
-                if full_name:
-                    ref[full_name] = log_probs(project_fn(full_name, hidden[full_name][layer]), chunk_size)
-                for arm in arms:
-                    logits = ref[arm] if arm in ref else project_fn(arm, hidden[arm][layer])
-                    pairs = kl_against(logits, [ref[base_name]] + ([ref[full_name]] if full_name else []), chunk_size)
-                    kl_b = pairs[0][0]
-                    kl_f = pairs[1][0] if full_name else None
-                    mass = _mass(logits, tox, chunk_size).cpu()
-                    rows["arm"].append(np.full(b, arm, dtype=object))
-                    rows["seq"].append(np.arange(seq_offset, seq_offset + b))
-                    rows["layer"].append(np.full(b, layer))
-                    rows["n_tokens"].append(real.sum(1).numpy())
-                    rows["kl_base"].append(_seq_mean(kl_b.cpu(), real))
-                    rows["kl_full"].append(_seq_mean(kl_f.cpu(), real) if kl_f is not None else np.full(b, np.nan))
-                    rows["toxic_mass_mean"].append(_seq_mean(mass, real))
-                    rows["toxic_mass_last"].append(mass[torch.arange(b), last].numpy().astype(np.float64))
-                    if take_ex:
-                        ex_layers[arm].append(_topk_last(logits[:take_ex], last[:take_ex], k))
-                    del logits
-                del ref
-            for arm in arms:
-                if take_ex:
-                    tids = torch.stack([t[0] for t in ex_layers[arm]], 1)  # [n, L, k]
-                    tps = torch.stack([t[1] for t in ex_layers[arm]], 1)
-                    examples[arm]["ids"].extend(tids.tolist())
-                    examples[arm]["probs"].extend(tps.tolist())
-            del hidden
-        seq_offset += b
-
+            n_layers = _lens_batch(hidden_fn, project_fn, arms, (base_name, full_name), ids, attn, tox, seq_offset,
+                                   max(0, min(ids.shape[0], n_examples - seq_offset)), k, chunk_size, rows, examples)
+        seq_offset += ids.shape[0]
     if seq_offset == 0:
         raise UserError("compute_lens: the batches were empty; give at least one sequence")
     df = _sorted(pd.DataFrame({c: np.concatenate(v) for c, v in rows.items()}), {a: i for i, a in enumerate(arms)}, ["seq", "layer"])
+    return {"summary": _lens_summary(df, arms, n_layers or 0), "rows": df,
+            "examples": examples if n_examples > 0 else {}}
+
+
+def _lens_batch(hidden_fn, project_fn, arms: list[str], refs: tuple[str, str | None], ids: Tensor, attn: Tensor,
+                tox: Tensor, seq_offset: int, take_ex: int, k: int, chunk_size: int,
+                rows: dict[str, list], examples: dict[str, dict[str, list]]) -> int:
+    """One batch through every layer of every arm: per-sequence rows appended to ``rows``, the top
+    tokens of the first ``take_ex`` sequences to ``examples``. Returns the number of layers."""
+    base_name, full_name = refs
+    b = ids.shape[0]
+    real = attn.bool().cpu()
+    last = _last_real(real)
+    names = [base_name] + ([full_name] if full_name else []) + [a for a in arms if a not in (base_name, full_name)]
+    hidden = {name: hidden_fn(name, ids, attn) for name in names}
+    sizes = {len(h) for h in hidden.values()}
+    if len(sizes) != 1:
+        raise UserError(f"compute_lens: arms have different layer counts {sorted(sizes)}; compare arms of one base model")
+    n_layers = sizes.pop()
+    ex_layers: dict[str, list[tuple[Tensor, Tensor]]] = {a: [] for a in arms}
+    for layer in range(n_layers):
+        ref = {base_name: log_probs(project_fn(base_name, hidden[base_name][layer]), chunk_size)}
+        if full_name:
+            ref[full_name] = log_probs(project_fn(full_name, hidden[full_name][layer]), chunk_size)
+        for arm in arms:
+            logits = ref[arm] if arm in ref else project_fn(arm, hidden[arm][layer])
+            pairs = kl_against(logits, [ref[base_name]] + ([ref[full_name]] if full_name else []), chunk_size)
+            kl_b = pairs[0][0]
+            kl_f = pairs[1][0] if full_name else None
+            mass = _mass(logits, tox, chunk_size).cpu()
+            rows["arm"].append(np.full(b, arm, dtype=object))
+            rows["seq"].append(np.arange(seq_offset, seq_offset + b))
+            rows["layer"].append(np.full(b, layer))
+            rows["n_tokens"].append(real.sum(1).numpy())
+            rows["kl_base"].append(_seq_mean(kl_b.cpu(), real))
+            rows["kl_full"].append(_seq_mean(kl_f.cpu(), real) if kl_f is not None else np.full(b, np.nan))
+            rows["toxic_mass_mean"].append(_seq_mean(mass, real))
+            rows["toxic_mass_last"].append(mass[torch.arange(b), last].numpy().astype(np.float64))
+            if take_ex:
+                ex_layers[arm].append(_topk_last(logits[:take_ex], last[:take_ex], k))
+            del logits
+        del ref
+    for arm in arms:
+        if take_ex:
+            tids = torch.stack([t[0] for t in ex_layers[arm]], 1)  # [n, L, k]
+            tps = torch.stack([t[1] for t in ex_layers[arm]], 1)
+            examples[arm]["ids"].extend(tids.tolist())
+            examples[arm]["probs"].extend(tps.tolist())
+    del hidden
+    return n_layers
+
+
+def _lens_summary(df: pd.DataFrame, arms: list[str], n_layers: int) -> dict[str, list[dict]]:
+    """Per arm and layer: KL to base and full and the mean toxic mass (weighted by real tokens)."""
     summary: dict[str, list[dict]] = {}
     for arm in arms:
         per_layer = []
-        for layer in range(n_layers or 0):
+        for layer in range(n_layers):
             d = df[(df["arm"] == arm) & (df["layer"] == layer)]
             w = d["n_tokens"].to_numpy(dtype=np.float64)
-            per_layer.append(
-                {
-                    "layer": layer,
-                    "kl_base": _wmean(d["kl_base"].to_numpy(), w),
-                    "kl_full": _wmean(d["kl_full"].to_numpy(), w),
-                    "toxic_mass_last": float(np.nanmean(d["toxic_mass_last"].to_numpy())),
-                    "toxic_mass_mean": _wmean(d["toxic_mass_mean"].to_numpy(), w),
-                }
-            )
+            per_layer.append({"layer": layer, "kl_base": _wmean(d["kl_base"].to_numpy(), w),
+                              "kl_full": _wmean(d["kl_full"].to_numpy(), w),
+                              "toxic_mass_last": float(np.nanmean(d["toxic_mass_last"].to_numpy())),
+                              "toxic_mass_mean": _wmean(d["toxic_mass_mean"].to_numpy(), w)})
         summary[arm] = per_layer
-    return {"summary": summary, "rows": df, "examples": examples if n_examples > 0 else {}}
+    return summary
 
 
 def top_tokens_per_layer(
