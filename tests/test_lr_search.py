@@ -14,7 +14,7 @@ from lorafair.lr_search import bracket, check_grids, grid_factor, lr_grid
 from lorafair.train import encode, train, validation_loss
 
 from conftest import tiny_study_dict
-from test_train import FULL, enc, fresh, tok  # noqa: F401  (fixtures shared with the training tests)
+from test_train import FULL, enc, fresh  # noqa: F401  (fixtures shared with the training tests)
 
 LORA = Arm("lora-r4", "lora", rank=4, alpha=8.0, target_modules=("q_proj", "v_proj"))
 RSLORA = dataclasses.replace(LORA, name="rslora-r4", variant="rslora")
