@@ -11,7 +11,8 @@ import pytest
 from lorafair.config import Arm, LRSearchConfig, TrainingConfig, study_from_dict
 from lorafair.errors import UserError
 from lorafair.lr_search import bracket, check_grids, grid_factor, lr_grid
-from lorafair.train import encode, train, validation_loss
+from lorafair.encoding import encode
+from lorafair.train import train, validation_loss
 
 from conftest import tiny_study_dict
 from test_train import FULL, enc, fresh  # noqa: F401  (fixtures shared with the training tests)

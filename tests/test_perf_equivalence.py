@@ -18,7 +18,8 @@ from lorafair import generate as gen_mod
 from lorafair import models
 from lorafair.arms import wrap_for_training
 from lorafair.config import Arm, TrainingConfig
-from lorafair.train import collate, completion_loss, encode, make_scheduler, pack, packing_works, schedule_order, train
+from lorafair.encoding import collate, completion_loss, encode, pack, packing_works
+from lorafair.train import make_scheduler, schedule_order, train
 
 from conftest import CORPUS
 

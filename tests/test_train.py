@@ -26,7 +26,8 @@ from lorafair.errors import UserError
 from lorafair.context import Context
 from lorafair.runner import Runner
 from lorafair.store import RunDir, read_json, read_jsonl
-from lorafair.train import Diverged, collate, completion_loss, encode, train, validation_loss
+from lorafair.encoding import collate, completion_loss, encode
+from lorafair.train import Diverged, train, validation_loss
 
 from conftest import CORPUS, tiny_study_dict, write_corpus, write_yaml
 

@@ -28,7 +28,8 @@ from lorafair.errors import UserError
 from lorafair.execute import Job, make_executor, raise_failures
 from lorafair.store import RunDir
 from lorafair.lr_search import bracket, lr_grid
-from lorafair.train import Diverged, encode, total_steps, train
+from lorafair.encoding import encode
+from lorafair.train import Diverged, total_steps, train
 
 
 class Runner:

@@ -19,7 +19,7 @@ from lorafair.config import expand_arms
 from lorafair.analysis import lens as lens_mod
 from lorafair.analysis import weights as W
 from lorafair.analysis.shift import compute_lens, compute_pairwise_kl
-from lorafair.train import collate, encode
+from lorafair.encoding import collate, encode
 
 
 def _batches(items: list[dict], pad_id: int, batch_size: int, device) -> list[dict]:

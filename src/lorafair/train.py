@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lorafair.config import Arm, TrainingConfig
 from lorafair.arms import load_trainable_state, trainable_state
+from lorafair.encoding import completion_loss, make_batch, packing_works
 
 
 class Diverged(Exception):
@@ -56,138 +56,7 @@ class TrainResult:
         return {k: v for k, v in self.__dict__.items() if k not in ("log", "val_curve")}
 
 
-# ---------------------------------------------------------------- data
-
-
-def encode(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
-    """prompt + completion (+ eos) -> ids with labels masked (-100) on the prompt."""
-    out = []
-    for r in rows:
-        p = tokenizer(r["prompt"], add_special_tokens=True)["input_ids"]
-        c = tokenizer(r["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = (p + c)[:max_length]
-        labels = ([-100] * len(p) + c)[:max_length]
-        out.append({"input_ids": ids, "labels": labels})
-    return out
-
-
-def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch: input_ids, attention_mask, labels [b, s]."""
-    n = max(len(x["input_ids"]) for x in items)
-    ids = torch.full((len(items), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), n), -100, dtype=torch.long)
-    mask = torch.zeros((len(items), n), dtype=torch.long)
-    for i, x in enumerate(items):
-        k = len(x["input_ids"])
-        ids[i, :k] = torch.tensor(x["input_ids"])
-        labels[i, :k] = torch.tensor(x["labels"])
-        mask[i, :k] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def pack(items: list[dict], pad_id: int, row_length: int | None = None) -> dict[str, torch.Tensor]:
-    """The sequences of a batch packed end to end into as few rows as the longest one allows
-    (first-fit decreasing): input_ids, labels and position_ids [rows, longest], positions restarting
-    at 0 for each sequence and no attention mask, so that the model's packed-sequence mask (built
-    from the position restarts) keeps each sequence attending to itself only. Each sequence's first
-    label is masked, so no position predicts the next sequence's first token: the same positions and
-    targets as :func:`collate`, in fewer rows. A row's unused tail is padding with positions of its
-    own and no targets. Rows stay as long as the longest sequence, so attention costs what it costs
-    padded (one long row would make it quadratic in the whole batch). ``row_length`` overrides the
-    row length (at least the longest sequence)."""
-    cap = max(max(len(x["input_ids"]) for x in items), row_length or 0)
-    rows: list[list[dict]] = []
-    used: list[int] = []
-    for x in sorted(items, key=lambda x: -len(x["input_ids"])):
-        n = len(x["input_ids"])
-        r = next((i for i, u in enumerate(used) if u + n <= cap), None)
-        if r is None:
-            rows.append([])
-            used.append(0)
-            r = len(rows) - 1
-        rows[r].append(x)
-        used[r] += n
-    ids = torch.full((len(rows), cap), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), cap), -100, dtype=torch.long)
-    pos = torch.zeros((len(rows), cap), dtype=torch.long)
-    for r, row in enumerate(rows):
-        k = 0
-        for x in row:
-            n = len(x["input_ids"])
-            ids[r, k:k + n] = torch.tensor(x["input_ids"])
-            labels[r, k + 1:k + n] = torch.tensor(x["labels"][1:], dtype=torch.long)
-            pos[r, k:k + n] = torch.arange(n)
-            k += n
-        pos[r, k:] = torch.arange(cap - k)
-    return {"input_ids": ids, "labels": labels, "position_ids": pos}
-
-
-@torch.no_grad()
-def packing_works(model: nn.Module, items: list[dict], pad_id: int, rtol: float = 1e-4) -> bool:
-    """Whether this model keeps packed sequences apart: the loss of `items` packed all into one row
-    equals their padded loss. A model that ignores position restarts when it builds its attention
-    mask would let sequences attend to each other and fail here."""
-    if len(items) < 2:
-        return True
-    was = model.training
-    model.eval()
-    try:
-        padded = completion_loss(model, collate(items, pad_id)).item()
-        one_row = pack(items, pad_id, row_length=sum(len(x["input_ids"]) for x in items))
-        packed = completion_loss(model, one_row).item()
-    except (TypeError, ValueError, RuntimeError):
-        return False
-    finally:
-        model.train(was)
-    return math.isclose(padded, packed, rel_tol=rtol)
-
-
-def make_batch(items: list[dict], pad_id: int, packing: bool) -> dict[str, torch.Tensor]:
-    return pack(items, pad_id) if packing else collate(items, pad_id)
-
-
-def _inputs(batch: dict) -> dict:
-    if "position_ids" in batch:
-        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-
-def _decoder_and_head(model: nn.Module):
-    """(decoder, output head, logit soft-cap or None) of a causal LM, PEFT-wrapped or not; None when
-    the model does not expose them (then the loss goes through the model's own forward)."""
-    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-    get_dec, get_head = getattr(inner, "get_decoder", None), getattr(inner, "get_output_embeddings", None)
-    if not (callable(get_dec) and callable(get_head)):
-        return None
-    dec, head = get_dec(), get_head()
-    if not isinstance(dec, nn.Module) or not isinstance(head, nn.Module) or dec is inner:
-        return None
-    cap = getattr(getattr(inner, "config", None), "final_logit_softcapping", None)
-    return dec, head, (float(cap) if cap else None)
-
-
-def completion_loss(model: nn.Module, batch: dict, reduction: str = "mean", whole: bool = False) -> torch.Tensor:
-    """Cross-entropy of next-token predictions on completion tokens, in float32.
-
-    Only the positions that predict a completion token go through the output head: the same loss as
-    on the full [b, s, V] logits, without computing or storing the logits of prompt and padding
-    positions (the largest tensor of a step, vocabulary × positions). `whole`: through the model's
-    own forward (a DDP or FSDP wrapper must see the forward pass to exchange gradients).
-    """
-    target = batch["labels"][:, 1:]
-    parts = None if whole else _decoder_and_head(model)
-    if parts is None:
-        logits = model(**_inputs(batch), use_cache=False).logits
-        logits = logits[:, :-1].float()
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
-                               reduction=reduction)
-    dec, head, cap = parts
-    hidden = dec(**_inputs(batch), use_cache=False)[0]
-    keep = target != -100  # [b, s-1]
-    logits = head(hidden[:, :-1][keep]).float()  # [n, V]
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits, target[keep], reduction=reduction)
+# ---------------------------------------------------------------- schedule
 
 
 def schedule_order(n: int, batch_size: int, total_micro: int, seed: int) -> list[list[int]]:
@@ -338,28 +207,13 @@ def train(
     torch.manual_seed(seed)
     ck = load_checkpoint(checkpoint, checkpoint_key, log) if checkpoint is not None else None
     if ck is not None:
-        load_trainable_state(bare, ck["params"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng"])
-        start, res.log, res.val_curve, res.tokens = ck["step"], ck["log"], ck["val_curve"], ck["tokens"]
-        res.resumed_from = start
-        best_state, bad_evals = ck["best_state"], ck["bad_evals"]
-        res.wall_s = ck["wall_s"]
+        start, best_state, bad_evals = _resume(ck, bare, opt, sched, res)
     model.train()
     t_start = time.perf_counter() - res.wall_s
     for step in range(start, run_steps):
         t0 = time.perf_counter()
-        loss_sum, ntok = 0.0, 0
-        for j in range(cfg.grad_accum):
-            items = [train_rows[i] for i in order[step * cfg.grad_accum + j]]
-            with acc.accumulate(model):
-                with _autocast(autocast):
-                    loss = step_loss(model, items, pad_id, packing, acc)
-                acc.backward(loss)  # divided by grad_accum, as the mean over the step's micro-batches
-            part = loss.detach() if acc.num_processes == 1 else acc.reduce(loss.detach(), "mean")
-            loss_sum += part.item() / cfg.grad_accum
-            ntok += sum(len(x["input_ids"]) for x in items)
+        micro = [[train_rows[i] for i in order[step * cfg.grad_accum + j]] for j in range(cfg.grad_accum)]
+        loss_sum, ntok = _accumulate(model, acc, micro, pad_id, packing, autocast)
         if not math.isfinite(loss_sum):
             raise Diverged(step + 1, loss_sum)
         acc.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -373,19 +227,8 @@ def train(
         last = step + 1 == run_steps
         if val_rows and ((step + 1) % cfg.eval_every == 0 or last):  # no validation split: no evaluation
             v = validation_loss(bare, val_rows, pad_id, cfg.batch_size, autocast, packing, acc)
-            if not math.isfinite(v):
-                raise Diverged(step + 1, v)
-            prev_best = min((r["val_loss"] for r in res.val_curve), default=float("inf"))
-            res.val_curve.append({"step": step + 1, "val_loss": v})
-            row["val_loss"] = v
-            if v < prev_best:
-                bad_evals = 0
-                if keep_best and not last:  # the last evaluation's weights are the model's own
-                    best_state = trainable_state(bare)
-            else:
-                bad_evals += 1
-            if cfg.early_stopping_patience is not None and bad_evals >= cfg.early_stopping_patience:
-                res.stopped_early = True
+            best_state, bad_evals = _record_validation(v, step, last, row, res, cfg, bare, keep_best,
+                                                       best_state, bad_evals)
         if on_step:
             on_step(row)
         res.wall_s = time.perf_counter() - t_start
@@ -398,18 +241,72 @@ def train(
             res.steps = step + 1
             res.examples_seen = sum(len(b) for b in order[: (step + 1) * cfg.grad_accum])
             break
+    _keep_best(res, bare, best_state if keep_best else None)
+    res.wall_s = time.perf_counter() - t_start
+    res.peak_mem_mb = peak_mem_mb()
+    bare.eval()
+    return res
+
+
+def _resume(ck: dict, bare: nn.Module, opt, sched, res: TrainResult) -> tuple[int, dict | None, int]:
+    """Restore a checkpoint's weights, optimizer, schedule, random state and records into ``res``;
+    returns (step to start from, best weights so far, evaluations without improvement)."""
+    load_trainable_state(bare, ck["params"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    torch.set_rng_state(ck["rng"])
+    res.log, res.val_curve, res.tokens = ck["log"], ck["val_curve"], ck["tokens"]
+    res.resumed_from = ck["step"]
+    res.wall_s = ck["wall_s"]
+    return ck["step"], ck["best_state"], ck["bad_evals"]
+
+
+def _accumulate(model: nn.Module, acc, micro: list[list[dict]], pad_id: int, packing: bool,
+                autocast: torch.dtype | None) -> tuple[float, int]:
+    """Gradients of one optimizer step over its micro-batches; returns (mean loss, tokens seen)."""
+    loss_sum, ntok = 0.0, 0
+    for items in micro:
+        with acc.accumulate(model):
+            with _autocast(autocast):
+                loss = step_loss(model, items, pad_id, packing, acc)
+            acc.backward(loss)  # divided by grad_accum, as the mean over the step's micro-batches
+        part = loss.detach() if acc.num_processes == 1 else acc.reduce(loss.detach(), "mean")
+        loss_sum += part.item() / len(micro)
+        ntok += sum(len(x["input_ids"]) for x in items)
+    return loss_sum, ntok
+
+
+def _record_validation(v: float, step: int, last: bool, row: dict, res: TrainResult, cfg: TrainingConfig,
+                       bare: nn.Module, keep_best: bool, best_state: dict | None, bad_evals: int
+                       ) -> tuple[dict | None, int]:
+    """Record one validation loss; returns (best weights so far, evaluations without improvement)
+    and marks ``res.stopped_early`` once the patience runs out. Diverged on a non-finite loss."""
+    if not math.isfinite(v):
+        raise Diverged(step + 1, v)
+    prev_best = min((r["val_loss"] for r in res.val_curve), default=float("inf"))
+    res.val_curve.append({"step": step + 1, "val_loss": v})
+    row["val_loss"] = v
+    if v < prev_best:
+        bad_evals = 0
+        if keep_best and not last:  # the last evaluation's weights are the model's own
+            best_state = trainable_state(bare)
+    else:
+        bad_evals += 1
+    if cfg.early_stopping_patience is not None and bad_evals >= cfg.early_stopping_patience:
+        res.stopped_early = True
+    return best_state, bad_evals
+
+
+def _keep_best(res: TrainResult, bare: nn.Module, best_state: dict | None) -> None:
+    """Best and final validation losses into ``res``; the best weights restored when they beat the last."""
     vals = [r["val_loss"] for r in res.val_curve]
     res.best_val_loss = min(vals) if vals else float("nan")
     res.final_val_loss = vals[-1] if vals else float("nan")
     if vals:
         res.best_step = res.val_curve[vals.index(res.best_val_loss)]["step"]
-        if keep_best and res.best_val_loss < vals[-1] and best_state is not None:
+        if res.best_val_loss < vals[-1] and best_state is not None:
             load_trainable_state(bare, best_state)
             res.restored_best = True
-    res.wall_s = time.perf_counter() - t_start
-    res.peak_mem_mb = peak_mem_mb()
-    bare.eval()
-    return res
 
 
 # ---------------------------------------------------------------- checkpoints
