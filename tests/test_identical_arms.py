@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from lorafair import runner as runner_mod, stats
+from lorafair import equivalence, runner as runner_mod
 from lorafair.config import study_from_dict
 
 
@@ -32,7 +32,7 @@ def two_copies(tiny_study, tmp_path, monkeypatch):
         keep = list(dict.fromkeys(a["prompt_id"]))[:n_prompts]
         pick = {("full", 0): a[a["prompt_id"].isin(keep)], ("lora-r2", 0): b[b["prompt_id"].isin(keep)]}
         cmp = task.compare(ctx, pick)
-        return stats.decide_all(cmp.minus_full, task.default_margins())["lora-r2"]
+        return equivalence.decide_all(cmp.minus_full, task.default_margins())["lora-r2"]
 
     return decide
 

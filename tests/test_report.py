@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lorafair import stats, store
+from lorafair import equivalence, store
 from lorafair.errors import UserError
 from lorafair.report import build_comparison, build_report, run_verdict
 from lorafair.arm_names import arm_rank
@@ -81,7 +81,7 @@ def make_run(root: Path, name: str = "synthetic", seeds=(0, 1), optional: bool =
                        for m, v in zip(MEASURES, (tf, emt))}
         pooled[arm]["n_seeds"] = len(arm_seeds)
     store.write_json(root / "compare.json", {"minus_full": minus_full, "pooled": pooled, "margins": MARGINS,
-                                             "decisions": stats.decide_all(minus_full, MARGINS)})
+                                             "decisions": equivalence.decide_all(minus_full, MARGINS)})
     store.write_json(root / "lr_search" / "full.json", {"candidates": [{"lr": 1e-4, "val_loss": 2.0}], "chosen": 1e-4})
     if optional:
         store.write_json(root / "timings.json", {"corpus": 1.0, "train": 20.0, "evaluate": 5.0})
@@ -320,7 +320,7 @@ def test_group_records_read_the_contracts_groups(tmp_path):
 
 def test_decision_sentence_wording_follows_the_decision():
     arm, full = rec(0.12), rec(0.08, 0.02)
-    worse = stats.decide_all({"a": {"toxic_fraction": diff(0.04, 0.01)}}, MARGINS)["a"]["toxic_fraction"]
+    worse = equivalence.decide_all({"a": {"toxic_fraction": diff(0.04, 0.01)}}, MARGINS)["a"]["toxic_fraction"]
     s = decision_sentence("lora-r1", "toxic_fraction", worse, arm, full)
     assert s == ("LoRA r=1 leaves a toxic fraction of 0.120 (95% CI 0.090–0.150) against 0.080 (0.060–0.100) "
                  "for full fine-tuning; difference +0.040 (95% CI +0.030–+0.050; 90% CI +0.032–+0.048): "
@@ -341,7 +341,7 @@ def test_decision_sentence_wording_follows_the_decision():
 
 
 def test_verdict_table_cells():
-    dec = stats.decide_all({"lora-r1": {"a": diff(0.001, 0.01)}, "base": {"a": diff(0.3, 0.01)}}, {"a": 0.02})
+    dec = equivalence.decide_all({"lora-r1": {"a": diff(0.001, 0.01)}, "base": {"a": diff(0.3, 0.01)}}, {"a": 0.02})
     header, rows = verdict_table(dec)
     assert header == ["arm", "a"]
     assert rows == [["base", "worse >δ: +0.300 (+0.290–+0.310)"],
@@ -431,7 +431,7 @@ def test_console_shows_every_tasks_arm_minus_full(tmp_path):
     store.write_json(root / "compare.json", {
         "pooled": {"full": {"approval_gap": rec(0.10, hib=None)}, "lora-r2": {"approval_gap": rec(0.13, hib=None)}},
         "minus_full": minus_full, "margins": {"approval_gap": 0.05},
-        "decisions": stats.decide_all(minus_full, {"approval_gap": 0.05})})
+        "decisions": equivalence.decide_all(minus_full, {"approval_gap": 0.05})})
     console = Console(width=80, record=True)
     print_summary(root, console)
     text = console.export_text().split("approval_gap (δ = 0.05)")[1]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from lorafair import stats
+from lorafair import equivalence, stats
 from lorafair.errors import UserError
 
 N_SETS = 400  # simulated data sets per case
@@ -158,36 +158,36 @@ def rec(value, half95, half90=None):
     ({"value": 0.0, "lo": float("nan"), "hi": 0.1}, False, "undefined", None),
 ])
 def test_decide(diff, hib, want, beyond):
-    d = stats.decide(diff, 0.02, hib)
+    d = equivalence.decide(diff, 0.02, hib)
     assert d["decision"] == want and d["beyond_margin"] == beyond
 
 
 def test_decide_needs_a_positive_margin():
     with pytest.raises(UserError):
-        stats.decide(rec(0, 0.1), 0.0)
+        equivalence.decide(rec(0, 0.1), 0.0)
 
 
 def test_more_data_reproduces_the_target_width():
     comp = {"seed": 0.00003, "unit": 0.004, "inter": 0.002}
     diff = {"value": 0.005, "components": comp, "n_seeds": 3, "n_units": 100}
-    need = stats.more_data(diff, 0.02)
+    need = equivalence.more_data(diff, 0.02)
     target = ((0.02 - 0.005) / 1.6448536) ** 2
     U2 = need["units"]
     assert comp["seed"] / 3 + comp["unit"] / U2 + comp["inter"] / (3 * U2) <= target
     assert comp["seed"] / 3 + comp["unit"] / (U2 - 1) + comp["inter"] / (3 * (U2 - 1)) > target
-    assert stats.more_data({**diff, "value": 0.03}, 0.02) is None  # already beyond the margin
+    assert equivalence.more_data({**diff, "value": 0.03}, 0.02) is None  # already beyond the margin
 
 
 def test_margin_for_and_rank_recommendation():
     margins = {"accuracy": 0.02, "accuracy_disparity": 0.03}
-    assert stats.margin_for("accuracy_disparity_race", margins) == 0.03
-    assert stats.margin_for("accuracy", margins) == 0.02 and stats.margin_for("flip", margins) is None
+    assert equivalence.margin_for("accuracy_disparity_race", margins) == 0.03
+    assert equivalence.margin_for("accuracy", margins) == 0.02 and equivalence.margin_for("flip", margins) is None
     eq, inc = {"decision": "equivalent"}, {"decision": "inconclusive"}
     dec = {"lora-r1": {"a": eq, "b": inc}, "lora-r4": {"a": eq, "b": eq}, "lora-r8": {"a": eq, "b": eq}}
     ranks = {"lora-r1": 1, "lora-r4": 4, "lora-r8": 8}
-    assert stats.rank_recommendation(dec, ranks, ["a", "b"]) == 4
-    assert stats.rank_recommendation(dec, ranks, ["a"]) == 1
-    assert stats.rank_recommendation({"lora-r1": {"a": inc}}, {"lora-r1": 1}, ["a"]) is None
+    assert equivalence.rank_recommendation(dec, ranks, ["a", "b"]) == 4
+    assert equivalence.rank_recommendation(dec, ranks, ["a"]) == 1
+    assert equivalence.rank_recommendation({"lora-r1": {"a": inc}}, {"lora-r1": 1}, ["a"]) is None
 
 
 # ----------------------------------------------------------------------------- group gaps
@@ -240,7 +240,7 @@ def test_decide_all_uses_margins_and_says_how_much_more_data():
     wide = {"value": 0.001, "lo": -0.03, "hi": 0.032, "lo90": -0.025, "hi90": 0.027,
             "higher_is_better": False, "components": comp, "n_seeds": 3, "n_units": 64}
     narrow = {**wide, "lo": -0.004, "hi": 0.006, "lo90": -0.003, "hi90": 0.005}
-    out = stats.decide_all({"lora-r1": {"toxic_fraction": wide, "other": narrow},
+    out = equivalence.decide_all({"lora-r1": {"toxic_fraction": wide, "other": narrow},
                             "lora-r8": {"toxic_fraction": narrow}}, {"toxic_fraction": 0.02})
     r1 = out["lora-r1"]["toxic_fraction"]
     assert r1["decision"] == "inconclusive" and r1["more_data"]["units"] > 64

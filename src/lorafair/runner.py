@@ -19,7 +19,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from lorafair import models, overlap, stats, store
+from lorafair import equivalence, models, overlap, store
 from lorafair.arm_names import bank_name
 from lorafair.arms import ArmBank, save_final, wrap_for_training
 from lorafair.config import Arm, Study, expand_arms, resolved_dict
@@ -432,7 +432,7 @@ class Runner:
     def compare(self, results) -> dict:
         res = self.task.compare(self.ctx, results).check()
         margins = {**self.task.default_margins(), **self.study.evaluation.margins}
-        out = res.to_json(margins, stats.decide_all(res.minus_full, margins))
+        out = res.to_json(margins, equivalence.decide_all(res.minus_full, margins))
         store.write_json(self.rd.compare_path(), out)
         return out
 

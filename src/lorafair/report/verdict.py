@@ -2,7 +2,7 @@
 
 Rules:
 - each arm is compared with full fine-tuning through the paired difference arm − full and its
-  decision (``lorafair.stats.decide``): *equivalent* within the metric's margin δ when the 90%
+  decision (``lorafair.equivalence.decide``): *equivalent* within the metric's margin δ when the 90%
   interval lies inside ±δ; *better*/*worse* (*higher*/*lower* without a direction) when the 95%
   interval excludes zero, saying whether it also exceeds δ; otherwise *inconclusive*, with a rough
   count of the evaluation units or training seeds that would settle it;
@@ -22,7 +22,7 @@ from typing import Any
 from lorafair.arm_names import arm_rank
 from lorafair.fmt import num, places, value_ci
 from lorafair.report.load import finite, is_record
-from lorafair.stats import rank_recommendation
+from lorafair.equivalence import rank_recommendation
 
 FIT_TOLERANCE = 0.05
 
@@ -140,7 +140,7 @@ def verdict_table(decisions: dict[str, dict[str, dict]], order: Any = None,
 
 def recommended_ranks(decisions: dict[str, dict[str, dict]]) -> dict[str, int | None]:
     """Per LoRA variant, the smallest rank equivalent to full on every metric that has a margin
-    (``stats.rank_recommendation``); None: none established."""
+    (``equivalence.rank_recommendation``); None: none established."""
     metrics = [m for m in decided_metrics(decisions)
                if any((r.get(m) or {}).get("decision") != "no margin" for r in decisions.values())]
     by_variant: dict[str, dict[str, int]] = {}
