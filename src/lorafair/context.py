@@ -10,7 +10,8 @@ import torch
 
 from lorafair import models, store
 from lorafair.arms import check_arm
-from lorafair.config import Arm, Study, build_options, expand_arms, second_scorer_name
+from lorafair.config import Arm, Study, expand_arms, second_scorer_name
+from lorafair.schema import build_options
 from lorafair.errors import UserError
 from lorafair.tasks import Task, get_task
 

@@ -1,7 +1,7 @@
 """The checks a study passes before anything is written or trained, shared by `validate` and `run`:
 `validate` says "valid" exactly when `run` would start.
 
-Each key's own range is checked when the study is read (config.key); here come the checks that
+Each key's own range is checked when the study is read (schema.key); here come the checks that
 need more than one key or something outside the study: the task's files and data sets, the scorer
 and probes, the model folder and the arms' fit to its layers, the sizes the data can give, and
 the output folder.

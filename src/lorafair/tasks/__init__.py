@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from lorafair.config import key
+from lorafair.schema import key
 from lorafair.errors import UserError
 from lorafair.results import CompareResult, EvalResult
 

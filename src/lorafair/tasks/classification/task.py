@@ -27,7 +27,7 @@ import torch
 
 from lorafair import lm, metrics, stats
 from lorafair.datasets import tabular
-from lorafair.config import key
+from lorafair.schema import key
 from lorafair.errors import UserError
 from lorafair.results import CompareResult, EvalResult
 from lorafair.tasks import CorpusOptions, Task, register

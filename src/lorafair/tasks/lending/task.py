@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 
 from lorafair import lm, stats
-from lorafair.config import key
+from lorafair.schema import key
 from lorafair.errors import UserError
 from lorafair.results import CompareResult, EvalResult
 from lorafair.tasks import CorpusOptions, Task, register

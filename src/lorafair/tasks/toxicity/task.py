@@ -29,7 +29,7 @@ import pandas as pd
 
 from lorafair import metrics, prompts as prompt_sets, stats
 from lorafair.arm_names import adapter_key
-from lorafair.config import key
+from lorafair.schema import key
 from lorafair.errors import UserError
 from lorafair.generate import generate, generate_adapters
 from lorafair.results import CompareResult, EvalResult
