@@ -14,11 +14,11 @@ import pandas as pd
 import torch
 
 from lorafair import store
-from lorafair.arm_names import adapter_key, bank_name
-from lorafair.config import expand_arms
 from lorafair.analysis import lens as lens_mod
 from lorafair.analysis import weights as W
 from lorafair.analysis.shift import compute_lens, compute_pairwise_kl
+from lorafair.arm_names import adapter_key, bank_name
+from lorafair.config import expand_arms
 from lorafair.encoding import collate, encode
 
 

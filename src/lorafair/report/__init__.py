@@ -17,8 +17,8 @@ from lorafair.report import html as H
 from lorafair.report import plots
 from lorafair.report.load import (Run, best_val_loss, group_records, headline_names,
                                   is_record, lens_table, load_run, pooled_metrics)
-from lorafair.report.audit import HEADER as AUDIT_HEADER, NOTE as SCORER_NOTE, audit_row, scorer_warnings
 from lorafair.fmt import cell, num, value_ci
+from lorafair.report.audit import HEADER as AUDIT_HEADER, NOTE as SCORER_NOTE, audit_row, scorer_warnings
 from lorafair.report.verdict import verdict, verdict_table
 from lorafair.summary import SECOND_HEADER, SECOND_NOTE, second_scorer_rows
 

@@ -27,9 +27,9 @@ import torch
 
 from lorafair import lm, metrics, stats
 from lorafair.datasets import tabular
-from lorafair.schema import key
 from lorafair.errors import UserError
 from lorafair.results import CompareResult, EvalResult
+from lorafair.schema import key
 from lorafair.tasks import CorpusOptions, Task, register
 from lorafair.tasks.classification import measures
 

@@ -43,9 +43,9 @@ import pandas as pd
 import torch
 
 from lorafair import lm, stats
-from lorafair.schema import key
 from lorafair.errors import UserError
 from lorafair.results import CompareResult, EvalResult
+from lorafair.schema import key
 from lorafair.tasks import CorpusOptions, Task, register
 from lorafair.tasks.lending.env import (
     DEFAULT_NAMES,

@@ -29,10 +29,10 @@ import pandas as pd
 
 from lorafair import metrics, prompts as prompt_sets, stats
 from lorafair.arm_names import adapter_key
-from lorafair.schema import key
 from lorafair.errors import UserError
 from lorafair.generate import generate, generate_adapters
 from lorafair.results import CompareResult, EvalResult
+from lorafair.schema import key
 from lorafair.tasks import CorpusOptions, Task, register
 from lorafair.tasks.toxicity import measures
 
