@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from lorafair.arm_names import adapter_key, arm_order, arm_rank, bank_name, lora_name
+from lorafair.arm_names import adapter_key, arm_label, arm_order, arm_rank, bank_name, lora_name
 
 
 def test_lora_name_and_rank_round_trip():
@@ -17,6 +17,11 @@ def test_lora_name_and_rank_round_trip():
 def test_order_base_then_ranks_then_full():
     names = ["full", "lora-r16", "my-run", "base", "lora-r2", "dora-r2"]
     assert sorted(names, key=arm_order) == ["base", "my-run", "dora-r2", "lora-r2", "lora-r16", "full"]
+
+
+def test_labels():
+    assert [arm_label(a) for a in ("base", "full", "lora-r8", "rslora-r4", "dora-r2", "my-run")] == [
+        "the base model", "full fine-tuning", "LoRA r=8", "rsLoRA r=4", "DoRA r=2", "my-run"]
 
 
 def test_bank_and_adapter_names():

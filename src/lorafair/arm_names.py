@@ -1,4 +1,4 @@
-"""Arm names and their order, without torch: every module that names, sorts or parses arms asks here.
+"""Arm names, their order and labels, without torch: every module that names, sorts or parses arms asks here.
 
 An arm is ``base``, ``full`` or ``<prefix>-r<rank>``: prefix ``lora`` for plain LoRA, else the
 variant's own name (``rslora-r8``, ``dora-r8``). In an `ArmBank` a trained LoRA arm is
@@ -12,6 +12,7 @@ BASE, FULL = "base", "full"
 REFERENCES = (BASE, FULL)  # the arms every other arm is measured against
 LORA_VARIANTS = ("plain", "rslora", "dora")
 PEFT_BASE = "__base__"  # the adapter name PEFT reads as "no adapter" in a mixed batch
+VARIANT_LABELS = {"lora": "LoRA", "rslora": "rsLoRA", "dora": "DoRA"}  # name prefix -> how it is written
 
 
 def lora_name(variant: str, rank: int) -> str:
@@ -34,6 +35,18 @@ def arm_order(name: str) -> tuple:
     if name == FULL:
         return (2, 0, name)
     return (1, arm_rank(name)[1] or 0, name)
+
+
+def arm_label(name: str) -> str:
+    """``lora-r8`` → "LoRA r=8"; ``full`` → "full fine-tuning"; ``base`` → "the base model"."""
+    if name == FULL:
+        return "full fine-tuning"
+    if name == BASE:
+        return "the base model"
+    variant, rank = arm_rank(name)
+    if rank is None:
+        return name
+    return f"{VARIANT_LABELS.get(variant, variant)} r={rank}"
 
 
 def bank_name(name: str, seed: int) -> str:

@@ -29,7 +29,7 @@ class Context:
         self._scorer = None
         self.autocast = models.pick_dtype(study.model.precision)
 
-    def load_base(self, seed: int = 0):
+    def load_base(self):
         m = models.load_model(self.study.model.source, self.study.model.trust_remote_code, seed=0)
         return m.to(models.device())
 

@@ -17,10 +17,6 @@ from lorafair.errors import UserError
 from lorafair.stats import EQUIVALENCE_ALPHA
 
 
-
-DECISIONS = ("equivalent", "better", "worse", "higher", "lower", "inconclusive", "undefined")
-
-
 def _finite(*xs) -> bool:
     return all(isinstance(x, (int, float)) and np.isfinite(x) for x in xs)
 

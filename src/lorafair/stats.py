@@ -43,7 +43,6 @@ from lorafair.errors import UserError
 
 Measure = Callable[[np.ndarray], np.ndarray]  # [..., C] cell means -> [...] statistic
 EQUIVALENCE_ALPHA = 0.10  # 90% interval inside (−δ, δ): two one-sided tests at 5%
-DIFFERENCE_ALPHA = 0.05  # 95% interval excluding zero
 
 _CHUNK_CELLS = 4_000_000
 

@@ -19,15 +19,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lorafair.arm_names import arm_rank
+from lorafair.arm_names import VARIANT_LABELS, arm_label, arm_rank
 from lorafair.fmt import num, places, value_ci
 from lorafair.report.load import finite, is_record
 from lorafair.equivalence import rank_recommendation
 
 FIT_TOLERANCE = 0.05
-
-VARIANT_LABELS = {"lora": "LoRA", "rslora": "rsLoRA", "dora": "DoRA", "pissa": "PiSSA"}
-
 
 def _cap(text: str) -> str:
     """Sentence start for an arm label; method names keep their own case (rsLoRA)."""
@@ -36,18 +33,6 @@ def _cap(text: str) -> str:
 
 def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
-
-
-def arm_label(arm: str) -> str:
-    """``lora-r8`` → "LoRA r=8"; ``full`` → "full fine-tuning"; ``base`` → "the base model"."""
-    if arm == "full":
-        return "full fine-tuning"
-    if arm == "base":
-        return "the base model"
-    variant, rank = arm_rank(arm)
-    if rank is None:
-        return arm
-    return f"{VARIANT_LABELS.get(variant, variant)} r={rank}"
 
 
 def metric_label(name: str) -> str:
