@@ -10,30 +10,31 @@ from rich.table import Table
 
 from lorafair.arm_names import arm_order
 from lorafair.fmt import bracket, num
+from lorafair.results import is_record
 from lorafair.store import RunDir
 
 
-SECOND_HEADER = ["arm", "seed", "second scorer", "toxic fraction", "exp. max toxicity", "Spearman ρ",
-                 "agreement", "Cohen's κ"]
 SECOND_NOTE = ("The second scorer's measures on the same continuations; Spearman ρ of its scores with the "
                "evaluation scorer's, agreement = share of continuations both put on the same side of the "
                "threshold, Cohen's κ = that agreement corrected for chance.")
 
 
-def second_scorer_rows(evals: dict[tuple[str, int], dict]) -> list[list[str]]:
-    """Per (arm, seed) whose evaluation has a second scorer: its measures and its agreement with the
-    evaluation scorer on the same continuations (``SECOND_HEADER``)."""
+def second_scorer_table(evals: dict[tuple[str, int], dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): per (arm, seed) whose evaluation has a ``second_scorer``, that scorer's
+    measures (every record it has) and its agreement with the evaluation scorer on the same items."""
+    found = sorted(evals.items(), key=lambda kv: (arm_order(kv[0][0]), kv[0][1]))
+    found = [(k, s["second_scorer"]) for k, s in found if s.get("second_scorer")]
+    names = list(dict.fromkeys(n for _, sec in found for n, r in (sec.get("metrics") or {}).items()
+                               if is_record(r)))
+    three = lambda x: "-" if x is None else num(x, decimals=3)  # noqa: E731
     rows = []
-    for (arm, seed), s in sorted(evals.items(), key=lambda kv: (arm_order(kv[0][0]), kv[0][1])):
-        sec = s.get("second_scorer")
-        if not sec:
-            continue
-        m, a = sec.get("metrics", {}), sec.get("agreement", {})
-        three = lambda x: "-" if x is None else num(x, decimals=3)  # noqa: E731
-        rows.append([arm, str(seed), sec.get("scorer", {}).get("name", "?"), bracket(m.get("toxic_fraction")),
-                     bracket(m.get("expected_max_toxicity")), three(a.get("spearman")), three(a.get("agreement")),
-                     three(a.get("kappa"))])
-    return rows
+    for (arm, seed), sec in found:
+        m, a = sec.get("metrics") or {}, sec.get("agreement") or {}
+        rows.append([arm, str(seed), (sec.get("scorer") or {}).get("name", "?"), *[bracket(m.get(n)) for n in names],
+                     three(a.get("spearman")), three(a.get("agreement")), three(a.get("kappa"))])
+    header = ["arm", "seed", "second scorer", *[n.replace("_", " ") for n in names], "Spearman ρ", "agreement",
+              "Cohen's κ"]
+    return header, rows
 
 
 def missing_arms(run_dir: Path) -> list[str]:
@@ -98,10 +99,10 @@ def print_summary(run_dir: Path, console: Console) -> None:
             t.add_row(arm, bracket(pooled[arm].get(m)), bracket(d, signed=True) if d else "-",
                       decision_label(d) if d else "-")
         console.print(t)
-    second = second_scorer_rows(run.evals[task])
+    header, second = second_scorer_table(run.evals[task])
     if second:
         t = Table(title="a second scorer on the same continuations", title_justify="left")
-        for col in SECOND_HEADER:
+        for col in header:
             t.add_column(col, overflow="fold")
         for r in second:
             t.add_row(*r)

@@ -20,7 +20,7 @@ from lorafair.report.load import (Run, best_val_loss, group_records, headline_na
 from lorafair.fmt import cell, num, value_ci
 from lorafair.report.audit import HEADER as AUDIT_HEADER, NOTE as SCORER_NOTE, audit_row, scorer_warnings
 from lorafair.report.verdict import verdict, verdict_table
-from lorafair.summary import SECOND_HEADER, SECOND_NOTE, second_scorer_rows
+from lorafair.summary import SECOND_NOTE, second_scorer_table
 
 Figure = tuple[str, str, bytes]  # (file name, caption, PNG bytes)
 
@@ -192,12 +192,12 @@ def build_report(run_dir: Path) -> Path:
         header, rows = ["arm", "seeds", *names], H.metric_rows(pooled_metrics(run, task), names)
         metric_html.append(f"<h3>{H.esc(task)}</h3>" + H.table(header, rows))
         md += [f"## {task}: metrics (95% intervals, seeds pooled)", "", H.md_table(header, rows), ""]
-        second = second_scorer_rows(run.evals.get(task, {}))
+        second_header, second = second_scorer_table(run.evals.get(task, {}))
         if second:
             title = f"{task}: a second scorer on the same continuations, and its agreement with the evaluation scorer"
-            metric_html.append(f"<h3>{H.esc(title)}</h3>" + H.table(SECOND_HEADER, second))
+            metric_html.append(f"<h3>{H.esc(title)}</h3>" + H.table(second_header, second))
             metric_html.append(f"<p>{H.esc(SECOND_NOTE)}</p>")
-            md += [f"## {title}", "", H.md_table(SECOND_HEADER, second), "", SECOND_NOTE, ""]
+            md += [f"## {title}", "", H.md_table(second_header, second), "", SECOND_NOTE, ""]
     sections.append(("Headline metrics", "".join(metric_html) + "".join(H.figure(c, p) for _, c, p in figs["metrics"])))
     if run.scorer_audit:
         rows = [audit_row(a) for a in run.scorer_audit.values()]

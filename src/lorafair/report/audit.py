@@ -1,4 +1,4 @@
-"""The scorer audit in words and tables: how far to trust each scorer a toxicity study used.
+"""The scorer audit in words and tables: how far to trust each scorer a study used.
 
 Reads audit records (``lorafair.scorers.audit``) and evaluation summaries only. The warning: a
 scorer's own false-positive gap between identity groups on neutral sentences (the excess over what
