@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from lorafair.arm_names import adapter_key, arm_label, arm_order, arm_rank, bank_name, lora_name
 
 
@@ -31,6 +33,7 @@ def test_bank_and_adapter_names():
     assert adapter_key("a.b") == "a_b"
 
 
+@pytest.mark.slow
 def test_imports_without_torch():
     code = "import sys, lorafair.arm_names; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
