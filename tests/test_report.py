@@ -437,3 +437,30 @@ def test_console_shows_every_tasks_arm_minus_full(tmp_path):
     text = console.export_text().split("approval_gap (δ = 0.05)")[1]
     row = next(line for line in text.splitlines() if line.startswith("│ lora-r2"))
     assert "+0.030 [+0.020, +0.040]" in row and "equivalent" in row
+
+
+def test_summaries_written_before_the_contract_read_in_its_shape(tmp_path):
+    """A run folder keeps evaluations while their settings are unchanged, so older summaries (groups
+    nested per task) are read into the contract's shape: no group named "gap", the gap table filled."""
+    root = make_run(tmp_path / "run", seeds=(0,), optional=False)
+    rd = store.RunDir(root)
+    path = rd.eval_paths("lora-r1", 0, "toxicity")[0]
+    s = store.read_json(path)
+    gap = {**rec(0.01, 0.03), "raw_gap": 0.07, "null_gap": 0.06, "p_value": 0.4, "max_group": "muslim",
+           "min_group": "christian"}
+    s["groups"] = {"groups": s["groups"], "gap": {"toxic_fraction": gap}, "small_groups": {}}
+    del s["gaps"]
+    store.write_json(path, s)
+    rows = pd.DataFrame({"x": [0]})
+    rd.write_eval("full", 0, "adult", {"metrics": {"accuracy": rec(0.8)},
+                                       "by_group": {"sex": {"F": {"count": 10, "accuracy": rec(0.7)}}},
+                                       "gaps": {"sex": {"accuracy_disparity": gap}}}, rows)
+    run = load_run(root)
+    from lorafair.report.load import group_records
+
+    assert set(group_records(run, "toxicity")["lora-r1"]) == {"muslim", "christian"}
+    assert run.evals["toxicity"][("lora-r1", 0)]["gaps"]["toxic_fraction"]["raw_gap"] == 0.07
+    assert group_records(run, "adult")["full"]["sex: F"]["accuracy"]["value"] == 0.7
+    assert set(run.evals["adult"][("full", 0)]["gaps"]) == {"accuracy_disparity_sex"}
+    build_report(root)
+    assert "| lora-r1 | 0 | toxic_fraction | 0.070 |" in (root / "report" / "summary.md").read_text()

@@ -51,6 +51,28 @@ def _check_records(where: str, table: dict, counts_allowed: bool = False) -> Non
             raise ValueError(f"{where}[{name!r}] is not a record with value, lo and hi: {r!r}")
 
 
+def upgrade_summary(summary: dict) -> dict:
+    """An evaluation summary written before this contract, in the contract's shape: groups that were
+    nested under ``groups.groups`` (with ``groups.gap``) or under ``by_group.<attribute>`` (with
+    ``gaps.<attribute>``) become ``groups`` and ``gaps``; a summary already in shape is returned as is.
+    Evaluations are reused while their settings are unchanged, so a run folder may hold both."""
+    s = dict(summary)
+    g = s.get("groups")
+    if isinstance(g, dict) and isinstance(g.get("groups"), dict) and not is_record(g.get("groups")):
+        s["groups"] = g["groups"]
+        s["gaps"] = g.get("gap") or {}
+        s.setdefault("small_groups", g.get("small_groups") or {})
+    if isinstance(s.get("by_group"), dict):
+        s["groups"] = {f"{a}: {grp}": ms for a, gs in s.pop("by_group").items() for grp, ms in gs.items()}
+        gaps = s.get("gaps") or {}
+        if any(isinstance(v, dict) and not is_record(v) for v in gaps.values()):
+            s["gaps"] = {f"{k}_{a}": r for a, per in gaps.items() for k, r in (per or {}).items()}
+    s.setdefault("groups", {})
+    s.setdefault("gaps", {})
+    s.setdefault("warnings", [])
+    return s
+
+
 @dataclass
 class EvalResult:
     """One arm and seed evaluated (module docstring)."""

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from lorafair.errors import UserError
-from lorafair.results import finite, is_record
+from lorafair.results import finite, is_record, upgrade_summary
 from lorafair.store import RunDir, read_json
 from lorafair.arm_names import arm_order
 
@@ -113,7 +113,7 @@ def _read_seed(run: Run, rd: RunDir, arm: str, seed: int) -> None:
     for name in rd.eval_names(arm, seed):
         v = _dict(rd.eval_paths(arm, seed, name)[0])
         if v is not None:
-            run.evals.setdefault(name, {})[key] = v
+            run.evals.setdefault(name, {})[key] = upgrade_summary(v)
 
 
 def load_run(run_dir: str | Path) -> Run:
