@@ -7,6 +7,11 @@ later evaluation was worse), whether or not early stopping fired.
 Determinism: the order of examples is fixed by (seed, epoch) and computed up front; the torch RNG
 state (dropout, LoRA init) is saved with every checkpoint, so a resumed run continues the same
 random stream as an uninterrupted one.
+
+Processes: the loop runs under an accelerate ``Accelerator``; in one process it is the plain loop;
+launched by torchrun or ``accelerate launch`` on N processes, every micro-batch is split across them
+(data parallel), so the global batch, the schedule and the loss curve are those of one process. Only
+the main process writes checkpoints; every process reads them back on resume.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch import nn
 
 from lorafair.config import Arm, TrainingConfig
 from lorafair.arms import load_trainable_state, trainable_state
+from lorafair.checkpoint import load_checkpoint, save_checkpoint
 from lorafair.encoding import completion_loss, make_batch, packing_works
 
 
@@ -179,30 +185,14 @@ def train(
     ``steps`` is the length of the schedule (warm-up and decay); ``stop_after`` ends the run after
     that many of its steps (the learning-rate search: a prefix of the final run's schedule), with a
     validation evaluation at the last step run. With ``keep_best`` (and validation rows) the model
-    handed back holds the weights of the best validation evaluation.
-
-    The loop runs under an accelerate ``Accelerator``: in one process it is the plain loop; launched
-    by torchrun or ``accelerate launch`` on N processes, every micro-batch is split across them
-    (data parallel), so the global batch, the schedule and the loss curve are those of one process.
-    Only the main process writes checkpoints; every process reads them back on resume. A checkpoint
-    in `checkpoint` is resumed only when it was written under the same `checkpoint_key` (the arm's
-    hash and learning rate); any other is discarded, with a line to `log`."""
-    from accelerate import Accelerator
-
+    handed back holds the weights of the best validation evaluation. A checkpoint in `checkpoint` is
+    resumed only when it was written under the same `checkpoint_key` (the arm's hash and learning
+    rate); any other is discarded, with a line to `log`."""
     steps = steps if steps is not None else total_steps(cfg, len(train_rows))
     run_steps = min(steps, stop_after) if stop_after is not None else steps
     order = schedule_order(len(train_rows), cfg.batch_size, run_steps * cfg.grad_accum, seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, lr, cfg.weight_decay)
-    sched = make_scheduler(opt, cfg, steps)
-    res = TrainResult(lr=lr, steps=run_steps, examples_seen=sum(len(b) for b in order))
-    # two sequences show whether the model keeps packed sequences apart; more only cost time
-    packing = res.packed = cfg.packing and packing_works(model, [train_rows[i] for i in order[0][:2]], pad_id)
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, device_placement=False,
-                      cpu=not torch.cuda.is_available())  # cpu: processes on CPU talk over gloo
     bare = model
-    model, opt = acc.prepare(model, opt)  # the scheduler stays ours: one step per optimizer step
-    res.processes = acc.num_processes
+    model, params, opt, sched, acc, res = _prepare(model, train_rows, order, cfg, lr, steps, run_steps, pad_id)
     best_state, bad_evals, start = None, 0, 0
     torch.manual_seed(seed)
     ck = load_checkpoint(checkpoint, checkpoint_key, log) if checkpoint is not None else None
@@ -211,32 +201,18 @@ def train(
     model.train()
     t_start = time.perf_counter() - res.wall_s
     for step in range(start, run_steps):
-        t0 = time.perf_counter()
         micro = [[train_rows[i] for i in order[step * cfg.grad_accum + j]] for j in range(cfg.grad_accum)]
-        loss_sum, ntok = _accumulate(model, acc, micro, pad_id, packing, autocast)
-        if not math.isfinite(loss_sum):
-            raise Diverged(step + 1, loss_sum)
-        acc.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        res.tokens += ntok
-        row = {"step": step + 1, "loss": loss_sum, "lr": sched.get_last_lr()[0], "tokens_per_s": ntok / dt}
-        res.log.append(row)
+        row = _optimizer_step(model, acc, micro, pad_id, res.packed, autocast, params, cfg, opt, sched, step, res)
         last = step + 1 == run_steps
         if val_rows and ((step + 1) % cfg.eval_every == 0 or last):  # no validation split: no evaluation
-            v = validation_loss(bare, val_rows, pad_id, cfg.batch_size, autocast, packing, acc)
+            v = validation_loss(bare, val_rows, pad_id, cfg.batch_size, autocast, res.packed, acc)
             best_state, bad_evals = _record_validation(v, step, last, row, res, cfg, bare, keep_best,
                                                        best_state, bad_evals)
         if on_step:
             on_step(row)
         res.wall_s = time.perf_counter() - t_start
         if checkpoint is not None and ((step + 1) % cfg.checkpoint_every == 0) and not last and not res.stopped_early:
-            if acc.is_main_process:
-                save_checkpoint(checkpoint, checkpoint_key, bare, opt.optimizer, sched, step + 1, res, best_state,
-                                bad_evals)
-            acc.wait_for_everyone()
+            _checkpoint(acc, checkpoint, checkpoint_key, bare, opt, sched, step, res, best_state, bad_evals)
         if res.stopped_early:
             res.steps = step + 1
             res.examples_seen = sum(len(b) for b in order[: (step + 1) * cfg.grad_accum])
@@ -246,6 +222,54 @@ def train(
     res.peak_mem_mb = peak_mem_mb()
     bare.eval()
     return res
+
+
+def _prepare(model: nn.Module, train_rows: list[dict], order: list[list[int]], cfg: TrainingConfig, lr: float,
+             steps: int, run_steps: int, pad_id: int):
+    """The optimizer, the schedule of ``steps`` and the accelerate wrapper of one run; returns
+    (wrapped model, trainable parameters, wrapped optimizer, scheduler, accelerator, the result
+    record with ``packed`` and ``processes`` set)."""
+    from accelerate import Accelerator
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, lr, cfg.weight_decay)
+    sched = make_scheduler(opt, cfg, steps)
+    res = TrainResult(lr=lr, steps=run_steps, examples_seen=sum(len(b) for b in order))
+    # two sequences show whether the model keeps packed sequences apart; more only cost time
+    res.packed = cfg.packing and packing_works(model, [train_rows[i] for i in order[0][:2]], pad_id)
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, device_placement=False,
+                      cpu=not torch.cuda.is_available())  # cpu: processes on CPU talk over gloo
+    model, opt = acc.prepare(model, opt)  # the scheduler stays ours: one step per optimizer step
+    res.processes = acc.num_processes
+    return model, params, opt, sched, acc, res
+
+
+def _optimizer_step(model: nn.Module, acc, micro: list[list[dict]], pad_id: int, packing: bool,
+                    autocast: torch.dtype | None, params: list, cfg: TrainingConfig, opt, sched, step: int,
+                    res: TrainResult) -> dict:
+    """One optimizer step over its micro-batches; its log row (appended to ``res.log``) is returned.
+    Diverged when the loss is not finite."""
+    t0 = time.perf_counter()
+    loss_sum, ntok = _accumulate(model, acc, micro, pad_id, packing, autocast)
+    if not math.isfinite(loss_sum):
+        raise Diverged(step + 1, loss_sum)
+    acc.clip_grad_norm_(params, cfg.max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    dt = time.perf_counter() - t0
+    res.tokens += ntok
+    row = {"step": step + 1, "loss": loss_sum, "lr": sched.get_last_lr()[0], "tokens_per_s": ntok / dt}
+    res.log.append(row)
+    return row
+
+
+def _checkpoint(acc, folder: Path, key: str, bare: nn.Module, opt, sched, step: int, res: TrainResult,
+                best_state: dict | None, bad_evals: int) -> None:
+    """The main process writes the checkpoint after ``step``; every process waits for it."""
+    if acc.is_main_process:
+        save_checkpoint(folder, key, bare, opt.optimizer, sched, step + 1, res, best_state, bad_evals)
+    acc.wait_for_everyone()
 
 
 def _resume(ck: dict, bare: nn.Module, opt, sched, res: TrainResult) -> tuple[int, dict | None, int]:
@@ -307,83 +331,3 @@ def _keep_best(res: TrainResult, bare: nn.Module, best_state: dict | None) -> No
         if res.best_val_loss < vals[-1] and best_state is not None:
             load_trainable_state(bare, best_state)
             res.restored_best = True
-
-
-# ---------------------------------------------------------------- checkpoints
-#
-# A checkpoint is two files: tensors.safetensors (trainable parameters, best parameters, optimizer
-# moments, RNG state) and state.json (everything else, and the key it was written under). Neither
-# format can run code when read, so a run folder from anywhere is safe to resume.
-
-CHECKPOINT_TENSORS, CHECKPOINT_STATE = "tensors.safetensors", "state.json"
-
-
-def save_checkpoint(folder: Path, key: str, model, opt, sched, step, res: TrainResult, best_state,
-                    bad_evals) -> None:
-    from safetensors.torch import save_file
-
-    from lorafair import store
-
-    tensors = {f"params.{n}": t.contiguous() for n, t in trainable_state(model).items()}
-    tensors |= {f"best.{n}": t.contiguous() for n, t in (best_state or {}).items()}
-    tensors["rng"] = torch.get_rng_state()
-    o = opt.state_dict()
-    moments: dict[str, dict] = {}  # per parameter: its state's names, with the value when not a tensor
-    for idx, st in o["state"].items():
-        moments[str(idx)] = {}
-        for name, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{idx}.{name}"] = v.contiguous()
-            moments[str(idx)][name] = None if torch.is_tensor(v) else v
-    state = {
-        "key": key, "step": step, "log": res.log, "val_curve": res.val_curve, "tokens": res.tokens,
-        "has_best": best_state is not None, "bad_evals": bad_evals, "wall_s": res.wall_s,
-        "scheduler": sched.state_dict(), "param_groups": o["param_groups"], "moments": moments,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    # the tensors first, the state last: a state.json always names tensors that are complete
-    store.write_via_temp(folder / CHECKPOINT_TENSORS, lambda tmp: save_file(tensors, tmp))
-    store.write_json(folder / CHECKPOINT_STATE, state)
-
-
-def load_checkpoint(folder: Path, key: str, log: Callable[[str], None] | None = None) -> dict | None:
-    """The checkpoint in `folder` when it was written under `key`; None (and the folder emptied)
-    when there is none, it is stale, or it is in the old pickle format, which is never read."""
-    import shutil
-
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from lorafair import store
-    from lorafair.errors import UserError
-
-    say = log or (lambda m: None)
-    state_file, tensor_file = folder / CHECKPOINT_STATE, folder / CHECKPOINT_TENSORS
-    if not state_file.is_file():
-        if folder.is_dir() and any(folder.iterdir()):
-            say(f"{folder}: checkpoint in an old or incomplete format, discarded; the arm starts over")
-            shutil.rmtree(folder, ignore_errors=True)  # every process of a multi-process run may try
-        return None
-    try:
-        state = store.read_json(state_file)
-        stale = not isinstance(state, dict) or state.get("key") != key
-        if stale:
-            say(f"{folder}: checkpoint written for other settings (study, data or model changed), discarded; "
-                "the arm starts over")
-            shutil.rmtree(folder, ignore_errors=True)  # every process of a multi-process run may try
-            return None
-        tensors = load_file(tensor_file)
-        groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in state["param_groups"]]
-        opt_state = {int(i): {n: tensors[f"opt.{i}.{n}"] if v is None else v for n, v in names.items()}
-                     for i, names in state["moments"].items()}
-        return {
-            "params": {k[7:]: v for k, v in tensors.items() if k.startswith("params.")},
-            "best_state": ({k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-                           if state["has_best"] else None),
-            "optimizer": {"state": opt_state, "param_groups": groups},
-            "scheduler": state["scheduler"], "rng": tensors["rng"],
-            **{k: state[k] for k in ("step", "log", "val_curve", "tokens", "bad_evals", "wall_s")},
-        }
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
-        raise UserError(f"{folder}: the checkpoint is damaged ({type(e).__name__}); delete that folder to train "
-                        "the arm from the start") from None
