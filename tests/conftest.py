@@ -116,8 +116,11 @@ def offline(monkeypatch):
 def ray_cluster():
     """A Ray cluster on this machine, started once per test session: two CPUs, two declared GPUs
     (Ray sets CUDA_VISIBLE_DEVICES for a task that asks for one; nothing here touches CUDA), no
-    dashboard, a small object store."""
+    dashboard, a small object store. Workers at normal priority (Ray's default niceness 15 starves
+    them whenever anything else runs on the machine)."""
     import ray  # the ray extra; make test installs it
+
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
              log_to_driver=False, configure_logging=False)
     yield ray
