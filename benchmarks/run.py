@@ -23,7 +23,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 BENCHES = {"train": "bench_train", "sweep": "bench_sweep", "generate": "bench_generate",
-           "kl_lens": "bench_kl_memory", "flops": "bench_flops", "analyses": "bench_analyses"}
+           "kl_lens": "bench_kl_memory", "flops": "bench_flops", "analyses": "bench_analyses",
+           "scaleout": "bench_scaleout"}
 
 
 def main() -> None:
