@@ -38,7 +38,7 @@ STEPS = {True: 6, False: 16}
 
 def _env(threads: int) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+            "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "RAY_worker_niceness": "0"}
 
 
 def _smoke(folder: Path, backend: str) -> tuple[float, dict]:
