@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, ratio, run_worker, worker_main  # noqa: E402
+from common import ROOT, corpus, ratio, run_worker, worker_main  # noqa: E402
 
 STEPS = {True: 6, False: 16}
 
@@ -87,8 +87,12 @@ def ray_worker() -> dict:
 
 
 def _ddp_study(folder: Path, steps: int) -> Path:
+    """One LoRA arm on a fixed JSONL corpus (no generation before training)."""
+    rows = corpus(96)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     study = yaml.safe_load((ROOT / "studies" / "smoke.yaml").read_text())
-    study.update(output=str(folder / "run"), arms=[{"type": "lora", "rank": 8}], seeds=[0])
+    study.update(output=str(folder / "run"), arms=[{"type": "lora", "rank": 8}], seeds=[0],
+                 data={"corpus": "jsonl", "path": str(folder / "corpus.jsonl")})
     study["training"] = {"max_steps": steps, "batch_size": 8, "max_length": 64, "eval_every": steps,
                          "checkpoint_every": steps, "lr_lora": 6e-3, "lr_search": {"enabled": False}}
     path = folder / "ddp.yaml"
