@@ -31,6 +31,9 @@ def test_divergence_per_arm_pooled_and_cached(tiny_study):
     assert lora["js"]["n_seeds"] == 2 and lora["js"]["n_units"] == 18
     assert lora["minus_full"] is not None and lora["reduction_share"] is not None
     assert pooled["arms"]["full"]["minus_full"] is None
+    decided = pooled["decisions"]["lora-r2"]["cf_js"]
+    assert decided["decision"] in {"equivalent", "better", "worse", "inconclusive"}
+    assert decided["value"] == pytest.approx(lora["minus_full"]["value"]) and "full" not in pooled["decisions"]
     assert {r["arm"] for r in pooled["by_layer"]} == {"base", "full", "lora-r2"}
     report = (rd.path / "report" / "report.html").read_text()
     assert "Counterfactual divergence" in report and "<h3>BBQ</h3>" in report
@@ -39,6 +42,14 @@ def test_divergence_per_arm_pooled_and_cached(tiny_study):
     # a second run computes nothing again
     before = rd.eval_paths("full", 1, "counterfactual")[0].stat().st_mtime_ns
     Runner(study, log=lambda _: None).run(analyses=False, report=False)
+    assert rd.eval_paths("full", 1, "counterfactual")[0].stat().st_mtime_ns == before
+    # a margin wider than any JS difference (JS <= ln 2) decides every arm equivalent, from the same files
+    wide = _study(tiny_study)
+    wide["evaluation"]["margins"] = {"cf_js": 1.0}
+    Runner(study_from_dict(wide), log=lambda _: None).run(analyses=False, report=False)
+    pooled = store.read_json(rd.analysis_path("counterfactual"))
+    assert pooled["margins"] == {"cf_js": 1.0}
+    assert {d["cf_js"]["decision"] for d in pooled["decisions"].values()} == {"equivalent"}
     assert rd.eval_paths("full", 1, "counterfactual")[0].stat().st_mtime_ns == before
 
 

@@ -17,7 +17,7 @@ import dataclasses
 import pandas as pd
 import torch
 
-from lorafair import metrics, prompts, stats, store
+from lorafair import equivalence, metrics, prompts, stats, store
 from lorafair.analysis import counterfactual as C
 from lorafair.analysis import lens
 from lorafair.arm_names import bank_name
@@ -27,6 +27,9 @@ KINDS = {"identity": "all", "identity-race": "race", "identity-religion": "relig
 UNITS = {"js": "Jensen-Shannon divergence (nats) between counterfactual prompts",
          "kl_ab": "KL(group a || group b) (nats)", "kl_ba": "KL(group b || group a) (nats)"}
 RESULT = "counterfactual"
+# Equivalence margin δ of D_arm − D_full (JS, nats), overridable by evaluation.margins.cf_js: about an
+# eighth of the packaged base model's D on the religion prompts (0.039 nats), see docs/measures.md.
+MARGINS = {"cf_js": 0.005}
 
 
 def build_items(ctx, model) -> tuple[list[dict], dict[str, str]]:
@@ -135,7 +138,11 @@ def pool(runner, arms) -> dict | None:
     ref = ("base", "full")
     res = C.summarize_arms(table, reference=ref)
     layers = pd.concat(layer_rows, ignore_index=True)
+    margins = {**MARGINS, **runner.study.evaluation.margins}
+    diffs = {a: {"cf_js": {**e["minus_full"], "higher_is_better": False}} for a, e in res.items() if e["minus_full"]}
     out = {"arms": {a: _records(e) for a, e in res.items()}, "reference": list(ref),
+           "margins": {"cf_js": equivalence.margin_for("cf_js", margins)},
+           "decisions": equivalence.decide_all(diffs, margins),
            "by_layer": C.layer_means(layers).to_dict("records") if len(layers) else [],
            "n_templates": int(table["template_id"].nunique()),
            "interval": "crossed design: training seeds × templates (stats.crossed_interval)"}

@@ -8,6 +8,7 @@ from lorafair.report import html as H
 from lorafair.report import plots
 from lorafair.arm_names import arm_order
 from lorafair.report.load import Run
+from lorafair.report.verdict import decision_cell
 from lorafair.fmt import bracket, value_ci
 
 CF_COLUMNS = [("js", "JS divergence"), ("kl_ab", "KL(a‖b)"), ("kl_ba", "KL(b‖a)"),
@@ -18,13 +19,15 @@ BBQ_STATS = [("accuracy_ambiguous", "accuracy, ambiguous"), ("accuracy_disambigu
 
 def counterfactual_table(run: Run) -> tuple[list[str], list[list[object]], list[str]]:
     """(header, rows, caveats) of the pooled counterfactual divergence, one row per arm."""
-    arms = (run.counterfactual or {}).get("arms") or {}
-    header = ["arm", *[label for _, label in CF_COLUMNS]]
+    cf = run.counterfactual or {}
+    arms, decisions = cf.get("arms") or {}, cf.get("decisions") or {}
+    header = ["arm", *[label for _, label in CF_COLUMNS], f"decision (δ = {(cf.get('margins') or {}).get('cf_js')})"]
     rows, caveats = [], []
     for arm in sorted(arms, key=arm_order):
         e = arms[arm]
+        decided = (decisions.get(arm) or {}).get("cf_js")
         rows.append([arm, *[value_ci(e[key], signed=key == "minus_full", label="") if e.get(key) else "-"
-                             for key, _ in CF_COLUMNS]])
+                             for key, _ in CF_COLUMNS], decision_cell(decided) if decided else "-"])
         if e.get("caveat") and not caveats:
             caveats.append(e["caveat"])
     return header, rows, caveats
