@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -50,8 +49,6 @@ def _smoke(folder: Path, backend: str) -> tuple[float, dict]:
     path = folder / f"smoke-{backend}.yaml"
     path.write_text(yaml.safe_dump(study))
     cmd = [sys.executable, "-m", "lorafair", "run", str(path), "--no-analyses"]
-    if backend == "ray":
-        cmd += ["--num-cpus", "1"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=_env(2 if backend == "local" else 1), cwd=folder, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -156,4 +153,3 @@ if __name__ == "__main__":
 
         res = {"machine": machine(), **run("--quick" in sys.argv)}
         print(json.dumps(res, indent=1))
-        shutil.rmtree(ROOT / ".ray-tmp", ignore_errors=True)
