@@ -248,6 +248,15 @@ def report(run_dir: Path):
 
 
 @command()
+def export(run_dir: Path, dest: Path, force: bool = typer.Option(False, "--force", help="replace DEST")):
+    """Copy RUN_DIR's result files, never its weights, to DEST (e.g. results/<study>) to commit them."""
+    from lorafair.export import export as export_run
+
+    files = export_run(run_dir, dest, force=force)
+    out.print(f"exported {len(files)} result files to {dest}; rebuild the report with: lorafair report {dest}")
+
+
+@command()
 def compare(run_dirs: list[Path], out_dir: Path = typer.Option(Path("runs/compare"), "--out")):
     """Set several studies side by side."""
     from lorafair.report import build_comparison
