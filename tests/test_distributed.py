@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from lorafair.config import study_from_dict
+from lorafair.errors import UserError
+from lorafair.store import RunDir
 from lorafair.workers import train_arm
 from lorafair.store import read_json, read_jsonl
 
@@ -80,3 +82,27 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=0)
+
+
+def test_train_refuses_a_folder_another_process_holds(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    study = study_from_dict(tiny_study_dict(tmp_path / "out", corpus, **SECTIONS), "s.yaml")
+    with RunDir(tmp_path / "out").lock():
+        with pytest.raises(UserError, match="another lorafair process"):
+            train_arm(study, "lora-r2", 0, False, log=lambda m: None)
+    assert not (tmp_path / "out" / "lora-r2").exists()
+    train_arm(study, "lora-r2", 0, False, log=lambda m: None)  # free again: trains
+    assert (tmp_path / "out" / "lora-r2" / "seed-0" / "done.json").is_file()
+    assert not (tmp_path / "out" / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_train_refuses_a_held_folder_on_every_process(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    two = write_yaml(tmp_path / "two.yaml", tiny_study_dict(tmp_path / "two", corpus, **SECTIONS))
+    with RunDir(tmp_path / "two").lock():
+        proc = _torchrun(two)
+        out = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0
+    assert "another lorafair process" in out, out[-3000:]
+    assert not (tmp_path / "two" / "lora-r2").exists()

@@ -3,6 +3,7 @@ launch (torchrun / accelerate), and the runner a worker process keeps for the jo
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -29,6 +30,30 @@ def train_arm(study: Study, arm_name: str, seed: int, force: bool, log: Callable
         raise UserError(f"--seed {seed}: not one of the study's seeds {study.seeds}")
     r.main = state.is_main_process
     r.ctx = Context(study, r.log)
+    with _main_holds_lock(state, r.rd):
+        _train_locked(state, r, study, arm, arm_name, seed, force)
+
+
+def _main_holds_lock(state, rd: store.RunDir) -> contextlib.ExitStack:
+    """The run folder's lock, held by the main process for the whole training (the others write
+    nothing). When it is taken, every process raises the same one-line error instead of waiting."""
+    held, err = contextlib.ExitStack(), None
+    if state.is_main_process:
+        try:
+            held.enter_context(rd.lock())
+        except UserError as e:
+            err = str(e)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        err = broadcast_object_list([err])[0]
+    if err is not None:
+        held.close()
+        raise UserError(err)
+    return held
+
+
+def _train_locked(state, r: Runner, study: Study, arm, arm_name: str, seed: int, force: bool) -> None:
     with state.main_process_first():
         if r.main:
             from lorafair.preflight import preflight
