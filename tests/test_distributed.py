@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from lorafair.config import study_from_dict
 from lorafair.errors import UserError
 from lorafair.store import RunDir
+from lorafair.train import refuse_sharded
 from lorafair.workers import train_arm
 from lorafair.store import read_json, read_jsonl
 
@@ -32,13 +33,13 @@ SECTIONS = dict(arms=[{"type": "lora", "rank": 2}], training={
     "lr_search": {"enabled": False}})
 
 
-def _torchrun(study: Path) -> subprocess.Popen:
+def _torchrun(study: Path, **env_extra: str) -> subprocess.Popen:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), "-m", "lorafair", "train", str(study), "--arm", "lora-r2", "--seed", "0"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env_extra}
     return subprocess.Popen(cmd, env=env, cwd=study.parent, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -106,3 +107,18 @@ def test_torchrun_train_refuses_a_held_folder_on_every_process(tmp_path):
     assert proc.returncode != 0
     assert "another lorafair process" in out, out[-3000:]
     assert not (tmp_path / "two" / "lora-r2").exists()
+
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED", "MEGATRON_LM"])
+def test_sharded_launch_is_refused_in_one_line(kind):
+    """A sharded launch would leave each process a shard of the weights lorafair saves whole (on CPU
+    accelerate falls back to DDP, so the refusal is checked on the accelerator's reported type)."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    with pytest.raises(UserError, match=f"training under {kind}: lorafair trains one arm data-parallel"):
+        refuse_sharded(SimpleNamespace(distributed_type=DistributedType[kind]))
+    for ok in ("NO", "MULTI_CPU", "MULTI_GPU"):
+        refuse_sharded(SimpleNamespace(distributed_type=DistributedType[ok]))

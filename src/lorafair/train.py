@@ -30,6 +30,10 @@ from lorafair.config import Arm, TrainingConfig
 from lorafair.arms import load_trainable_state, trainable_state
 from lorafair.checkpoint import load_checkpoint, save_checkpoint
 from lorafair.encoding import completion_loss, make_batch, packing_works
+from lorafair.errors import UserError
+
+# accelerate launches whose processes each hold a shard of the model or optimizer
+SHARDED = {"FSDP", "DEEPSPEED", "MEGATRON_LM"}
 
 
 class Diverged(Exception):
@@ -239,9 +243,20 @@ def _prepare(model: nn.Module, train_rows: list[dict], order: list[list[int]], c
     res.packed = cfg.packing and packing_works(model, [train_rows[i] for i in order[0][:2]], pad_id)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, device_placement=False,
                       cpu=not torch.cuda.is_available())  # cpu: processes on CPU talk over gloo
+    refuse_sharded(acc)
     model, opt = acc.prepare(model, opt)  # the scheduler stays ours: one step per optimizer step
     res.processes = acc.num_processes
     return model, params, opt, sched, acc, res
+
+
+def refuse_sharded(acc) -> None:
+    """One line instead of a run when accelerate shards the model (FSDP, DeepSpeed): lorafair's
+    checkpoints and saved weights assume every process holds them whole, as under DDP."""
+    kind = str(getattr(acc.distributed_type, "value", acc.distributed_type))
+    if kind in SHARDED:
+        raise UserError(f"training under {kind}: lorafair trains one arm data-parallel (DDP) only, since its "
+                        "checkpoints and saved weights are whole on every process; launch without --use_fsdp / "
+                        "--use_deepspeed (torchrun or plain accelerate launch)")
 
 
 def _optimizer_step(model: nn.Module, acc, micro: list[list[dict]], pad_id: int, packing: bool,
