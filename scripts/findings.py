@@ -1,0 +1,202 @@
+"""The tables of docs/findings.md, computed from the committed results under results/.
+
+docs/findings.md holds its numbers only inside generated blocks::
+
+    <!-- findings:NAME -->
+    ...table...
+    <!-- /findings -->
+
+``python scripts/findings.py`` rewrites every block from results/; ``--check`` exits 1 when a block
+differs from what results/ gives (tests/test_findings.py runs it), so no number in the document can
+drift from the files it comes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+from lorafair.arm_names import arm_order
+from lorafair.equivalence import more_data
+from lorafair.fmt import bracket, num
+from lorafair.store import read_json
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- findings:(?P<name>[\w:.-]+) -->\n)(?P<body>.*?)(<!-- /findings -->)", re.S)
+
+
+def _json(path: Path):
+    return read_json(path) if path.is_file() else None
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _arms(names) -> list[str]:
+    return sorted(names, key=arm_order)
+
+
+def decisions(study: Path) -> str:
+    """arm − full per headline metric: difference [95% CI], the decision against δ."""
+    cmp = read_json(study / "compare.json")
+    dec, diffs, margins = cmp["decisions"], cmp["minus_full"], cmp["margins"]
+    metrics = sorted({m for a in dec.values() for m in a})
+    rows = []
+    for arm in _arms(dec):
+        row = [arm]
+        for m in metrics:
+            d = dec[arm].get(m)
+            row.append("-" if d is None else f"{bracket(diffs[arm][m], signed=True)} {_word(d)}")
+        rows.append(row)
+    return _table(["arm − full"] + [f"{m} (δ {num(margins.get(m))})" for m in metrics], rows)
+
+
+def _word(d: dict) -> str:
+    w = d["decision"]
+    return f"**{w}{', beyond δ' if d.get('beyond_margin') else ''}**"
+
+
+def pooled(study: Path) -> str:
+    """Every arm pooled over seeds and prompts: value [95% CI]."""
+    p = read_json(study / "compare.json")["pooled"]
+    arms = _arms(a for a, v in p.items() if isinstance(v, dict))
+    metrics = sorted(read_json(study / "compare.json")["margins"])
+    metrics = [m for m in metrics if any(isinstance(p[a].get(m), dict) for a in arms)]
+    return _table(["arm"] + metrics, [[a] + [bracket(p[a].get(m)) for m in metrics] for a in arms])
+
+
+def more(study: Path) -> str:
+    """For each inconclusive decision, what would settle it with the observed difference and variance
+    components held fixed: evaluation units (seeds as now) or training seeds (units as now) for the
+    90% interval to fit inside ±δ, or, where the observed difference is beyond δ already, for the 95%
+    interval to exclude zero. "-": that route alone cannot get there."""
+    cmp = read_json(study / "compare.json")
+    rows = []
+    for arm in _arms(cmp["decisions"]):
+        for m, d in sorted(cmp["decisions"][arm].items()):
+            if d["decision"] != "inconclusive":
+                continue
+            diff = cmp["minus_full"][arm][m]
+            need = more_data(diff, d["margin"])
+            if need is None:
+                goal, (units, seeds) = "non-zero", _to_show_difference(diff)
+            else:
+                goal, units, seeds = "equivalent", need["units"], need["seeds"]
+            rows.append([arm, m, bracket(diff, signed=True), goal, f"{units or '-'} (now {diff['n_units']})",
+                         f"{seeds or '-'} (now {diff['n_seeds']})"])
+    head = ["arm", "metric", "arm − full", "to show", "units needed", "seeds needed"]
+    return _table(head, rows) if rows else "No decision is inconclusive.\n"
+
+
+def _to_show_difference(diff: dict) -> tuple[int | None, int | None]:
+    """Evaluation units (seeds fixed) or seeds (units fixed) at which the 95% interval of the observed
+    difference would exclude zero, its variance components held fixed (the route of
+    ``equivalence.more_data``, with target half-width |d| at z = 1.96)."""
+    comp, S, U, d = diff.get("components") or {}, diff["n_seeds"], diff["n_units"], diff["value"]
+    target = (abs(d) / 1.959964) ** 2
+    seed, unit, inter = (comp.get(k) or 0.0 for k in ("seed", "unit", "inter"))
+    units = math.ceil((unit + inter / S) / (target - seed / S)) if target > seed / S else None
+    seeds = math.ceil((seed + inter / U) / (target - unit / U)) if comp.get("seed") is not None and target > unit / U else None
+    return units, seeds
+
+
+def fit(study: Path) -> str:
+    """Per trained arm: the searched learning rate, whether the optimum was interior, and the best
+    validation loss of each seed with the step it was reached at and the steps run."""
+    rows = []
+    for arm in _arms(p.name for p in study.iterdir() if p.is_dir() and list(p.glob("seed-*/done.json"))):
+        done = [read_json(f) for f in sorted((study / arm).glob("seed-*/done.json"))]
+        s = read_json(study / "lr_search" / f"{arm}.json") if (study / "lr_search" / f"{arm}.json").is_file() else {}
+        cands = ", ".join(f"{c['lr']:.3g}→{c['val_loss']:.3f}" for c in s.get("candidates", []))
+        interior = {True: "yes", False: "no (edge)"}.get(s.get("interior"), "-")
+        per_seed = "; ".join(f"{d['best_val_loss']:.3f} @ {d.get('best_step', '?')}/{d['steps']}"
+                             f"{' (stopped early)' if d.get('stopped_early') else ''}" for d in done)
+        rows.append([arm, f"{done[0]['lr']:.3g}", interior, cands or "-", per_seed])
+    return _table(["arm", "lr", "interior optimum", "search: lr→val loss", "best val loss @ step/steps, per seed"],
+                  rows)
+
+
+def kl(study: Path) -> str:
+    """Token-posterior divergences on held-out fine-tuning examples (first seed)."""
+    k = read_json(study / "analysis" / "kl.json")
+    rows = []
+    for arm in _arms(k["arms"]):
+        a = k["arms"][arm]
+        rows.append([arm, num(a["kl_full_arm"]["mean"]), num(a["kl_base_arm"]["mean"]),
+                     bracket(a.get("shift_captured"))])
+    return _table(["arm", "KL(full ‖ arm), mean", "KL(base ‖ arm), mean", "shift captured [95% CI]"], rows)
+
+
+def spectrum(study: Path) -> str:
+    """Full fine-tuning's update: energy kept by its best rank-r approximation; the recommendations."""
+    w = read_json(study / "analysis" / "weights.json")
+    e, r = w["full_spectrum"]["energy_at_rank"], w["recommendation"]
+    line = _table(["rank r"] + list(e), [["energy kept"] + [num(v) for v in e.values()]])
+    return line + (f"\nRank from the spectrum (energy ≥ {r['threshold']}): {r['rank_from_spectrum']}; "
+                   f"smallest rank of the grid {r['ranks_tried']} whose measured shift captured reaches "
+                   f"{r['threshold']}: {r['rank_measured']}.\n")
+
+
+def counterfactual(study: Path) -> str:
+    """Counterfactual divergence D (JS) per arm, arm − full and its decision."""
+    c = read_json(study / "analysis" / "counterfactual.json")
+    rows = []
+    for arm in _arms(c["arms"]):
+        a = c["arms"][arm]
+        d = a.get("decision")
+        rows.append([arm, bracket(a["js"]), bracket(a.get("minus_full"), signed=True),
+                     _word(d) if d else "-"])
+    return _table(["arm", "D (JS, nats)", "arm − full", "decision"], rows)
+
+
+def cost(study: Path) -> str:
+    """Wall time of each stage of the run."""
+    t = read_json(study / "timings.json")
+    stages = {k: v for k, v in t.items() if isinstance(v, (int, float))}
+    rows = [[k, f"{v / 60:.1f}"] for k, v in stages.items()]
+    rows.append(["total", f"{sum(stages.values()) / 60:.1f}"])
+    return _table(["stage", "minutes"], rows)
+
+
+KINDS = {"decisions": decisions, "pooled": pooled, "more": more, "fit": fit, "kl": kl, "spectrum": spectrum,
+         "counterfactual": counterfactual, "cost": cost}
+
+
+def render(name: str, results: Path) -> str:
+    """Block ``KIND:STUDY`` from ``results/STUDY``."""
+    kind, _, study = name.partition(":")
+    if kind not in KINDS or not (results / study).is_dir():
+        raise SystemExit(f"findings block {name!r}: unknown kind or no folder {results / study}")
+    return KINDS[kind](results / study)
+
+
+def update(doc: str, results: Path) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group("name"), results) + m.group(4), doc)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "findings.md")
+    ap.add_argument("--results", type=Path, default=ROOT / "results")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a block differs from results/")
+    a = ap.parse_args(argv)
+    doc = a.doc.read_text()
+    new = update(doc, a.results)
+    if a.check:
+        stale = [m.group("name") for m, n in zip(BLOCK.finditer(doc), BLOCK.finditer(new)) if m.group(0) != n.group(0)]
+        if stale:
+            print(f"{a.doc}: blocks differ from {a.results}: {', '.join(stale)}; run python scripts/findings.py")
+            return 1
+        return 0
+    a.doc.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
