@@ -14,7 +14,6 @@ drift from the files it comes from.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 from pathlib import Path
@@ -73,9 +72,9 @@ def pooled(study: Path) -> str:
 
 def more(study: Path) -> str:
     """For each inconclusive decision, what would settle it with the observed difference and variance
-    components held fixed: evaluation units (seeds as now) or training seeds (units as now) for the
-    90% interval to fit inside ±δ, or, where the observed difference is beyond δ already, for the 95%
-    interval to exclude zero. "-": that route alone cannot get there."""
+    components held fixed (``equivalence.more_data``): evaluation units (seeds as now) or training
+    seeds (units as now) for the 90% interval to fit inside ±δ, or, where the observed difference is
+    at or beyond δ, for the 95% interval to exclude zero. "-": that route alone cannot get there."""
     cmp = read_json(study / "compare.json")
     rows = []
     for arm in _arms(cmp["decisions"]):
@@ -83,27 +82,12 @@ def more(study: Path) -> str:
             if d["decision"] != "inconclusive":
                 continue
             diff = cmp["minus_full"][arm][m]
-            need = more_data(diff, d["margin"])
-            if need is None:
-                goal, (units, seeds) = "non-zero", _to_show_difference(diff)
-            else:
-                goal, units, seeds = "equivalent", need["units"], need["seeds"]
-            rows.append([arm, m, bracket(diff, signed=True), goal, f"{units or '-'} (now {diff['n_units']})",
-                         f"{seeds or '-'} (now {diff['n_seeds']})"])
+            need = more_data(diff, d["margin"]) or {}
+            rows.append([arm, m, bracket(diff, signed=True), need.get("goal", "-"),
+                         f"{need.get('units') or '-'} (now {diff['n_units']})",
+                         f"{need.get('seeds') or '-'} (now {diff['n_seeds']})"])
     head = ["arm", "metric", "arm − full", "to show", "units needed", "seeds needed"]
     return _table(head, rows) if rows else "No decision is inconclusive.\n"
-
-
-def _to_show_difference(diff: dict) -> tuple[int | None, int | None]:
-    """Evaluation units (seeds fixed) or seeds (units fixed) at which the 95% interval of the observed
-    difference would exclude zero, its variance components held fixed (the route of
-    ``equivalence.more_data``, with target half-width |d| at z = 1.96)."""
-    comp, S, U, d = diff.get("components") or {}, diff["n_seeds"], diff["n_units"], diff["value"]
-    target = (abs(d) / 1.959964) ** 2
-    seed, unit, inter = (comp.get(k) or 0.0 for k in ("seed", "unit", "inter"))
-    units = math.ceil((unit + inter / S) / (target - seed / S)) if target > seed / S else None
-    seeds = math.ceil((seed + inter / U) / (target - unit / U)) if comp.get("seed") is not None and target > unit / U else None
-    return units, seeds
 
 
 def fit(study: Path) -> str:

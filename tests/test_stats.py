@@ -168,14 +168,30 @@ def test_decide_needs_a_positive_margin():
 
 
 def test_more_data_reproduces_the_target_width():
+    """The counts are the smallest at which the crossed interval (t quantiles, as lorafair.stats
+    computes it) reaches the goal: 90% within ±δ, or, beyond δ, 95% clear of zero."""
+    from lorafair.stats import half_width
+
     comp = {"seed": 0.00003, "unit": 0.004, "inter": 0.002}
     diff = {"value": 0.005, "components": comp, "n_seeds": 3, "n_units": 100}
+
+    def width(S, U, alpha):
+        v_seed, v_unit = (comp["seed"] + comp["inter"] / U) / S, comp["unit"] / U
+        return float(half_width({"v_seed": v_seed, "df_seed": S - 1, "v_unit": v_unit, "df_unit": U - 1}, alpha))
+
     need = equivalence.more_data(diff, 0.02)
-    target = ((0.02 - 0.005) / 1.6448536) ** 2
-    U2 = need["units"]
-    assert comp["seed"] / 3 + comp["unit"] / U2 + comp["inter"] / (3 * U2) <= target
-    assert comp["seed"] / 3 + comp["unit"] / (U2 - 1) + comp["inter"] / (3 * (U2 - 1)) > target
-    assert equivalence.more_data({**diff, "value": 0.03}, 0.02) is None  # already beyond the margin
+    assert need["goal"] == "equivalent"
+    U2, S2 = need["units"], need["seeds"]
+    assert width(3, U2, 0.10) < 0.015 <= width(3, U2 - 1, 0.10)
+    assert width(S2, 100, 0.10) < 0.015 <= width(S2 - 1, 100, 0.10)
+    beyond = equivalence.more_data({**diff, "value": 0.03}, 0.02)  # beyond the margin: show it non-zero
+    assert beyond["goal"] == "non-zero"
+    assert width(3, beyond["units"], 0.05) < 0.03 <= width(3, beyond["units"] - 1, 0.05)
+    one = equivalence.more_data({"value": 0.005, "components": {"seed": None, "unit": 0.4, "inter": None},
+                                 "n_seeds": 1, "n_units": 50}, 0.02)
+    assert one["seeds"] is None and one["units"] > 50  # one seed: only the unit route is known
+    hopeless = equivalence.more_data({**diff, "components": {**comp, "seed": 1.0}}, 0.02)
+    assert hopeless["units"] is None  # the seed part alone is wider than the goal
 
 
 def test_margin_for_and_rank_recommendation():

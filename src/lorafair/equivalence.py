@@ -11,10 +11,9 @@ every metric. The intervals themselves come from :mod:`lorafair.stats`.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as sps
 
 from lorafair.errors import UserError
-from lorafair.stats import EQUIVALENCE_ALPHA
+from lorafair.stats import EQUIVALENCE_ALPHA, half_width
 
 
 def _finite(*xs) -> bool:
@@ -52,32 +51,52 @@ def decide(diff: dict, margin: float, higher_is_better: bool | None = None) -> d
 
 
 def more_data(diff: dict, margin: float) -> dict | None:
-    """Roughly how many evaluation units, or training seeds, would make an inconclusive difference
-    equivalent, assuming the true difference is the one observed and the variance components stay.
+    """Roughly how many evaluation units (seeds as now), or training seeds (units as now), would
+    settle an inconclusive difference, assuming the observed difference and variance components stay.
 
-    Needs the record's ``components``, ``n_seeds``, ``n_units``. The 90% half-width must fall to
-    δ − |d|; with z = 1.645, the target variance is ((δ − |d|)/z)². Units: with S fixed,
-    U' = (σ²_unit + σ²_inter/S) / (target − σ²_seed/S); seeds: with U fixed,
-    S' = (σ²_seed + σ²_inter/U) / (target − σ²_unit/U). None where the observed |d| ≥ δ (more data
-    would not show equivalence) or nothing can be said; a count is None when that route alone
-    cannot reach the target."""
+    Where |d| < δ the goal is ``equivalent``: the 90% interval within ±δ, i.e. its half-width below
+    δ − |d|; where |d| ≥ δ it is ``non-zero``: the 95% interval clear of zero, half-width below |d|.
+    The half-width is the one :mod:`lorafair.stats` computes, at the new counts:
+    sqrt(t²_{S−1}·(σ²_seed + σ²_inter/U)/S + t²_{U−1}·σ²_unit/U), each part at its Student-t
+    quantile, so with three seeds the seed part weighs t²₂ = 18.5, not z² = 3.8. Needs the record's
+    ``components``, ``n_seeds``, ``n_units``; with one seed only the unit route is known. A count is
+    None when that route alone cannot reach the goal (within 10⁷ units or 10⁴ seeds); the whole
+    answer None when nothing can be said."""
     comp, S, U = diff.get("components") or {}, diff.get("n_seeds"), diff.get("n_units")
     d = diff.get("value")
-    if not (_finite(d) and S and U) or abs(d) >= margin:
+    if not (_finite(d) and S and U and margin > 0):
         return None
-    target = ((margin - abs(d)) / sps.norm.ppf(1 - EQUIVALENCE_ALPHA / 2)) ** 2
+    goal = "equivalent" if abs(d) < margin else "non-zero"
+    target = margin - abs(d) if goal == "equivalent" else abs(d)
+    alpha = EQUIVALENCE_ALPHA if goal == "equivalent" else 0.05
     seed, unit, inter = (comp.get(k) for k in ("seed", "unit", "inter"))
-    out: dict = {"units": None, "seeds": None, "n_units": int(U), "n_seeds": int(S)}
-    if unit is None:
+    out: dict = {"units": None, "seeds": None, "n_units": int(U), "n_seeds": int(S), "goal": goal}
+    if not _finite(unit):
         return out
-    if seed is None:  # one seed: the per-unit variance is all we know
-        out["units"] = int(np.ceil(unit / target))
-        return out
-    if target > seed / S:
-        out["units"] = int(np.ceil((unit + inter / S) / (target - seed / S)))
-    if target > unit / U:
-        out["seeds"] = int(np.ceil((seed + inter / U) / (target - unit / U)))
+    one_seed = not (_finite(seed) and _finite(inter))
+
+    def width(s: int, u: int) -> float:
+        v_seed = 0.0 if one_seed else (seed + inter / u) / s
+        return float(half_width({"v_seed": v_seed, "df_seed": 0 if one_seed else s - 1,
+                                 "v_unit": unit / u, "df_unit": u - 1}, alpha))
+
+    out["units"] = _smallest(lambda u: width(int(S), u) < target, 2, 10**7)
+    if not one_seed:
+        out["seeds"] = _smallest(lambda s: width(s, int(U)) < target, 2, 10**4)
     return out
+
+
+def _smallest(ok, lo: int, limit: int) -> int | None:
+    """The smallest n in [lo, limit] with ok(n), for ok false then true as n grows; None if none."""
+    if not ok(limit):
+        return None
+    hi = lo
+    while not ok(hi):
+        lo, hi = hi, min(2 * hi, limit)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    return hi
 
 
 def margin_for(metric: str, margins: dict[str, float]) -> float | None:

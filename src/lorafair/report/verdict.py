@@ -58,9 +58,6 @@ def decision_cell(d: dict) -> str:
 def _more_data_clause(d: dict, unit: str) -> str:
     need = d.get("more_data")
     if need is None:
-        if finite(d.get("value")) and finite(d.get("margin")) and abs(d["value"]) >= d["margin"]:
-            return (" (the observed difference is at or beyond δ, so more data would not be expected "
-                    "to show equivalence)")
         return ""
     parts = []
     if need.get("units"):
@@ -69,6 +66,9 @@ def _more_data_clause(d: dict, unit: str) -> str:
         parts.append(f"about {need['seeds']} training seeds (now {need['n_seeds']})")
     if not parts:
         return ""
+    if need.get("goal") == "non-zero":
+        return ("; the observed difference is at or beyond δ, so more data would not be expected to show "
+                "equivalence; " + " or ".join(parts) + " would show it non-zero if it stays as observed")
     return ("; " + " or ".join(parts) + " would bring the 90% interval within ±δ if the difference "
             "stays as observed")
 
