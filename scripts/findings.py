@@ -151,15 +151,23 @@ def spectrum(study: Path) -> str:
 
 
 def counterfactual(study: Path) -> str:
-    """Counterfactual divergence D (JS) per arm, arm − full and its decision."""
+    """Counterfactual divergence D (JS) per arm, the share of full fine-tuning's reduction of D from
+    base, arm − full with its decision against the margin, and what would settle an inconclusive one."""
     c = read_json(study / "analysis" / "counterfactual.json")
+    decisions = c.get("decisions") or {}
     rows = []
     for arm in _arms(c["arms"]):
-        a = c["arms"][arm]
-        d = a.get("decision")
-        rows.append([arm, bracket(a["js"]), bracket(a.get("minus_full"), signed=True),
-                     _word(d) if d else "-"])
-    return _table(["arm", "D (JS, nats)", "arm − full", "decision"], rows)
+        a, d = c["arms"][arm], (decisions.get(arm) or {}).get("cf_js")
+        need = more_data(a["minus_full"], d["margin"]) if d and d["decision"] == "inconclusive" else None
+        settle = (f"{need['goal']}: {need['units'] or '-'} templates (now {need['n_units']}) or "
+                  f"{need['seeds'] or '-'} seeds (now {need['n_seeds']})") if need else "-"
+        seeds = [read_json(f)["metrics"]["cf_js"]["value"] for f in sorted((study / arm).glob("seed-*/eval/counterfactual.json"))]
+        rows.append([arm, bracket(a["js"]), ", ".join(num(v) for v in seeds), bracket(a.get("reduction_share")),
+                     bracket(a.get("minus_full"), signed=True),
+                     f"{_word(d)} (δ {num(d['margin'])})" if d else "-", settle])
+    return _table(["arm", "D (JS, nats)", "D per seed", "share of full's reduction", "arm − full", "decision",
+                   "to settle"],
+                  rows)
 
 
 def cost(study: Path) -> str:
