@@ -21,14 +21,11 @@ from pathlib import Path
 from lorafair.arm_names import arm_order
 from lorafair.equivalence import more_data
 from lorafair.fmt import bracket, num
-from lorafair.store import read_json
+from lorafair.metrics import paired_bootstrap_diff
+from lorafair.report.load import Run, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- findings:(?P<name>[\w:.-]+) -->\n)(?P<body>.*?)(<!-- /findings -->)", re.S)
-
-
-def _json(path: Path):
-    return read_json(path) if path.is_file() else None
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
@@ -41,9 +38,9 @@ def _arms(names) -> list[str]:
     return sorted(names, key=arm_order)
 
 
-def decisions(study: Path) -> str:
+def decisions(run: Run) -> str:
     """arm − full per headline metric: difference [95% CI], the decision against δ."""
-    cmp = read_json(study / "compare.json")
+    cmp = run.compare
     dec, diffs, margins = cmp["decisions"], cmp["minus_full"], cmp["margins"]
     metrics = sorted({m for a in dec.values() for m in a})
     rows = []
@@ -61,21 +58,21 @@ def _word(d: dict) -> str:
     return f"**{w}{', beyond δ' if d.get('beyond_margin') else ''}**"
 
 
-def pooled(study: Path) -> str:
+def pooled(run: Run) -> str:
     """Every arm pooled over seeds and prompts: value [95% CI]."""
-    p = read_json(study / "compare.json")["pooled"]
+    p = run.compare["pooled"]
     arms = _arms(a for a, v in p.items() if isinstance(v, dict))
-    metrics = sorted(read_json(study / "compare.json")["margins"])
+    metrics = sorted(run.compare["margins"])
     metrics = [m for m in metrics if any(isinstance(p[a].get(m), dict) for a in arms)]
     return _table(["arm"] + metrics, [[a] + [bracket(p[a].get(m)) for m in metrics] for a in arms])
 
 
-def more(study: Path) -> str:
+def more(run: Run) -> str:
     """For each inconclusive decision, what would settle it with the observed difference and variance
     components held fixed (``equivalence.more_data``): evaluation units (seeds as now) or training
     seeds (units as now) for the 90% interval to fit inside ±δ, or, where the observed difference is
     at or beyond δ, for the 95% interval to exclude zero. "-": that route alone cannot get there."""
-    cmp = read_json(study / "compare.json")
+    cmp = run.compare
     rows = []
     for arm in _arms(cmp["decisions"]):
         for m, d in sorted(cmp["decisions"][arm].items()):
@@ -90,13 +87,13 @@ def more(study: Path) -> str:
     return _table(head, rows) if rows else "No decision is inconclusive.\n"
 
 
-def fit(study: Path) -> str:
+def fit(run: Run) -> str:
     """Per trained arm: the searched learning rate, whether the optimum was interior, and the best
     validation loss of each seed with the step it was reached at and the steps run."""
     rows = []
-    for arm in _arms(p.name for p in study.iterdir() if p.is_dir() and list(p.glob("seed-*/done.json"))):
-        done = [read_json(f) for f in sorted((study / arm).glob("seed-*/done.json"))]
-        s = read_json(study / "lr_search" / f"{arm}.json") if (study / "lr_search" / f"{arm}.json").is_file() else {}
+    for arm in _arms({a for a, _ in run.done}):
+        done = [run.done[k] for k in sorted(k for k in run.done if k[0] == arm)]
+        s = run.lr_search.get(arm, {})
         cands = ", ".join(f"{c['lr']:.3g}→{c['val_loss']:.3f}" for c in s.get("candidates", []))
         interior = {True: "yes", False: "no (edge)"}.get(s.get("interior"), "-")
         per_seed = "; ".join(f"{d['best_val_loss']:.3f} @ {d.get('best_step', '?')}/{d['steps']}"
@@ -106,62 +103,58 @@ def fit(study: Path) -> str:
                   rows)
 
 
-def kl(study: Path) -> str:
+def kl(run: Run) -> str:
     """Token-posterior divergences on held-out fine-tuning examples (first seed)."""
-    k = read_json(study / "analysis" / "kl.json")
     rows = []
-    for arm in _arms(k["arms"]):
-        a = k["arms"][arm]
+    for arm in _arms(run.kl):
+        a = run.kl[arm]
         rows.append([arm, num(a["kl_full_arm"]["mean"]), num(a["kl_base_arm"]["mean"]),
                      bracket(a.get("shift_captured"))])
     return _table(["arm", "KL(full ‖ arm), mean", "KL(base ‖ arm), mean", "shift captured [95% CI]"], rows)
 
 
-def kl_trend(study: Path, n_boot: int = 2000) -> str:
+def kl_trend(run: Run, n_boot: int = 2000) -> str:
     """KL(full ‖ arm) between neighbouring ranks, paired by sequence (first seed): the per-sequence
-    mean over positions, the difference lower rank − higher rank with a percentile bootstrap over
-    sequences (seeded, so the table is reproducible). Positive: the divergence falls with rank."""
-    import numpy as np
+    mean over positions, the difference lower rank − higher rank with a paired percentile bootstrap
+    over sequences (seeded, so the table is reproducible). Positive: the divergence falls with rank."""
     import pandas as pd
 
-    tok = pd.read_parquet(study / "analysis" / "kl_tokens.parquet")
+    tok = pd.read_parquet(run.path / "analysis" / "kl_tokens.parquet")
     rows = []
     for name, part in tok.groupby("set", sort=True):
         per = part.groupby(["arm", "seq"])["kl_full_arm"].mean().unstack("arm")
         lora = [a for a in _arms(per.columns) if a not in ("base", "full")]
         for lo_arm, hi_arm in zip(["base"] + lora, lora):
-            d = (per[lo_arm] - per[hi_arm]).dropna().to_numpy()
-            rng = np.random.default_rng(0)
-            boots = rng.choice(d, (n_boot, len(d))).mean(axis=1)
-            rec = {"value": float(d.mean()), "lo": float(np.quantile(boots, 0.025)), "hi": float(np.quantile(boots, 0.975))}
+            both = per[[lo_arm, hi_arm]].dropna()
+            rec = paired_bootstrap_diff(both[lo_arm].to_numpy(), both[hi_arm].to_numpy(), n_boot=n_boot, seed=0)
             word = "falls" if rec["lo"] > 0 else "rises" if rec["hi"] < 0 else "undecided"
-            rows.append([name, f"{lo_arm} − {hi_arm}", str(len(d)), bracket(rec, signed=True), word])
+            rows.append([name, f"{lo_arm} − {hi_arm}", str(rec["n"]), bracket(rec, signed=True), word])
     return _table(["sequences", "KL(full ‖ ·): lower − higher rank", "n", "difference [95% CI]", "with rank"],
                   rows)
 
 
-def spectrum(study: Path) -> str:
+def spectrum(run: Run) -> str:
     """Full fine-tuning's update: energy kept by its best rank-r approximation; the recommendations."""
-    w = read_json(study / "analysis" / "weights.json")
-    e, r = w["full_spectrum"]["energy_at_rank"], w["recommendation"]
+    e, r = run.weights["full_spectrum"]["energy_at_rank"], run.weights["recommendation"]
     line = _table(["rank r"] + list(e), [["energy kept"] + [num(v) for v in e.values()]])
     return line + (f"\nRank from the spectrum (energy ≥ {r['threshold']}): {r['rank_from_spectrum']}; "
                    f"smallest rank of the grid {r['ranks_tried']} whose measured shift captured reaches "
                    f"{r['threshold']}: {r['rank_measured']}.\n")
 
 
-def counterfactual(study: Path) -> str:
+def counterfactual(run: Run) -> str:
     """Counterfactual divergence D (JS) per arm, the share of full fine-tuning's reduction of D from
     base, arm − full with its decision against the margin, and what would settle an inconclusive one."""
-    c = read_json(study / "analysis" / "counterfactual.json")
+    c = run.counterfactual
     decisions = c.get("decisions") or {}
+    per_seed = run.evals.get("counterfactual", {})
     rows = []
     for arm in _arms(c["arms"]):
         a, d = c["arms"][arm], (decisions.get(arm) or {}).get("cf_js")
         need = more_data(a["minus_full"], d["margin"]) if d and d["decision"] == "inconclusive" else None
         settle = (f"{need['goal']}: {need['units'] or '-'} templates (now {need['n_units']}) or "
                   f"{need['seeds'] or '-'} seeds (now {need['n_seeds']})") if need else "-"
-        seeds = [read_json(f)["metrics"]["cf_js"]["value"] for f in sorted((study / arm).glob("seed-*/eval/counterfactual.json"))]
+        seeds = [per_seed[k]["metrics"]["cf_js"]["value"] for k in sorted(k for k in per_seed if k[0] == arm)]
         rows.append([arm, bracket(a["js"]), ", ".join(num(v) for v in seeds), bracket(a.get("reduction_share")),
                      bracket(a.get("minus_full"), signed=True),
                      f"{_word(d)} (δ {num(d['margin'])})" if d else "-", settle])
@@ -170,10 +163,9 @@ def counterfactual(study: Path) -> str:
                   rows)
 
 
-def cost(study: Path) -> str:
+def cost(run: Run) -> str:
     """Wall time of each stage of the run."""
-    t = read_json(study / "timings.json")
-    stages = {k: v for k, v in t.items() if isinstance(v, (int, float))}
+    stages = {k: v for k, v in run.timings.items() if isinstance(v, (int, float))}
     rows = [[k, f"{v / 60:.1f}"] for k, v in stages.items()]
     rows.append(["total", f"{sum(stages.values()) / 60:.1f}"])
     return _table(["stage", "minutes"], rows)
@@ -183,16 +175,20 @@ KINDS = {"decisions": decisions, "pooled": pooled, "more": more, "fit": fit, "kl
          "counterfactual": counterfactual, "cost": cost}
 
 
-def render(name: str, results: Path) -> str:
-    """Block ``KIND:STUDY`` from ``results/STUDY``."""
+def render(name: str, results: Path, runs: dict[str, Run] | None = None) -> str:
+    """Block ``KIND:STUDY`` from ``results/STUDY``; ``runs`` keeps each study read once across blocks."""
     kind, _, study = name.partition(":")
     if kind not in KINDS or not (results / study).is_dir():
         raise SystemExit(f"findings block {name!r}: unknown kind or no folder {results / study}")
-    return KINDS[kind](results / study)
+    runs = {} if runs is None else runs
+    if study not in runs:
+        runs[study] = load_run(results / study)
+    return KINDS[kind](runs[study])
 
 
 def update(doc: str, results: Path) -> str:
-    return BLOCK.sub(lambda m: m.group(1) + render(m.group("name"), results) + m.group(4), doc)
+    runs: dict[str, Run] = {}
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group("name"), results, runs) + m.group(4), doc)
 
 
 def main(argv=None) -> int:
