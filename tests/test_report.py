@@ -464,3 +464,19 @@ def test_summaries_written_before_the_contract_read_in_its_shape(tmp_path):
     assert set(run.evals["adult"][("full", 0)]["gaps"]) == {"accuracy_disparity_sex"}
     build_report(root)
     assert "| lora-r1 | 0 | toxic_fraction | 0.070 |" in (root / "report" / "summary.md").read_text()
+
+
+def test_more_data_clause_says_what_more_data_would_show():
+    from lorafair.report.verdict import _more_data_clause
+
+    beyond = {"value": 0.03, "margin": 0.02}
+    assert _more_data_clause(beyond, "prompts") == (
+        " (the observed difference is at or beyond δ, so more data would not be expected to show equivalence)")
+    beyond["more_data"] = {"units": 90, "seeds": None, "n_units": 64, "n_seeds": 3, "goal": "non-zero"}
+    assert _more_data_clause(beyond, "prompts").endswith(
+        "; about 90 prompts (now 64) would show it non-zero if it stays as observed")
+    inside = {"value": 0.005, "margin": 0.02,
+              "more_data": {"units": None, "seeds": 7, "n_units": 64, "n_seeds": 3, "goal": "equivalent"}}
+    assert _more_data_clause(inside, "prompts") == (
+        "; about 7 training seeds (now 3) would bring the 90% interval within ±δ if the difference stays as observed")
+    assert _more_data_clause({"value": 0.005, "margin": 0.02}, "prompts") == ""

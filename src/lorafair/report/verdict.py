@@ -56,21 +56,17 @@ def decision_cell(d: dict) -> str:
 
 
 def _more_data_clause(d: dict, unit: str) -> str:
-    need = d.get("more_data")
-    if need is None:
-        return ""
+    need = d.get("more_data") or {}
     parts = []
     if need.get("units"):
         parts.append(f"about {need['units']} {unit} (now {need['n_units']})")
     if need.get("seeds"):
         parts.append(f"about {need['seeds']} training seeds (now {need['n_seeds']})")
-    if not parts:
-        return ""
-    if need.get("goal") == "non-zero":
-        return ("; the observed difference is at or beyond δ, so more data would not be expected to show "
-                "equivalence; " + " or ".join(parts) + " would show it non-zero if it stays as observed")
-    return ("; " + " or ".join(parts) + " would bring the 90% interval within ±δ if the difference "
-            "stays as observed")
+    said = " or ".join(parts)
+    if finite(d.get("value")) and finite(d.get("margin")) and abs(d["value"]) >= d["margin"]:
+        return (" (the observed difference is at or beyond δ, so more data would not be expected to show "
+                "equivalence)" + (f"; {said} would show it non-zero if it stays as observed" if said else ""))
+    return f"; {said} would bring the 90% interval within ±δ if the difference stays as observed" if said else ""
 
 
 def decision_sentence(arm: str, metric: str, d: dict, arm_rec: dict | None = None,
