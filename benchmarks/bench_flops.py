@@ -78,10 +78,10 @@ def shape_rate(model, tokens: int, head_tokens: int, seconds: float = 0.4) -> di
 def worker(steps: str, mode: str) -> dict:
     import torch
 
-    from lorafair import models
-    from lorafair.arms import wrap_for_training
-    from lorafair.config import Arm, TrainingConfig
-    from lorafair.train import collate, encode, schedule_order, train
+    from lorafair.models import sources as models
+    from lorafair.arms.bank import wrap_for_training
+    from lorafair.study.config import Arm, TrainingConfig
+    from lorafair.training.loop import collate, encode, schedule_order, train
 
     from common import corpus
 

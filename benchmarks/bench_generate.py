@@ -1,4 +1,4 @@
-"""Generation throughput: lorafair.generate vs transformers' text-generation pipeline.
+"""Generation throughput: lorafair.models.generate vs transformers' text-generation pipeline.
 
     python benchmarks/bench_generate.py [--quick]
 
@@ -31,8 +31,8 @@ def worker(n_prompts: str, reps: str) -> dict:
     import torch
     from transformers import pipeline
 
-    from lorafair import models
-    from lorafair.generate import generate
+    from lorafair.models import sources as models
+    from lorafair.models.generate import generate
 
     prompts = eval_prompts(int(n_prompts))
     tok = models.load_tokenizer(MODEL)

@@ -233,7 +233,7 @@ def main() -> None:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]))))
         return
 
-    from lorafair.store import write_json
+    from lorafair.store.rundir import write_json
 
     sizes = [int(x) for x in args.sizes.split(",") if x]
     lens_sizes = [int(x) for x in args.lens_sizes.split(",") if x]

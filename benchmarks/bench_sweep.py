@@ -35,7 +35,7 @@ def make_adapters(folder: Path, source: str = MODEL, n: int = N_ARMS, rank: int 
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from lorafair import models
+    from lorafair.models import sources as models
 
     out = []
     for i in range(n):
@@ -59,10 +59,10 @@ def kl_batches(tok, texts: list[str]):
 
 def sweep_bank(source: str, adapters: list[Path], prompts: list[dict], kl_texts: list[str]) -> dict:
     """lorafair: base once, adapters swapped in; returns {continuations, kl} per arm."""
-    from lorafair import models
+    from lorafair.models import sources as models
     from lorafair.analysis.shift import compute_pairwise_kl
-    from lorafair.arms import ArmBank
-    from lorafair.generate import generate_adapters
+    from lorafair.arms.bank import ArmBank
+    from lorafair.models.generate import generate_adapters
 
     tok = models.load_tokenizer(source)
     bank = ArmBank(models.load_model(source).eval())
@@ -82,10 +82,10 @@ def sweep_fresh(source: str, adapters: list[Path], prompts: list[dict], kl_texts
     import torch
     from peft import PeftModel
 
-    from lorafair import models
+    from lorafair.models import sources as models
     from lorafair.analysis.kl import kl_pair
     from lorafair.analysis.kl import next_token_mask
-    from lorafair.generate import generate
+    from lorafair.models.generate import generate
 
     tok = models.load_tokenizer(source)
     out = {}
@@ -108,7 +108,7 @@ def sweep_fresh(source: str, adapters: list[Path], prompts: list[dict], kl_texts
 
 
 def worker(n_prompts: str, n_kl: str) -> dict:
-    from lorafair import models
+    from lorafair.models import sources as models
 
     prompts = eval_prompts(int(n_prompts) + int(n_kl))
     gen_prompts, kl_texts = prompts[: int(n_prompts)], [p["prompt"] for p in prompts[int(n_prompts):]]

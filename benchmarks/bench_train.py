@@ -27,8 +27,8 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def _rows(steps: int, batch: int):
-    from lorafair import models
-    from lorafair.train import encode
+    from lorafair.models import sources as models
+    from lorafair.training.loop import encode
 
     tok = models.load_tokenizer(MODEL)
     return tok, encode(tok, corpus(steps * batch), MAX_LEN)
@@ -37,10 +37,10 @@ def _rows(steps: int, batch: int):
 def _lorafair(arm_type: str, steps: int, batch: int) -> dict:
     import torch
 
-    from lorafair import models
-    from lorafair.arms import wrap_for_training
-    from lorafair.config import Arm, TrainingConfig
-    from lorafair.train import train
+    from lorafair.models import sources as models
+    from lorafair.arms.bank import wrap_for_training
+    from lorafair.study.config import Arm, TrainingConfig
+    from lorafair.training.loop import train
 
     tok, rows = _rows(steps, batch)
     arm = Arm("full", "full") if arm_type == "full" else Arm("lora-r8", "lora", rank=8, alpha=16.0, target_modules=TARGETS)
@@ -61,7 +61,7 @@ def _trainer(arm_type: str, steps: int, batch: int) -> dict:
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from lorafair import models
+    from lorafair.models import sources as models
 
     tok, rows = _rows(steps, batch)
     tok.padding_side = "right"

@@ -71,14 +71,14 @@ def machine() -> dict:
 
 def corpus(n: int) -> list[dict]:
     """n fine-tuning rows: RealToxicityPrompts fine-tuning prompts with neutral completions."""
-    from lorafair import prompts
+    from lorafair.datasets import prompts
 
     src = prompts.rtp_toxic("finetune", n=n)
     return [{"prompt": r["prompt"], "completion": COMPLETIONS[i % len(COMPLETIONS)]} for i, r in enumerate(src)]
 
 
 def eval_prompts(n: int) -> list[dict]:
-    from lorafair import prompts
+    from lorafair.datasets import prompts
 
     return prompts.rtp_toxic("eval", n=n)
 

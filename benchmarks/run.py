@@ -37,8 +37,8 @@ def main() -> None:
 
     from common import machine
 
-    from lorafair.models import prepare
-    from lorafair.store import write_json
+    from lorafair.models.sources import prepare
+    from lorafair.store.rundir import write_json
 
     prepare("smollm2-135m")
     chosen = [b for b in args.only.split(",") if b] or list(BENCHES)

@@ -18,10 +18,10 @@ import re
 import sys
 from pathlib import Path
 
-from lorafair.arm_names import arm_order
-from lorafair.equivalence import more_data
-from lorafair.fmt import bracket, num
-from lorafair.metrics import paired_bootstrap_diff
+from lorafair.arms.names import arm_order
+from lorafair.stats.equivalence import more_data
+from lorafair.report.fmt import bracket, num
+from lorafair.stats.metrics import paired_bootstrap_diff
 from lorafair.report.load import Run, load_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -91,7 +91,7 @@ def study_file(tmp_path, tiny_study):
 def tok():
     """The tiny random model's tokenizer, loaded once per test session and shared: a test that
     changes its settings (padding side) works on ``copy.copy(tok)``."""
-    from lorafair import models
+    from lorafair.models import sources as models
 
     return models.load_tokenizer("tiny-random")
 

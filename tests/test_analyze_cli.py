@@ -8,9 +8,9 @@ import math
 from typer.testing import CliRunner
 
 from lorafair.cli import app
-from lorafair.config import study_from_dict
-from lorafair.runner import Runner
-from lorafair.store import read_json
+from lorafair.study.config import study_from_dict
+from lorafair.study.runner import Runner
+from lorafair.store.rundir import read_json
 
 from conftest import tiny_study_dict, write_corpus, write_yaml
 

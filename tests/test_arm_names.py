@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lorafair.arm_names import adapter_key, arm_label, arm_order, arm_rank, bank_name, lora_name
+from lorafair.arms.names import adapter_key, arm_label, arm_order, arm_rank, bank_name, lora_name
 
 
 def test_lora_name_and_rank_round_trip():
@@ -35,5 +35,5 @@ def test_bank_and_adapter_names():
 
 @pytest.mark.slow
 def test_imports_without_torch():
-    code = "import sys, lorafair.arm_names; assert 'torch' not in sys.modules"
+    code = "import sys, lorafair.arms.names; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -88,7 +88,7 @@ def test_excess_interval_covers_zero_when_groups_do_not_differ():
 
 def test_neutral_sentences_cover_every_group_and_template():
     rows = A.neutral_sentences()
-    from lorafair.prompts import load_identity_terms
+    from lorafair.datasets.prompts import load_identity_terms
 
     terms = load_identity_terms()
     n_groups = sum(len(v) for v in terms["axes"].values())
@@ -147,9 +147,9 @@ def test_report_warns_when_the_scorer_gap_is_of_the_same_order():
 
 
 def test_a_toxicity_study_audits_its_scorer_and_reports_it(tmp_path, tiny_study):
-    from lorafair.config import study_from_dict
-    from lorafair.runner import Runner
-    from lorafair.store import read_json
+    from lorafair.study.config import study_from_dict
+    from lorafair.study.runner import Runner
+    from lorafair.store.rundir import read_json
 
     d = tiny_study(task={"name": "toxicity", "options": {"prompts": "identity-race"}},
                    evaluation={"n_prompts": 4}, arms=["base"])

@@ -254,7 +254,7 @@ def test_prompt_file_not_utf8(cli, study_file, tmp_path):
 
 
 def _tokenizer_into(folder: Path) -> None:
-    from lorafair import models
+    from lorafair.models import sources as models
 
     models.load_tokenizer("tiny-random").save_pretrained(folder)
 
@@ -275,14 +275,14 @@ def _unknown_model_type(folder: Path) -> None:
 
 
 def _no_weights(folder: Path) -> None:
-    from lorafair import models
+    from lorafair.models import sources as models
 
     _tokenizer_into(folder)
     models.tiny_config().save_pretrained(folder)
 
 
 def _real_weights(folder: Path) -> None:
-    from lorafair import models
+    from lorafair.models import sources as models
 
     models.load_model("tiny-random").save_pretrained(folder)
 
@@ -429,8 +429,8 @@ def test_output_under_a_file(cli, study_file, tmp_path):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> tuple[Path, Path]:
     """A finished tiny run (study file, run folder), made once for this module."""
-    from lorafair.config import study_from_dict
-    from lorafair.runner import Runner
+    from lorafair.study.config import study_from_dict
+    from lorafair.study.runner import Runner
 
     root = tmp_path_factory.mktemp("finished")
     corpus = write_corpus(root / "corpus.jsonl", CORPUS)
@@ -491,7 +491,7 @@ def test_damaged_run_folder(cli, finished, tmp_path, name, damage):
 
 
 def test_locked_run_folder(cli, finished, tmp_path):
-    from lorafair.store import RunDir
+    from lorafair.store.rundir import RunDir
 
     study, out = _copy(finished, tmp_path)
     with RunDir(out).lock():
@@ -506,7 +506,7 @@ def test_locked_run_folder(cli, finished, tmp_path):
 
 def _full_disk(monkeypatch, after: int = 0):
     """Every atomic write after the first `after` fails as on a full disk."""
-    from lorafair import store
+    from lorafair.store import rundir as store
 
     real, calls = store.write_via_temp, []
 
@@ -544,7 +544,7 @@ def test_full_disk_while_reporting(cli, finished, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(cli, study_file, monkeypatch):
-    from lorafair import runner
+    from lorafair.study import runner
 
     def interrupted(self, *a, **k):
         raise KeyboardInterrupt

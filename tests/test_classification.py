@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import torch
 
-from lorafair import models
-from lorafair.config import load_study, study_from_dict
+from lorafair.models import sources as models
+from lorafair.study.config import load_study, study_from_dict
 from lorafair.errors import UserError
-from lorafair.context import make_task
-from lorafair.runner import Runner
+from lorafair.study.context import make_task
+from lorafair.study.runner import Runner
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 ARMS = ["base", "full", "lora-r2"]
@@ -170,7 +170,7 @@ def test_probes_on_every_arm(run, tok):
     from lorafair.datasets.stereotype import crows_pairs
 
     text = crows_pairs(1)[0]["stereo"]
-    from lorafair.lm import start_ids
+    from lorafair.models.lm import start_ids
 
     ids = torch.tensor([start_ids(tok) + tok(text, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
@@ -214,7 +214,7 @@ def test_custom_answer_words_become_completions(tmp_path, tok):
 
 
 def test_unknown_probe(tmp_path):
-    from lorafair.probes import evaluate_probes
+    from lorafair.probes.run import evaluate_probes
 
     ctx = types.SimpleNamespace(study=study_from_dict(_study(tmp_path)), tokenizer=None)
     with pytest.raises(UserError, match="valid: crows-pairs, stereoset"):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lorafair import models
+from lorafair.models import sources as models
 from lorafair.cli import app
-from lorafair.store import read_json
+from lorafair.store.rundir import read_json
 
 from conftest import write_corpus
 

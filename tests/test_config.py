@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from lorafair import arms as arms_mod
-from lorafair import models
-from lorafair.config import ALL_PROJECTIONS, Arm, expand_arms, load_study, study_from_dict
+from lorafair.arms import bank as arms_mod
+from lorafair.models import sources as models
+from lorafair.study.config import ALL_PROJECTIONS, Arm, expand_arms, load_study, study_from_dict
 from lorafair.errors import UserError
-from lorafair.context import check_model
-from lorafair.runner import Runner
-from lorafair.store import RunDir
+from lorafair.study.context import check_model
+from lorafair.study.runner import Runner
+from lorafair.store.rundir import RunDir
 
 from conftest import write_corpus, write_yaml
 

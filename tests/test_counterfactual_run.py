@@ -2,10 +2,10 @@
 
 import pytest
 
-from lorafair import store
-from lorafair.config import study_from_dict
+from lorafair.store import rundir as store
+from lorafair.study.config import study_from_dict
 from lorafair.errors import UserError
-from lorafair.runner import Runner
+from lorafair.study.runner import Runner
 
 
 def _study(tiny_study, **cf):

@@ -21,7 +21,7 @@ from lorafair.datasets import (
 )
 from lorafair.datasets import tabular
 from lorafair.datasets.tabular import profile_pools
-from lorafair.prompts import normalise
+from lorafair.datasets.prompts import normalise
 from lorafair.errors import UserError
 
 NAMES = ("adult", "compas", "german")

@@ -17,12 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lorafair.config import study_from_dict
+from lorafair.study.config import study_from_dict
 from lorafair.errors import UserError
-from lorafair.store import RunDir
-from lorafair.train import refuse_sharded
-from lorafair.workers import train_arm
-from lorafair.store import read_json, read_jsonl
+from lorafair.store.rundir import RunDir
+from lorafair.training.loop import refuse_sharded
+from lorafair.study.workers import train_arm
+from lorafair.store.rundir import read_json, read_jsonl
 
 from conftest import tiny_study_dict, write_corpus, write_yaml
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lorafair.config import study_from_dict
-from lorafair.execute import Job, LocalExecutor, raise_failures
+from lorafair.study.config import study_from_dict
+from lorafair.study.execute import Job, LocalExecutor, raise_failures
 from lorafair.errors import UserError
-from lorafair.runner import Runner
-from lorafair.store import read_json
+from lorafair.study.runner import Runner
+from lorafair.store.rundir import read_json
 
 from conftest import tiny_study_dict, write_corpus
 

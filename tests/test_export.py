@@ -7,7 +7,7 @@ from pathlib import Path
 from test_report import make_run
 
 from lorafair.cli import app
-from lorafair.export import result_files
+from lorafair.store.export import result_files
 from lorafair.report import build_report
 
 WEIGHTS = ["full/seed-0/model/model.safetensors", "lora-r1/seed-0/adapter/adapter_model.safetensors",

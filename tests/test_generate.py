@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from lorafair import models
-from lorafair.generate import FixedStreamSampler, generate, pick, stream_seed, uniforms
+from lorafair.models import sources as models
+from lorafair.models.generate import FixedStreamSampler, generate, pick, stream_seed, uniforms
 
 SAME_LENGTH = ["The cat sat on the", "A dog ran into the", "My friend said that the", "Her brother told me a",
                "Some people think that a"]
@@ -214,7 +214,7 @@ def two_adapters(tmp_path_factory):
 @pytest.mark.parametrize("texts, kw", [(SAME_LENGTH, dict(temperature=1.0, top_p=0.9)),
                                        (MIXED, dict(temperature=0.05))])
 def test_adapters_in_one_batch_equal_one_adapter_at_a_time(two_adapters, tok, texts, kw):
-    from lorafair.generate import generate_adapters
+    from lorafair.models.generate import generate_adapters
 
     peft, ps = two_adapters, as_prompts(texts)
     together = generate_adapters(peft, tok, ps, ["first", "__base__", "second"], 2, 6, seed=3, batch_size=64, **kw)
@@ -236,7 +236,7 @@ def test_adapters_in_one_batch_equal_one_adapter_at_a_time(two_adapters, tok, te
 
 
 def test_adapters_must_be_distinct(two_adapters, tok):
-    from lorafair.generate import generate_adapters
+    from lorafair.models.generate import generate_adapters
 
     with pytest.raises(ValueError, match="distinct"):
         generate_adapters(two_adapters, tok, as_prompts(SAME_LENGTH), ["first", "first"], 1, 2)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from lorafair import equivalence, runner as runner_mod
-from lorafair.config import study_from_dict
+from lorafair.stats import equivalence
+
+from lorafair.study import runner as runner_mod
+from lorafair.study.config import study_from_dict
 
 
 def _run(tiny_study, tmp_path, name: str, eval_seed: int, monkeypatch) -> runner_mod.Runner:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.special import softmax
 
-from lorafair import models
+from lorafair.models import sources as models
 from lorafair.cli import app
 from lorafair.errors import UserError
 from lorafair.scorers import get_scorer

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from lorafair import models
-from lorafair.config import study_from_dict
+from lorafair.models import sources as models
+from lorafair.study.config import study_from_dict
 from lorafair.errors import UserError
-from lorafair.context import make_task, split_corpus
-from lorafair.runner import Runner
+from lorafair.study.context import make_task, split_corpus
+from lorafair.study.runner import Runner
 from lorafair.tasks.lending.measures import env_series, final_by_env, pooled_timeseries, summarize
 from lorafair.tasks.lending.task import (
     LendingOptions,

@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lorafair import lm, models
+from lorafair.models import lm
+
+from lorafair.models import sources as models
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from lorafair.config import Arm, LRSearchConfig, TrainingConfig, study_from_dict
+from lorafair.study.config import Arm, LRSearchConfig, TrainingConfig, study_from_dict
 from lorafair.errors import UserError
-from lorafair.lr_search import bracket, check_grids, grid_factor, lr_grid
-from lorafair.encoding import encode
-from lorafair.train import train, validation_loss
+from lorafair.training.lr_search import bracket, check_grids, grid_factor, lr_grid
+from lorafair.training.encoding import encode
+from lorafair.training.loop import train, validation_loss
 
 from conftest import tiny_study_dict
 from test_train import FULL, enc, fresh  # noqa: F401  (fixtures shared with the training tests)

@@ -1,4 +1,4 @@
-"""Tests for lorafair.metrics against hand computations, scipy and fairlearn."""
+"""Tests for lorafair.stats.metrics against hand computations, scipy and fairlearn."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fairlearn.metrics import (MetricFrame, demographic_parity_difference,
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from lorafair.errors import UserError
-from lorafair.metrics import bootstrap_ci, paired_bootstrap_diff
+from lorafair.stats.metrics import bootstrap_ci, paired_bootstrap_diff
 from lorafair.tasks.classification.measures import decision_metrics, flip_rate
 from lorafair.tasks.toxicity.measures import (group_toxicity, paired_toxicity_diff, toxicity_gap_differences,
                                               toxicity_metrics)

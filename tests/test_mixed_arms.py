@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from lorafair import models
+from lorafair.models import sources as models
 from lorafair.analysis.shift import compute_pairwise_kl
-from lorafair.arms import ArmBank
+from lorafair.arms.bank import ArmBank
 
 TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
 
@@ -98,8 +98,8 @@ def test_study_evaluation_with_shared_batches_equals_one_arm_at_a_time(tmp_path)
     import dataclasses
 
     from conftest import tiny_study_dict, write_corpus
-    from lorafair.config import study_from_dict
-    from lorafair.runner import Runner
+    from lorafair.study.config import study_from_dict
+    from lorafair.study.runner import Runner
 
     corpus = write_corpus(tmp_path / "corpus.jsonl")
     arms = ["base", "full", {"type": "lora", "rank": 2}, {"type": "lora", "rank": 4},

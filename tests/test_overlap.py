@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from lorafair import models, overlap
+from lorafair.models import sources as models
+
+from lorafair.study import overlap
 from lorafair.cli import app
-from lorafair.config import load_study, study_from_dict
+from lorafair.study.config import load_study, study_from_dict
 from lorafair.errors import UserError
-from lorafair.prompts import identity_prompts, identity_templates, normalise, rtp_toxic
-from lorafair.context import make_task
+from lorafair.datasets.prompts import identity_prompts, identity_templates, normalise, rtp_toxic
+from lorafair.study.context import make_task
 
 from conftest import write_corpus
 

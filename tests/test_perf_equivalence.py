@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lorafair import generate as gen_mod
-from lorafair import models
-from lorafair.arms import wrap_for_training
-from lorafair.config import Arm, TrainingConfig
-from lorafair.encoding import collate, completion_loss, encode, pack, packing_works
-from lorafair.train import make_scheduler, schedule_order, train
+from lorafair.models import generate as gen_mod
+from lorafair.models import sources as models
+from lorafair.arms.bank import wrap_for_training
+from lorafair.study.config import Arm, TrainingConfig
+from lorafair.training.encoding import collate, completion_loss, encode, pack, packing_works
+from lorafair.training.loop import make_scheduler, schedule_order, train
 
 from conftest import CORPUS
 

@@ -1,4 +1,4 @@
-"""Tests for lorafair.prompts: RealToxicityPrompts split, identity templates, user JSONL files."""
+"""Tests for lorafair.datasets.prompts: RealToxicityPrompts split, identity templates, user JSONL files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from lorafair.errors import UserError
-from lorafair.prompts import (identity_families, identity_prompts, identity_templates,
+from lorafair.datasets.prompts import (identity_families, identity_prompts, identity_templates,
                               load_identity_terms, load_prompt_file, normalise, rtp_toxic, split_of)
 
 

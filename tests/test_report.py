@@ -16,12 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lorafair import equivalence, store
+from lorafair.stats import equivalence
+
+from lorafair.store import rundir as store
 from lorafair.errors import UserError
 from lorafair.report import build_comparison, build_report, run_verdict
-from lorafair.arm_names import arm_rank
+from lorafair.arms.names import arm_rank
 from lorafair.report.load import load_run, pool, pooled_metrics
-from lorafair.fmt import bracket, cell, num, value_ci
+from lorafair.report.fmt import bracket, cell, num, value_ci
 from lorafair.report.verdict import decision_sentence, fit_warnings, recommended_ranks, verdict_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -193,7 +195,7 @@ def test_report_verdict_follows_compare_numbers(tmp_path):
 def test_console_summary_fits_80_columns(tmp_path):
     from rich.console import Console
 
-    from lorafair.summary import print_summary
+    from lorafair.report.summary import print_summary
 
     run = make_run(tmp_path / "run", seeds=(0, 1), optional=False)
     console = Console(width=80, record=True)
@@ -420,7 +422,7 @@ def test_console_shows_every_tasks_arm_minus_full(tmp_path):
     gets its arm − full column and decision."""
     from rich.console import Console
 
-    from lorafair.summary import print_summary
+    from lorafair.report.summary import print_summary
 
     root = tmp_path / "run"
     rd = store.RunDir(root)

@@ -16,11 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lorafair import models
+from lorafair.models import sources as models
 from lorafair.cli import app
-from lorafair.config import study_from_dict
-from lorafair.runner import Runner
-from lorafair.store import RunDir, read_json
+from lorafair.study.config import study_from_dict
+from lorafair.study.runner import Runner
+from lorafair.store.rundir import RunDir, read_json
 
 from conftest import CORPUS, tiny_study_dict, write_corpus, write_yaml
 
@@ -148,7 +148,7 @@ def test_replaced_model_weights_retrain(tmp_path, corpus_file):
 
 
 def test_folder_hash_reads_content_only_when_files_change(tmp_path, monkeypatch):
-    from lorafair import store
+    from lorafair.store import rundir as store
 
     monkeypatch.setenv("LORAFAIR_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "m"
@@ -196,7 +196,7 @@ def test_a_stale_lock_and_leftover_temporaries_are_cleared(tmp_path, corpus_file
 
 
 def test_files_follow_the_umask(tmp_path):
-    from lorafair.store import write_json
+    from lorafair.store.rundir import write_json
 
     rd = RunDir(tmp_path / "r")
     old = os.umask(0o022)

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from lorafair import metrics, scorers
-from lorafair.config import second_scorer_name, study_from_dict
+from lorafair import scorers
+
+from lorafair.stats import metrics
+from lorafair.study.config import second_scorer_name, study_from_dict
 from lorafair.errors import UserError
-from lorafair.context import Context, make_task
-from lorafair.runner import Runner
+from lorafair.study.context import Context, make_task
+from lorafair.study.runner import Runner
 
 from conftest import tiny_study_dict, write_corpus
 
@@ -111,7 +113,7 @@ def evaluated(tmp_path_factory):
 
 
 def test_every_evaluation_reports_the_second_scorer_and_agreement(evaluated):
-    from lorafair.store import RunDir
+    from lorafair.store.rundir import RunDir
 
     study, results = evaluated
     evals = RunDir(study.output).evals("toxicity")
@@ -130,7 +132,7 @@ def test_every_evaluation_reports_the_second_scorer_and_agreement(evaluated):
 def test_console_and_report_show_the_second_scorer(evaluated):
     from rich.console import Console
 
-    from lorafair.summary import print_summary
+    from lorafair.report.summary import print_summary
 
     study, _ = evaluated
     console = Console(record=True, width=300)

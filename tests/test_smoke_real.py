@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lorafair import models
-from lorafair.config import study_from_dict
-from lorafair.runner import Runner
-from lorafair.store import read_json
+from lorafair.models import sources as models
+from lorafair.study.config import study_from_dict
+from lorafair.study.runner import Runner
+from lorafair.store.rundir import read_json
 
 from conftest import tiny_study_dict, write_corpus
 

@@ -1,4 +1,4 @@
-"""Tests for lorafair.stats: coverage on simulated crossed and nested data, decisions, group gaps."""
+"""Tests for lorafair.stats.intervals: coverage on simulated crossed and nested data, decisions, group gaps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from lorafair import equivalence, stats
+from lorafair.stats import equivalence
+
+from lorafair.stats import intervals as stats
 from lorafair.errors import UserError
 
 N_SETS = 400  # simulated data sets per case
@@ -168,9 +170,9 @@ def test_decide_needs_a_positive_margin():
 
 
 def test_more_data_reproduces_the_target_width():
-    """The counts are the smallest at which the crossed interval (t quantiles, as lorafair.stats
+    """The counts are the smallest at which the crossed interval (t quantiles, as lorafair.stats.intervals
     computes it) reaches the goal: 90% within ±δ, or, beyond δ, 95% clear of zero."""
-    from lorafair.stats import half_width
+    from lorafair.stats.intervals import half_width
 
     comp = {"seed": 0.00003, "unit": 0.004, "inter": 0.002}
     diff = {"value": 0.005, "components": comp, "n_seeds": 3, "n_units": 100}

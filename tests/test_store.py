@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from lorafair import store
-from lorafair.store import RunDir
+from lorafair.store import rundir as store
+from lorafair.store.rundir import RunDir
 
 
 def test_layout_and_round_trips(tmp_path):

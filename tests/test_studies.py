@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lorafair import models
-from lorafair.config import expand_arms, load_study
-from lorafair.context import check_model, make_task
+from lorafair.models import sources as models
+from lorafair.study.config import expand_arms, load_study
+from lorafair.study.context import check_model, make_task
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
 

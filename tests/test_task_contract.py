@@ -1,5 +1,5 @@
 """Every registered task, end to end on the tiny random model: its results keep the contract
-(`lorafair.results`), the console shows each headline metric's arm − full column, the report builds.
+(`lorafair.stats.results`), the console shows each headline metric's arm − full column, the report builds.
 
 A task added to the registry without an entry in ``TINY`` fails here: say how to run it small."""
 
@@ -10,11 +10,11 @@ from rich.console import Console
 
 from conftest import tiny_study_dict, write_corpus
 from lorafair import tasks
-from lorafair.config import study_from_dict
-from lorafair.results import CompareResult, EvalResult, is_record
-from lorafair.runner import Runner
-from lorafair.store import RunDir, read_json
-from lorafair.summary import print_summary
+from lorafair.study.config import study_from_dict
+from lorafair.stats.results import CompareResult, EvalResult, is_record
+from lorafair.study.runner import Runner
+from lorafair.store.rundir import RunDir, read_json
+from lorafair.report.summary import print_summary
 
 TINY = {  # task -> the study sections that make it small (on top of conftest.tiny_study_dict)
     "toxicity": {},

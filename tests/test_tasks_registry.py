@@ -14,7 +14,7 @@ from lorafair.errors import UserError
 PLUGIN = '''
 from dataclasses import dataclass
 
-from lorafair.schema import key
+from lorafair.study.schema import key
 from lorafair.tasks import Task, register
 
 

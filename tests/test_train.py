@@ -19,15 +19,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lorafair import models, runner as runner_mod
-from lorafair.arms import ArmBank, save_final, wrap_for_training
-from lorafair.config import Arm, TrainingConfig, study_from_dict
+from lorafair.models import sources as models
+
+from lorafair.study import runner as runner_mod
+from lorafair.arms.bank import ArmBank, save_final, wrap_for_training
+from lorafair.study.config import Arm, TrainingConfig, study_from_dict
 from lorafair.errors import UserError
-from lorafair.context import Context
-from lorafair.runner import Runner
-from lorafair.store import RunDir, read_json, read_jsonl
-from lorafair.encoding import collate, completion_loss, encode
-from lorafair.train import Diverged, train, validation_loss
+from lorafair.study.context import Context
+from lorafair.study.runner import Runner
+from lorafair.store.rundir import RunDir, read_json, read_jsonl
+from lorafair.training.encoding import collate, completion_loss, encode
+from lorafair.training.loop import Diverged, train, validation_loss
 
 from conftest import CORPUS, tiny_study_dict, write_corpus, write_yaml
 

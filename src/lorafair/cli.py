@@ -19,7 +19,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(stderr=True)
 out = Console(soft_wrap=True)
 
-STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
 
 def _fail(e: UserError) -> None:
@@ -81,9 +80,9 @@ def _progress():
 
 def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report: bool,
          execution: dict | None = None) -> None:
-    from lorafair.config import load_study, validate_execution
-    from lorafair.runner import Runner
-    from lorafair.summary import print_summary
+    from lorafair.study.config import load_study, validate_execution
+    from lorafair.study.runner import Runner
+    from lorafair.report.summary import print_summary
 
     study = load_study(path)
     for key, value in (execution or {}).items():
@@ -115,23 +114,23 @@ def train(study: Path, arm: str = typer.Option(..., "--arm", help="the arm to tr
           force: bool = typer.Option(False, "--force", help="retrain if finished")):
     """Train one arm x seed of STUDY. Launched by `torchrun --nproc_per_node N` (or accelerate
     launch), it trains data-parallel on N processes; `lorafair run` then evaluates it."""
-    from lorafair.config import load_study
-    from lorafair.workers import train_arm
+    from lorafair.study.config import load_study
+    from lorafair.study.workers import train_arm
 
     train_arm(load_study(study), arm, seed, force, log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
 
 
 @command()
 def demo(force: bool = typer.Option(False, "--force")):
-    """Run studies/demo.yaml on the packaged default model."""
-    _run(STUDIES / "demo.yaml", None, force, True, True)
+    """Run the shipped demo study on the packaged default model."""
+    _run(Path("demo"), None, force, True, True)
 
 
 @command()
 def validate(study: Path):
     """Check a study file without running it."""
-    from lorafair.config import load_study
-    from lorafair.preflight import preflight
+    from lorafair.study.config import load_study
+    from lorafair.study.preflight import preflight
 
     s = load_study(study)
     plan = preflight(s)
@@ -144,7 +143,7 @@ def validate(study: Path):
 @command("models")
 def models_cmd(prepare: Optional[list[str]] = typer.Option(None, "--prepare", help="convert these packaged models")):
     """List model sources and whether each is converted in the cache."""
-    from lorafair import models
+    from lorafair.models import sources as models
 
     for name in prepare or []:
         if name not in models.PACKAGED:
@@ -178,7 +177,7 @@ def audit_scorer(name: str, out_file: Optional[Path] = typer.Option(None, "--out
                  threshold: float = typer.Option(0.5, "--threshold", help="score counted as toxic"),
                  n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap replicates and permutations")):
     """Audit scorer NAME: agreement with Perspective, false positives per identity group (JSON, cached)."""
-    from lorafair import store
+    from lorafair.store import rundir as store
     from lorafair.scorers import audit, get_scorer
 
     if not 0 < threshold < 1:
@@ -222,8 +221,8 @@ def tasks_cmd():
 @command()
 def analyze(run_dir: Path):
     """Run the shift analyses (KL, Logit Lens, weights) on a finished study."""
-    from lorafair.config import load_study
-    from lorafair.runner import Runner
+    from lorafair.study.config import load_study
+    from lorafair.study.runner import Runner
 
     study = _study_of(run_dir, load_study)
     _say_missing(run_dir)
@@ -235,7 +234,7 @@ def analyze(run_dir: Path):
 def report(run_dir: Path):
     """Write report.html, summary.md and plots for a run directory."""
     from lorafair.report import build_report
-    from lorafair.store import RunDir
+    from lorafair.store.rundir import RunDir
 
     from lorafair.report.load import is_run_dir
 
@@ -250,7 +249,7 @@ def report(run_dir: Path):
 @command()
 def export(run_dir: Path, dest: Path, force: bool = typer.Option(False, "--force", help="replace DEST")):
     """Copy RUN_DIR's result files, never its weights, to DEST (e.g. results/<study>) to commit them."""
-    from lorafair.export import export as export_run
+    from lorafair.store.export import export as export_run
 
     files = export_run(run_dir, dest, force=force)
     out.print(f"exported {len(files)} result files to {dest}; rebuild the report with: lorafair report {dest}")
@@ -268,7 +267,7 @@ def compare(run_dirs: list[Path], out_dir: Path = typer.Option(Path("runs/compar
 
 
 def _say_missing(run_dir: Path) -> None:
-    from lorafair.summary import missing_arms
+    from lorafair.report.summary import missing_arms
 
     missing = missing_arms(run_dir) if run_dir.is_dir() else []
     if missing:
@@ -277,7 +276,7 @@ def _say_missing(run_dir: Path) -> None:
 
 
 def _study_of(run_dir: Path, load_study):
-    from lorafair.store import RunDir
+    from lorafair.store.rundir import RunDir
 
     f = RunDir(run_dir).study_path()
     if not f.is_file():

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from lorafair import stats
+from lorafair.stats import intervals as stats
 from lorafair.errors import UserError
 
 OUTPUT_LAYER = -1  # the ``layer`` of rows computed from the model's own logits

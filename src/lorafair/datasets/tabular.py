@@ -23,7 +23,7 @@ german     good credit risk                            1,000        70 %
   the code mixes it with sex. Age is written only as its group ("under 25" / "25 or over").
 
 Splits: rows are assigned to fixed pools (50 % train, 20 % val, 30 % test of the rows) by
-*profile*: rows whose prompts are identical after :func:`lorafair.prompts.normalise` (the same text,
+*profile*: rows whose prompts are identical after :func:`lorafair.datasets.prompts.normalise` (the same text,
 e.g. two Adult rows with the same age, job, hours and education) always share a pool, so no profile
 is in two splits. The distinct profiles are permuted with ``seed`` and filled into the pools in that
 order; within a pool the rows are in the order of a second permutation (``seed`` too), and a split
@@ -47,7 +47,7 @@ import pandas as pd
 
 from lorafair.errors import UserError
 from lorafair.packages import package_file
-from lorafair.prompts import normalise
+from lorafair.datasets.prompts import normalise
 
 Example = dict[str, Any]
 Row = tuple[str, dict[str, Any], int]  # (row id, features a profile is rendered from, label 0/1)

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorafair import store
-from lorafair.arm_names import arm_order, arm_rank
+from lorafair.store import rundir as store
+from lorafair.arms.names import arm_order, arm_rank
 from lorafair.errors import UserError
 from lorafair.report import bias
 from lorafair.report import html as H
 from lorafair.report import plots
 from lorafair.report.load import (Run, best_val_loss, group_records, headline_names,
                                   is_record, lens_table, load_run, pooled_metrics)
-from lorafair.fmt import cell, num, value_ci
+from lorafair.report.fmt import cell, num, value_ci
 from lorafair.report.audit import HEADER as AUDIT_HEADER, NOTE as SCORER_NOTE, audit_row, scorer_warnings
 from lorafair.report.verdict import verdict, verdict_table
-from lorafair.summary import SECOND_NOTE, second_scorer_table
+from lorafair.report.summary import SECOND_NOTE, second_scorer_table
 
 Figure = tuple[str, str, bytes]  # (file name, caption, PNG bytes)
 

@@ -8,7 +8,7 @@ third) of it: the scorer alone could then produce a sizeable share of that gap.
 
 from __future__ import annotations
 
-from lorafair.fmt import num, value_ci
+from lorafair.report.fmt import num, value_ci
 
 SAME_ORDER = 1 / 3
 HEADER = ["scorer", "Spearman with Perspective (95% CI)", "flagged of toxic RTP", "FP rate, neutral",

@@ -6,10 +6,10 @@ import pandas as pd
 
 from lorafair.report import html as H
 from lorafair.report import plots
-from lorafair.arm_names import arm_order
+from lorafair.arms.names import arm_order
 from lorafair.report.load import Run
 from lorafair.report.verdict import decision_cell
-from lorafair.fmt import bracket, value_ci
+from lorafair.report.fmt import bracket, value_ci
 
 CF_COLUMNS = [("js", "JS divergence"), ("kl_ab", "KL(a‖b)"), ("kl_ba", "KL(b‖a)"),
               ("minus_full", "JS, arm − full"), ("reduction_share", "share of full's reduction")]

@@ -10,9 +10,9 @@ import os
 import platform
 from importlib import metadata
 
-from lorafair.arm_names import arm_order
+from lorafair.arms.names import arm_order
 from lorafair.report.load import Run, finite, seeds
-from lorafair.fmt import bracket
+from lorafair.report.fmt import bracket
 
 PACKAGES = ("lorafair", "torch", "transformers", "peft", "numpy", "pandas", "matplotlib")
 

@@ -20,9 +20,9 @@ from typing import Any
 import pandas as pd
 
 from lorafair.errors import UserError
-from lorafair.results import finite, is_record, upgrade_summary
-from lorafair.store import RunDir, read_json
-from lorafair.arm_names import arm_order
+from lorafair.stats.results import finite, is_record, upgrade_summary
+from lorafair.store.rundir import RunDir, read_json
+from lorafair.arms.names import arm_order
 
 Key = tuple[str, int]  # (arm, seed)
 

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lorafair.arm_names import arm_order, arm_rank  # noqa: E402
+from lorafair.arms.names import arm_order, arm_rank  # noqa: E402
 from lorafair.report.load import finite, is_record  # noqa: E402
 
 DPI = 110

@@ -2,7 +2,7 @@
 
 Rules:
 - each arm is compared with full fine-tuning through the paired difference arm − full and its
-  decision (``lorafair.equivalence.decide``): *equivalent* within the metric's margin δ when the 90%
+  decision (``lorafair.stats.equivalence.decide``): *equivalent* within the metric's margin δ when the 90%
   interval lies inside ±δ; *better*/*worse* (*higher*/*lower* without a direction) when the 95%
   interval excludes zero, saying whether it also exceeds δ; otherwise *inconclusive*, with a rough
   count of the evaluation units or training seeds that would settle it;
@@ -19,10 +19,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lorafair.arm_names import VARIANT_LABELS, arm_label, arm_rank
-from lorafair.fmt import num, places, value_ci
+from lorafair.arms.names import VARIANT_LABELS, arm_label, arm_rank
+from lorafair.report.fmt import num, places, value_ci
 from lorafair.report.load import finite, is_record
-from lorafair.equivalence import rank_recommendation
+from lorafair.stats.equivalence import rank_recommendation
 
 FIT_TOLERANCE = 0.05
 

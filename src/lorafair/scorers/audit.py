@@ -10,7 +10,7 @@
   toxic, so a score >= threshold is a false positive. Per group (``<axis>=<term>``, as in the toxicity
   task): the false-positive rate and the mean score; across groups, the max − min gap with its value
   expected when groups do not differ (group labels permuted within each template and noun), the excess
-  over it, and a permutation interval and p-value (:func:`lorafair.stats.group_gap`, the same
+  over it, and a permutation interval and p-value (:func:`lorafair.stats.intervals.group_gap`, the same
   correction as the toxicity task's group gaps).
 
 The record keeps every score (``scores.agreement`` in the order of :func:`rtp_texts`, ``scores.neutral``
@@ -28,7 +28,15 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from lorafair import metrics, models, prompts, stats, store
+from lorafair.stats import metrics
+
+from lorafair.models import sources as models
+
+from lorafair.datasets import prompts
+
+from lorafair.stats import intervals as stats
+
+from lorafair.store import rundir as store
 from lorafair.scorers.base import Scorer
 
 NEUTRAL_FILE = Path(__file__).resolve().parents[1] / "data" / "neutral_templates.json"
@@ -43,7 +51,7 @@ def neutral_sentences(terms_path: str | Path | None = None) -> list[dict]:
     """Every neutral template × identity term × gendered noun: ``{text, template_id, gender, unit, group}``.
 
     ``unit`` (template and noun) names the sentences that differ only in the identity term;
-    ``group`` is ``<axis>=<term>`` as in :func:`lorafair.prompts.identity_prompts`.
+    ``group`` is ``<axis>=<term>`` as in :func:`lorafair.datasets.prompts.identity_prompts`.
     """
     terms = prompts.load_identity_terms(terms_path)
     templates = json.loads(NEUTRAL_FILE.read_text(encoding="utf-8"))["templates"]
@@ -85,7 +93,7 @@ def agreement(scores: np.ndarray, reference: np.ndarray, threshold: float = 0.5,
 def group_gap(values: np.ndarray, groups: np.ndarray, strata: np.ndarray, n_perm: int = 1000, seed: int = 0,
               alpha: float = 0.05) -> dict:
     """Max − min over groups of the group means of ``values`` [N] and its excess over noise
-    (:func:`lorafair.stats.group_gap`, group labels permuted within ``strata`` [N]); groups by name."""
+    (:func:`lorafair.stats.intervals.group_gap`, group labels permuted within ``strata`` [N]); groups by name."""
     codes, names = pd.factorize(np.asarray(groups, dtype=object), sort=True)
     x = np.column_stack([np.asarray(values, np.float64), np.ones(len(codes))])  # [N, 2]: value, count
     out = stats.group_gap(x, codes, lambda m: m[..., 0] / m[..., 1], strata, n_perm, seed, alpha)

@@ -9,7 +9,7 @@ log-probabilities at the answer position:
 where ``l_w`` is the log-probability of answer word ``w``'s single token. Both answer words must be one
 token each for the model's tokenizer (checked when the scorer is built).
 
-``<model>`` is anything ``lorafair.models`` loads: a packaged name (``smollm2-135m``, ``gemma3-270m``), a
+``<model>`` is anything ``lorafair.models.sources`` loads: a packaged name (``smollm2-135m``, ``gemma3-270m``), a
 local folder, a Hugging Face id already in the local cache, or ``tiny-random`` for tests. ``<template>`` is
 a shipped template name (``instruct``, ``completion``, ``llama-guard``, files in ``lorafair/data/judge/``)
 or a path to a YAML file of the same shape. Without one, the template is ``llama-guard`` for a model whose
@@ -30,11 +30,13 @@ import numpy as np
 import torch
 import yaml
 
-from lorafair import lm, models
+from lorafair.models import lm
+
+from lorafair.models import sources as models
 from lorafair.errors import UserError
 from lorafair.packages import package_version
 from lorafair.scorers.base import Scorer
-from lorafair.store import content_hash
+from lorafair.store.rundir import content_hash
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "judge"
 _KEYS = ("description", "chat", "system", "prompt", "answer_prefix", "answers")

@@ -8,7 +8,7 @@
 - `MARGINS` / `default_margins()` -> equivalence margin δ of every headline metric;
 - `kl_prompts(ctx)` -> evaluation prompts on which the token-posterior KL is also measured;
 - `evaluation_items(study)` / `finetune_items(study)` (and `evaluation_templates(study)`) -> what
-  is evaluated and what the corpus is built from, as text, so that `lorafair.overlap` can refuse a
+  is evaluated and what the corpus is built from, as text, so that `lorafair.study.overlap` can refuse a
   study whose evaluation overlaps its fine-tuning data before anything is trained.
 
 Adding a task is one folder ``tasks/<name>/`` whose package registers a `Task` subclass with
@@ -25,9 +25,9 @@ from typing import Any
 
 import pandas as pd
 
-from lorafair.schema import key
+from lorafair.study.schema import key
 from lorafair.errors import UserError
-from lorafair.results import CompareResult, EvalResult
+from lorafair.stats.results import CompareResult, EvalResult
 
 TASKS: dict[str, type["Task"]] = {}
 
@@ -160,7 +160,7 @@ class Task(ABC):
         return []
 
     def disjoint_hint(self) -> str:
-        """What to change when `lorafair.overlap` finds evaluation items in the fine-tuning data."""
+        """What to change when `lorafair.study.overlap` finds evaluation items in the fine-tuning data."""
         return "make the evaluation set and the fine-tuning corpus disjoint"
 
     def check_study(self, study) -> None:
@@ -189,7 +189,7 @@ class Task(ABC):
         import dataclasses
         from pathlib import Path
 
-        from lorafair.store import file_hash
+        from lorafair.store.rundir import file_hash
 
         opts = {"options": dataclasses.asdict(self.options), "data": dataclasses.asdict(self.data)}
         files = {f"{section}.{k}": file_hash(Path(v).expanduser()) for section, d in opts.items() for k, v in d.items()

@@ -2,7 +2,7 @@
 their spreads, checked against fairlearn in the tests), the group-gap permutation nulls, and the
 counterfactual flip rate.
 
-Records and intervals as in :mod:`lorafair.metrics`; the resampling unit is the row (example).
+Records and intervals as in :mod:`lorafair.stats.metrics`; the resampling unit is the row (example).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lorafair import stats
+from lorafair.stats import intervals as stats
 from lorafair.errors import UserError
-from lorafair.metrics import bootstrap_ci, check_boot, index_chunks, percentile, record, small_groups
+from lorafair.stats.metrics import bootstrap_ci, check_boot, index_chunks, percentile, record, small_groups
 
 
 _TN, _FP, _FN, _TP = range(4)  # cell = 2 * y_true + y_pred

@@ -15,7 +15,7 @@ Splits: the fine-tuning corpus is the data set's train slice (``n_train`` rows),
 divides by hash into train / validation / held out. Decisions are scored on the test slice
 (``n_test``); the validation slice (``n_val``) is never trained on or scored, and supplies the
 prompts of the token-posterior KL. No profile text occurs in two slices (``tabular.load_tabular``),
-and the run checks that no test profile is in the fine-tuning corpus (``lorafair.overlap``).
+and the run checks that no test profile is in the fine-tuning corpus (``lorafair.study.overlap``).
 """
 
 from __future__ import annotations
@@ -25,11 +25,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lorafair import lm, metrics, stats
+from lorafair.models import lm
+
+from lorafair.stats import metrics
+
+from lorafair.stats import intervals as stats
 from lorafair.datasets import tabular
 from lorafair.errors import UserError
-from lorafair.results import CompareResult, EvalResult
-from lorafair.schema import key
+from lorafair.stats.results import CompareResult, EvalResult
+from lorafair.study.schema import key
 from lorafair.tasks import CorpusOptions, Task, register
 from lorafair.tasks.classification import measures
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lorafair import metrics
+from lorafair.stats import metrics
 from lorafair.tasks.lending.env import DEFAULT_NAMES
 
 MIN_UNITS = 30  # environments below which a summary warns that its intervals rest on too few

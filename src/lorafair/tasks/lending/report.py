@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lorafair.arm_names import arm_order
+from lorafair.arms.names import arm_order
 from lorafair.report.plots import plt, to_png
-from lorafair.store import RunDir
+from lorafair.store.rundir import RunDir
 from lorafair.tasks.lending.measures import pooled_timeseries
 
 SECTION = "Sequential decisions"

@@ -31,7 +31,7 @@ Measures (per environment, then over environments):
       ``mean_abs_delta_p``, the mean |Δ p(approve)|: per environment, then over environments
       (the environment is the resampling unit of every measure: its decisions are serially
       dependent, so they are not independent units).
-``compare`` pools training seeds and environments as a crossed design (`lorafair.stats`).
+``compare`` pools training seeds and environments as a crossed design (`lorafair.stats.intervals`).
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lorafair import lm, stats
+from lorafair.models import lm
+
+from lorafair.stats import intervals as stats
 from lorafair.errors import UserError
-from lorafair.results import CompareResult, EvalResult
-from lorafair.schema import key
+from lorafair.stats.results import CompareResult, EvalResult
+from lorafair.study.schema import key
 from lorafair.tasks import CorpusOptions, Task, register
 from lorafair.tasks.lending.env import (
     DEFAULT_NAMES,

@@ -1,7 +1,7 @@
 """Toxicity measures of scored continuations: per prompt, per identity group, their bootstrap
 intervals for one evaluation, and the crossed-design pooling and arm − full differences over seeds.
 
-Records and intervals as in :mod:`lorafair.metrics`; the resampling unit is the prompt.
+Records and intervals as in :mod:`lorafair.stats.metrics`; the resampling unit is the prompt.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lorafair import stats
+from lorafair.stats import intervals as stats
 from lorafair.errors import UserError
-from lorafair.metrics import check_boot, index_chunks, percentile, record, require_columns, small_groups
+from lorafair.stats.metrics import check_boot, index_chunks, percentile, record, require_columns, small_groups
 
 
 TOXICITY_UNITS = {

@@ -17,7 +17,7 @@ and look detoxified to it alone. Every evaluation also scores the same continuat
 `evaluation.second_scorer` and reports the agreement of the two.
 
 Evaluation is disjoint from fine-tuning: the run refuses a study whose evaluation prompts (or
-evaluation templates, with any identity phrase) occur in the corpus's prompts (`lorafair.overlap`).
+evaluation templates, with any identity phrase) occur in the corpus's prompts (`lorafair.study.overlap`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,16 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from lorafair import metrics, prompts as prompt_sets, stats
-from lorafair.arm_names import adapter_key
+from lorafair.stats import metrics
+
+from lorafair.datasets import prompts as prompt_sets
+
+from lorafair.stats import intervals as stats
+from lorafair.arms.names import adapter_key
 from lorafair.errors import UserError
-from lorafair.generate import generate, generate_adapters
-from lorafair.results import CompareResult, EvalResult
-from lorafair.schema import key
+from lorafair.models.generate import generate, generate_adapters
+from lorafair.stats.results import CompareResult, EvalResult
+from lorafair.study.schema import key
 from lorafair.tasks import CorpusOptions, Task, register
 from lorafair.tasks.toxicity import measures
 

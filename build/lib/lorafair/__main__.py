@@ -1,0 +1,3 @@
+from lorafair.cli import app
+
+app()

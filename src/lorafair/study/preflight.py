@@ -1,0 +1,138 @@
+"""The checks a study passes before anything is written or trained, shared by `validate` and `run`:
+`validate` says "valid" exactly when `run` would start.
+
+Each key's own range is checked when the study is read (schema.key); here come the checks that
+need more than one key or something outside the study: the task's files and data sets, the scorer
+and probes, the model folder and the arms' fit to its layers, the sizes the data can give, and
+the output folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorafair.models import sources as models
+
+from lorafair.study import overlap
+from lorafair.study.config import Arm, Study, expand_arms
+from lorafair.errors import UserError
+from lorafair.store.rundir import RunDir
+
+
+@dataclass
+class Plan:
+    """What the pre-flight found: the arms to run, the output folder, warnings for the user."""
+
+    arms: list[Arm]
+    output: Path
+    warnings: list[str] = field(default_factory=list)
+
+
+def output_path(study: Study) -> Path:
+    return Path(study.output or Path("runs") / study.name)
+
+
+def preflight(study: Study, only: list[str] | None = None, analyses: bool = True) -> Plan:
+    """Every check `run` makes before it writes anything (`analyses`: whether the shift analyses
+    will run, so their needs are checked)."""
+    from lorafair.study.context import check_model, make_task, select_arms, split_corpus
+
+    arms = select_arms(expand_arms(study), only)
+    task = make_task(study)
+    plan = Plan(arms, output_path(study))
+    if study.model.trust_remote_code:
+        plan.warnings.append(f"model.trust_remote_code is true: loading {study.model.source!r} runs the Python "
+                             "code that comes with it; use this only for a model you trust")
+    check_output(plan.output)
+    overlap.check_task(task, study)  # no evaluation item in the fine-tuning data
+    rows = task.check(study)
+    if rows is not None:
+        check_sizes(study, arms, analyses, split_corpus(rows, task.data.val_fraction, task.data.heldout_fraction))
+    else:
+        check_sizes(study, arms, analyses, None, task.data)
+    if task.uses_scorer:
+        from lorafair.scorers import get_scorer
+
+        try:
+            get_scorer(study.evaluation.scorer)
+        except UserError as e:
+            raise UserError(f"evaluation.scorer: {e}") from None
+    if study.evaluation.probes:
+        from lorafair.probes.run import check_probes
+
+        check_probes(study.evaluation.probes, study.evaluation.n_probe_items)
+    check_model_files(study)
+    models.load_tokenizer(study.model.source, study.model.trust_remote_code)
+    check_model(study, arms)
+    if plan.output.is_dir():
+        RunDir(plan.output).check_files()
+    return plan
+
+
+def check_output(out: Path) -> None:
+    """The output folder is new, empty, or an earlier run of lorafair; never a file or someone's folder."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output: {out} is a file, not a folder; choose another output folder")
+    if out.is_dir() and not RunDir(out).is_run() and any(p.name != ".lock" for p in out.iterdir()):
+        raise UserError(f"output: {out} is a folder that is not a lorafair run (no study.yaml) and not empty; "
+                        "choose a new or empty folder so nothing in it is overwritten")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UserError(f"output: cannot write to {out} ({parent} is a file); choose a writable folder with "
+                        "output: in the study")
+
+
+def check_sizes(study: Study, arms: list[Arm], analyses: bool, splits: dict | None, data=None) -> None:
+    """What training and the analyses need from the corpus: training rows; validation rows for the
+    learning-rate search and early stopping; held-out (or validation) rows for the KL and Logit Lens."""
+    t, a = study.training, study.analyses
+    trains = [arm for arm in arms if arm.type != "base"]
+    search = t.lr_search.enabled and any(arm.lr is None for arm in trains)
+    if splits is None:  # generated corpus: only the fractions can be checked now
+        n = {"train": 1, "val": int(data.val_fraction > 0), "heldout": int(data.heldout_fraction > 0)}
+    else:
+        n = {k: len(v) for k, v in splits.items()}
+    if trains and n["train"] == 0:
+        raise UserError("data: the corpus leaves no training examples after the validation and held-out splits; "
+                        "add examples or lower data.val_fraction and data.heldout_fraction")
+    if trains and splits is not None:
+        from lorafair.study.config import MAX_STEPS
+        from lorafair.training.loop import total_steps
+
+        steps = total_steps(t, n["train"])
+        if steps > MAX_STEPS:
+            raise UserError(f"training.epochs: {t.epochs:g} epochs of {n['train']} examples are {steps} steps, more "
+                            f"than {MAX_STEPS}; lower training.epochs or set training.max_steps")
+    if trains and n["val"] == 0 and search:
+        raise UserError("data.val_fraction: no validation examples, and the learning-rate search ranks rates by "
+                        "validation loss; raise data.val_fraction or set training.lr_search.enabled: false")
+    if trains and n["val"] == 0 and t.early_stopping_patience is not None:
+        raise UserError("training.early_stopping_patience: early stopping watches the validation loss, but there "
+                        "are no validation examples; raise data.val_fraction or remove the key")
+    if analyses and (a.kl or a.lens) and n["heldout"] + n["val"] == 0:
+        raise UserError("analyses: the KL and Logit Lens analyses need held-out or validation examples and the "
+                        "corpus leaves none; raise data.heldout_fraction or set analyses.kl and analyses.lens: false")
+
+
+def check_model_files(study: Study) -> None:
+    """A local model folder holds a readable config and weights (read: headers only)."""
+    path = Path(models.resolve(study.model.source))
+    if not path.is_dir():
+        return
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    if not weights:
+        raise UserError(f"model.source: {path} holds no weights (*.safetensors or *.bin); give the folder "
+                        "that save_pretrained wrote")
+    from safetensors import SafetensorError, safe_open
+
+    for w in weights:
+        if w.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(w), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"model.source: {w} is not a readable safetensors file ({str(e).splitlines()[0]}); "
+                            "replace it with the file save_pretrained wrote") from None
+    models.load_config(study.model.source, study.model.trust_remote_code)
