@@ -10,13 +10,14 @@ from lorafair.stats import equivalence
 
 from lorafair.study import runner as runner_mod
 from lorafair.study.config import study_from_dict
+from lorafair.study.context import Context
 
 
 def _run(tiny_study, tmp_path, name: str, eval_seed: int, monkeypatch) -> runner_mod.Runner:
     """Train LoRA r=2 with seed 0 and evaluate it on the evaluation sampling stream ``eval_seed``."""
     d = tiny_study(arms=[{"type": "lora", "rank": 2}], output=str(tmp_path / name),
                    evaluation={"samples": 2, "n_prompts": 200, "max_new_tokens": 4})
-    monkeypatch.setattr(runner_mod.Context, "eval_seed", eval_seed)
+    monkeypatch.setattr(Context, "eval_seed", eval_seed)
     r = runner_mod.Runner(study_from_dict(d, f"{name}.yaml"), log=lambda m: None)
     r.run(analyses=False, report=False)
     return r

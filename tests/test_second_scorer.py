@@ -15,7 +15,9 @@ from lorafair import scorers
 from lorafair.stats import metrics
 from lorafair.study.config import second_scorer_name, study_from_dict
 from lorafair.errors import UserError
-from lorafair.study.context import Context, make_task
+from lorafair.study import corpus
+from lorafair.study.context import make_task
+from lorafair.study.session import open_session
 from lorafair.study.runner import Runner
 
 from conftest import tiny_study_dict, write_corpus
@@ -91,9 +93,7 @@ def test_the_corpus_is_selected_with_the_selection_scorer(tmp_path, monkeypatch)
                         data={"corpus": "self-detox", "n_prompts": 6, "samples": 2, "max_new_tokens": 3,
                               "threshold": 1.0, "val_fraction": 0.0, "heldout_fraction": 0.0})
     study = study_from_dict(d, "s.yaml")
-    r = Runner(study, log=lambda m: None)
-    r.ctx = Context(study, r.log)
-    rows = r.corpus()[0]["train"]
+    rows = corpus.build(open_session(study, log=lambda m: None)).splits["train"]
     assert used == ["profanity-svm"] and len(rows) == 6
     prof = real("profanity-svm").toxicity([x["completion"] for x in rows])
     np.testing.assert_allclose([x["score"] for x in rows], prof, rtol=1e-6)

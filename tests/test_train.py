@@ -21,11 +21,13 @@ import torch.nn.functional as F
 
 from lorafair.models import sources as models
 
-from lorafair.study import runner as runner_mod
+from lorafair.study import corpus as corpus_stage
+from lorafair.study import train as train_stage
+from lorafair.study.jobs import with_executor
+from lorafair.study.session import Request, open_session
 from lorafair.arms.bank import ArmBank, save_final, wrap_for_training
 from lorafair.study.config import Arm, TrainingConfig, study_from_dict
 from lorafair.errors import UserError
-from lorafair.study.context import Context
 from lorafair.study.runner import Runner
 from lorafair.store.rundir import RunDir, read_json, read_jsonl
 from lorafair.training.encoding import collate, completion_loss, encode
@@ -240,15 +242,14 @@ def _recording_train(calls: list):
 
 
 def _train_stage(study, force=False):
-    """The corpus and training stages of a run; returns (runner, train calls)."""
+    """The corpus and training stages of a run; returns (session, train calls)."""
     calls: list[dict] = []
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(runner_mod, "train", _recording_train(calls))
-        r = Runner(study, log=lambda msg: None)
-        r.ctx = Context(study, r.log)
-        splits, r.corpus_hash = r.corpus()
-        r.train_all(r.arms, splits, force)
-    return r, calls
+        m.setattr(train_stage, "train", _recording_train(calls))
+        s = open_session(study, log=lambda msg: None)
+        s = with_executor(dataclasses.replace(s, corpus=corpus_stage.build(s)))
+        train_stage.train_all(s, Request(s.arms, force))
+    return s, calls
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lorafair.arms.kinds import is_full, is_lora, lora_settings, variant
 from lorafair.arms.names import adapter_key
 from lorafair.study.config import Arm
 from lorafair.errors import UserError
@@ -29,7 +30,7 @@ def linear_names(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def check_arm(model: nn.Module, arm: Arm) -> None:
-    if arm.type != "lora":
+    if not is_lora(arm):
         return
     shapes = linear_names(model)
     for t in arm.target_modules:
@@ -53,8 +54,7 @@ def lora_config(arm: Arm):
         lora_alpha=arm.alpha,
         lora_dropout=arm.dropout,
         target_modules=list(arm.target_modules),
-        use_rslora=arm.variant == "rslora",
-        use_dora=arm.variant == "dora",
+        **lora_settings(arm),
         task_type="CAUSAL_LM",
         bias="none",
     )
@@ -62,11 +62,11 @@ def lora_config(arm: Arm):
 
 def wrap_for_training(model: nn.Module, arm: Arm, seed: int) -> nn.Module:
     """Full arm: every parameter trains. LoRA arm: a PEFT model whose adapter init is seeded."""
-    if arm.type == "full":
+    if is_full(arm):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    if arm.type == "lora":
+    if is_lora(arm):
         from peft import get_peft_model
 
         check_arm(model, arm)

@@ -8,16 +8,17 @@ hold dots, hence :func:`adapter_key`.
 
 from __future__ import annotations
 
-BASE, FULL = "base", "full"
+from lorafair.arms.kinds import BASE, FULL, VARIANTS
+
 REFERENCES = (BASE, FULL)  # the arms every other arm is measured against
-LORA_VARIANTS = ("plain", "rslora", "dora")
+LORA_VARIANTS = tuple(VARIANTS)  # the registered variants (lorafair.arms.kinds)
 PEFT_BASE = "__base__"  # the adapter name PEFT reads as "no adapter" in a mixed batch
-VARIANT_LABELS = {"lora": "LoRA", "rslora": "rsLoRA", "dora": "DoRA"}  # name prefix -> how it is written
+VARIANT_LABELS = {v.prefix: v.label for v in VARIANTS.values()}  # name prefix -> how it is written
 
 
 def lora_name(variant: str, rank: int) -> str:
     """``("plain", 8)`` → ``"lora-r8"``; ``("dora", 8)`` → ``"dora-r8"``."""
-    return f"{'lora' if variant == 'plain' else variant}-r{rank}"
+    return f"{VARIANTS[variant].prefix}-r{rank}"
 
 
 def arm_rank(name: str) -> tuple[str, int | None]:

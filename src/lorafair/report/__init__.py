@@ -12,6 +12,7 @@ from pathlib import Path
 from lorafair.store import rundir as store
 from lorafair.arms.names import arm_order, arm_rank
 from lorafair.errors import UserError
+from lorafair.study import stages
 from lorafair.report import bias
 from lorafair.report import html as H
 from lorafair.report import plots
@@ -86,6 +87,9 @@ def figures(run: Run) -> dict[str, list[Figure]]:
     if energy:
         add("shift", "spectrum-energy.png", "Full fine-tuning's update energy kept at rank r, and LoRA's "
             "measured shift captured", plots.spectrum_energy(energy, _shift_by_variant(run.kl)))
+    for s in stages.with_results():  # analyses whose table entry names a figure drawn from their data alone
+        if s.figure and run.results.get(s.name) is not None:
+            add("shift", s.figure[0], s.figure[1], stages.resolve(s.plot)(run.results[s.name]))
     add("training", "loss-curves.png", "Training and validation loss", plots.loss_curves(run.train_logs, run.val_curves))
     return out
 

@@ -13,7 +13,7 @@ conservative band marked ``"pooling": "seed-mean"``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from lorafair.errors import UserError
 from lorafair.stats.results import finite, is_record, upgrade_summary
 from lorafair.store.rundir import RunDir, read_json
 from lorafair.arms.names import arm_order
+from lorafair.study import stages
 
 Key = tuple[str, int]  # (arm, seed)
 
@@ -48,6 +49,7 @@ class Run:
     lens: pd.DataFrame | None = None
     counterfactual: dict | None = None  # analysis/counterfactual.json: pooled divergence per arm, per layer
     weights: dict | None = None
+    results: dict[str, Any] = field(default_factory=dict)  # stage -> what its loader read (study.stages)
     data_files: list[tuple[str, str]] = field(default_factory=list)  # (corpus name, content hash)
     scorer_audit: dict = field(default_factory=dict)  # scorer name -> audit record
 
@@ -133,15 +135,37 @@ def load_run(run_dir: str | Path) -> Run:
             run.lr_search[f.stem] = v
     run.compare = _json(rd.compare_path()) or {}
     run.timings = _json(rd.timings_path()) or {}
-    run.kl = _kl(_json(rd.analysis_path("kl")))
-    run.lens = _parquet(rd.analysis_path("lens", "parquet"))
-    run.counterfactual = _dict(rd.analysis_path("counterfactual"))
-    run.weights = _dict(rd.analysis_path("weights"))
+    named = {f.name for f in fields(Run)}
+    for s in stages.with_results():  # the analyses, each read by the loader its table entry names
+        run.results[s.name] = stages.resolve(s.load)(rd)
+        if s.name in named:
+            setattr(run, s.name, run.results[s.name])
     run.scorer_audit = _dict(rd.scorer_audit_path()) or {}
     for f in rd.corpus_files():
         name, _, hsh = f.stem.rpartition("-")
         run.data_files.append((name or f.stem, hsh if name else ""))
     return run
+
+
+def read_kl(rd: RunDir) -> dict | None:
+    return _kl(_json(rd.analysis_path("kl")))
+
+
+def read_lens(rd: RunDir) -> pd.DataFrame | None:
+    return _parquet(rd.analysis_path("lens", "parquet"))
+
+
+def read_counterfactual(rd: RunDir) -> dict | None:
+    return _dict(rd.analysis_path("counterfactual"))
+
+
+def read_weights(rd: RunDir) -> dict | None:
+    return _dict(rd.analysis_path("weights"))
+
+
+def read_json_result(name: str):
+    """The loader of an analysis that writes one JSON record, ``analysis/<name>.json``."""
+    return lambda rd: _dict(rd.analysis_path(name))
 
 
 def _kl(raw: Any) -> dict | None:

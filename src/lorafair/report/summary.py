@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from lorafair.arms import kinds
 from lorafair.arms.names import arm_order
 from lorafair.report.fmt import bracket, num
 from lorafair.stats.results import is_record
@@ -50,7 +51,7 @@ def missing_arms(run_dir: Path) -> list[str]:
     raw = yaml.safe_load(f.read_text(encoding="utf-8"))
     study = study_from_dict({k: v for k, v in raw.items() if k != "source_path"}, str(f))
     evaluated = set(rd.evals(study.task.name))
-    want = [(a.name, s) for a in expand_arms(study) for s in (study.seeds[:1] if a.type == "base" else study.seeds)]
+    want = [(a.name, s) for a in expand_arms(study) for s in (study.seeds if kinds.trains(a) else study.seeds[:1])]
     return [f"{a} seed {s}" for a, s in want if (a, s) not in evaluated]
 
 

@@ -1,7 +1,8 @@
-"""Runs the shared analyses on a study's arms: token-posterior KL between arms, the Logit Lens per
-layer, and the weight-space diagnostics of each update, then the rank recommendation.
+"""The analyses stage: the shared analyses of a study's arms, each an entry of the table of stages
+(lorafair.study.stages) turned on by its study flag: token-posterior KL between arms, the Logit Lens
+per layer, and the weight-space diagnostics of each update, then the rank recommendation.
 
-The base model is loaded once and LoRA arms are swapped in as adapters (the runner's `ArmBank`);
+The base model is loaded once and LoRA arms are swapped in as adapters (the session's `ArmBank`);
 analyses use the first seed of the study. The analyses themselves are pure functions in
 `lorafair.analysis`; this module only feeds them and writes their results.
 """
@@ -9,16 +10,20 @@ analyses use the first seed of the study. The analyses themselves are pure funct
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 import torch
 
-from lorafair.store import rundir as store
 from lorafair.analysis import lens as lens_mod
 from lorafair.analysis import weights as W
 from lorafair.analysis.shift import compute_lens, compute_pairwise_kl
+from lorafair.arms import kinds
 from lorafair.arms.names import adapter_key, bank_name
-from lorafair.study.config import expand_arms
+from lorafair.store import rundir as store
+from lorafair.study import stages
+from lorafair.study.session import Request, Session
 from lorafair.training.encoding import collate, encode
 
 
@@ -31,34 +36,65 @@ def _batches(items: list[dict], pad_id: int, batch_size: int, device) -> list[di
     return out
 
 
-def run_analyses(study, rd: store.RunDir, ctx, task, bank, done: list, splits: dict[str, list[dict]],
-                 load_full, log) -> dict:
-    """The shift analyses of a study's finished arms (first seed), written to ``rd``'s analysis folder.
+@dataclass
+class Inputs:
+    """What the analyses of one run share: the session, the arms of the first seed by bank name, the
+    reference arms, the encoded sequence sets and their batches, and the results of the analyses
+    before this one (by stage name)."""
 
-    ctx: the run's `Context` (tokenizer); task: the study's task (its KL prompts); bank: an `ArmBank`
-    with the finished adapters attached; done: the finished arms of the first seed; splits: the
-    corpus split (held-out examples); load_full(seed): the fully fine-tuned model; log: one line
-    per message. Returns {seed, arms, weights (when analysed), timings}."""
+    session: Session
+    seed: int
+    names: dict[str, str]  # arm -> its name in the bank
+    arms: list[str]
+    reference: tuple[str, str | None]
+    bank: Any
+    sets: dict[str, list[dict]]
+    batches: dict[str, list[dict]]
+    device: Any
+    done: dict[str, Any] = field(default_factory=dict)
+
+
+def run(session: Session, request: Request) -> dict:
+    """The analyses stage: every analysis of the table that the study turns on, on the finished arms
+    of the study's first seed, each written to the run's analysis folder. Returns {seed, arms,
+    weights (when analysed), timings}."""
+    todo = [s for s in stages.analyses() if stages.is_on(s, session.study)]
+    seed = session.study.seeds[0]
+    done = [arm for arm, s in session.trained(session.arms) if s == seed]
+    if not done:
+        session.log("analyses: no finished arms; skipped")
+        return {}
+    if not todo:
+        session.log("analyses: every analysis is turned off in the study; skipped")
+        return {}
+    inp = prepare(session, done, seed)
+    out: dict = {"seed": seed, "arms": inp.arms}
+    forward = _forward_seconds(inp)
+    timings = {}
+    for s in todo:
+        t = time.perf_counter()
+        inp.done[s.name] = stages.resolve(s.fn)(inp)
+        timings[s.name] = time.perf_counter() - t
+    if inp.done.get("weights") is not None:
+        out["weights"] = inp.done["weights"]
+    out["timings"] = timings
+    _write_timings(session.rd, timings, forward, len(inp.arms), session.log)
+    return out
+
+
+def prepare(session: Session, done: list, seed: int) -> Inputs:
+    """The inputs the analyses share: full fine-tuning loaded into the bank, the held-out examples
+    and the task's KL prompts encoded and batched."""
+    study, ctx, task = session.study, session.ctx, session.task
     a = study.analyses
-    seed = study.seeds[0]
+    bank = session.shared_bank(session.arms)
     names = {arm.name: bank_name(arm.name, seed) for arm in done}
     has_full = "full" in names
     if has_full:
-        bank.add_full(load_full(seed))
-    arms = list(names)
-    reference = ("base", "full" if has_full else None)
+        bank.add_full(session.load_full(seed))
     dev = next(bank.base.parameters()).device
     tok = ctx.tokenizer
-    out: dict = {"seed": seed, "arms": arms}
-    timings = {}
-
-    def logits_fn(arm, ids, attn):
-        return bank.logits(names[arm], ids, attn)
-
-    def logits_many(group, ids, attn):
-        got = bank.logits_many([names[a] for a in group], ids, attn)
-        return {a: got[names[a]] for a in group}
-
+    splits = session.corpus.splits
     # token-posterior KL: held-out fine-tuning examples (prompt + target) and evaluation prompts
     heldout = (splits.get("heldout") or splits["val"])[: a.n_sequences]
     sets = {"heldout": encode(tok, heldout, study.training.max_length)}
@@ -67,39 +103,55 @@ def run_analyses(study, rd: store.RunDir, ctx, task, bank, done: list, splits: d
         ids = [tok(p)["input_ids"][: study.training.max_length] for p in prompts]
         sets["prompts"] = [{"input_ids": x, "labels": [-100] * len(x)} for x in ids]
     batches = {name: _batches(items, tok.pad_token_id, a.batch_size, dev) for name, items in sets.items() if items}
-    forward = _forward_seconds(logits_fn, arms, next(iter(batches.values()), []))
-    t = time.perf_counter()
-    kl = _kl_stage(study, rd, logits_fn, logits_many, arms, batches, reference, seed)
-    timings["kl"] = time.perf_counter() - t
-    if a.lens:
-        t = time.perf_counter()
-        lens_items = sets.get("prompts") or [{"input_ids": x["input_ids"], "labels": x["labels"]} for x in sets["heldout"]]
-        _lens_stage(study, rd, tok, bank, names, arms, _batches(lens_items, tok.pad_token_id, a.batch_size, dev),
-                    lens_items, reference)
-        timings["lens"] = time.perf_counter() - t
-    if a.weights and has_full:
-        t = time.perf_counter()
-        out["weights"] = weight_analysis(study, rd, expand_arms(study), bank, names, kl.get("heldout"))
-        timings["weights"] = time.perf_counter() - t
-    out["timings"] = timings
-    _write_timings(rd, timings, forward, len(arms), log)
-    return out
+    return Inputs(session, seed, names, list(names), ("base", "full" if has_full else None), bank, sets, batches, dev)
 
 
-def _kl_stage(study, rd, logits_fn, logits_many, arms, batches, reference, seed) -> dict:
+def _logits_fn(inp: Inputs):
+    def logits_fn(arm, ids, attn):
+        return inp.bank.logits(inp.names[arm], ids, attn)
+
+    return logits_fn
+
+
+def kl(inp: Inputs) -> dict:
     """Pairwise token-posterior KL per set of sequences; writes kl.json and kl_tokens.parquet."""
-    kl, rows_all = {}, []
-    for set_name, set_batches in batches.items():
-        res = compute_pairwise_kl(logits_fn, arms, set_batches, reference=reference, n_boot=study.evaluation.bootstrap,
-                                  logits_many=logits_many, group_rows=study.analyses.batch_size * 4)
-        kl[set_name] = res["summary"]
+    study, rd, names, bank = inp.session.study, inp.session.rd, inp.names, inp.bank
+
+    def logits_many(group, ids, attn):
+        got = bank.logits_many([names[a] for a in group], ids, attn)
+        return {a: got[names[a]] for a in group}
+
+    out, rows_all = {}, []
+    for set_name, set_batches in inp.batches.items():
+        res = compute_pairwise_kl(_logits_fn(inp), inp.arms, set_batches, reference=inp.reference,
+                                  n_boot=study.evaluation.bootstrap, logits_many=logits_many,
+                                  group_rows=study.analyses.batch_size * 4)
+        out[set_name] = res["summary"]
         rows_all.append(res["rows"].assign(set=set_name))
     if rows_all:
         store.write_parquet(rd.analysis_path("kl_tokens", "parquet"), pd.concat(rows_all, ignore_index=True))
-    main = kl.get("heldout") or next(iter(kl.values()), None)
-    store.write_json(rd.analysis_path("kl"), {"arms": (main or {}).get("arms", {}), "sets": kl,
-                                               "reference": list(reference), "seed": seed})
-    return kl
+    main = out.get("heldout") or next(iter(out.values()), None)
+    store.write_json(rd.analysis_path("kl"), {"arms": (main or {}).get("arms", {}), "sets": out,
+                                               "reference": list(inp.reference), "seed": inp.seed})
+    return out
+
+
+def lens(inp: Inputs) -> None:
+    """The Logit Lens on the evaluation prompts (or held-out prompts); writes lens.json/.parquet."""
+    session = inp.session
+    a, tok = session.study.analyses, session.ctx.tokenizer
+    lens_items = inp.sets.get("prompts") or [{"input_ids": x["input_ids"], "labels": x["labels"]}
+                                             for x in inp.sets["heldout"]]
+    _lens_stage(session.study, session.rd, tok, inp.bank, inp.names, inp.arms,
+                _batches(lens_items, tok.pad_token_id, a.batch_size, inp.device), lens_items, inp.reference)
+
+
+def weights(inp: Inputs) -> dict | None:
+    """The weight-space diagnostics (:func:`weight_analysis`); needs full fine-tuning."""
+    if "full" not in inp.names:
+        return None
+    s = inp.session
+    return weight_analysis(s.study, s.rd, s.arms, inp.bank, inp.names, (inp.done.get("kl") or {}).get("heldout"))
 
 
 def _lens_stage(study, rd, tok, bank, names, arms, batches, lens_items, reference) -> None:
@@ -137,9 +189,10 @@ def _write_timings(rd, timings: dict, forward: float, n_arms: int, log) -> None:
         + f" (one forward pass per arm: {unit:.1f}s)")
 
 
-def _forward_seconds(logits_fn, arms: list[str], batches: list[dict]) -> float:
-    """Mean wall seconds of one no-gradient forward pass over `batches` per arm (after one warm-up
-    batch): the unit in which the analyses' cost is reported."""
+def _forward_seconds(inp: Inputs) -> float:
+    """Mean wall seconds of one no-gradient forward pass over the first set's batches per arm (after
+    one warm-up batch): the unit in which the analyses' cost is reported."""
+    logits_fn, arms, batches = _logits_fn(inp), inp.arms, next(iter(inp.batches.values()), [])
     if not batches:
         return 0.0
     with torch.no_grad():
@@ -157,9 +210,9 @@ def weight_analysis(study, rd: store.RunDir, study_arms: list, bank, names: dict
     LoRA arm (relative norm, subspace overlap with full's top-r directions, intruder dimensions):
     the weights are read from ``bank`` (``names``: arm -> bank name), the mathematics is
     `analysis.weights.update_analysis`; results written to the run's analysis folder."""
-    lora_arms = [arm for arm in study_arms if arm.type == "lora" and arm.name in names]
+    lora_arms = [arm for arm in study_arms if kinds.is_lora(arm) and arm.name in names]
     # the study's ranks plus every power of two up to 512, so the spectrum can name a rank beyond the grid
-    grid = sorted({arm.rank for arm in study_arms if arm.type == "lora"} | {2**i for i in range(10)})
+    grid = sorted({arm.rank for arm in study_arms if kinds.is_lora(arm)} | {2**i for i in range(10)})
     targets = set(lora_arms[0].target_modules) if lora_arms else None
     base_w = {n: m.weight.detach().float().cpu().clone() for n, m in _linears(bank.base, targets)}
     full_w = {n: m.weight.detach().float().cpu() for n, m in _linears(bank.full, targets)}
@@ -167,7 +220,7 @@ def weight_analysis(study, rd: store.RunDir, study_arms: list, bank, names: dict
     shift = {}
     if kl_summary:
         for arm in lora_arms:
-            if arm.variant == "plain":
+            if kinds.variant(arm).shift_reference:
                 sc = (kl_summary["arms"].get(arm.name) or {}).get("shift_captured")
                 if sc:
                     shift[arm.rank] = sc["value"]

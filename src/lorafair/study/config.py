@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from lorafair.arms.names import LORA_VARIANTS, REFERENCES, lora_name
+from lorafair.arms import kinds
+from lorafair.arms.names import LORA_VARIANTS, lora_name
 from lorafair.errors import UserError
 from lorafair.study.schema import build, key, key_lines
 from lorafair.training.lr_search import check_grids
@@ -204,7 +205,7 @@ def second_scorer_name(e: EvaluationConfig) -> str | None:
 def expand_arms(study: Study) -> list[Arm]:
     arms: list[Arm] = []
     for spec in study.arms:
-        if spec.type in REFERENCES:
+        if kinds.is_reference(spec):
             arms.append(Arm(name=spec.type, type=spec.type, lr=spec.lr))
             continue
         ranks = spec.ranks if spec.ranks is not None else [spec.rank]
@@ -299,9 +300,9 @@ def validate(study: Study) -> None:
                         "name a different scorer, 'auto' (the other packaged one) or null")
     validate_execution(study.execution, src)
     for i, spec in enumerate(study.arms):
-        if spec.type == "lora" and spec.rank is None and spec.ranks is None:
+        if kinds.is_lora(spec) and spec.rank is None and spec.ranks is None:
             raise UserError(f"{src}: arms[{i}]: a lora arm needs a rank; add rank: R or ranks: [R, ...]")
-        if spec.type != "lora" and (spec.rank, spec.ranks, spec.alpha, spec.target_modules) != (None,) * 4:
+        if not kinds.is_lora(spec) and (spec.rank, spec.ranks, spec.alpha, spec.target_modules) != (None,) * 4:
             raise UserError(f"{src}: arms[{i}]: rank, ranks, alpha and target_modules apply to lora arms only; "
                             f"remove them from this {spec.type} arm")
     expand_arms(study)

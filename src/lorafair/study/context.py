@@ -11,6 +11,7 @@ import torch
 from lorafair.models import sources as models
 
 from lorafair.store import rundir as store
+from lorafair.arms import kinds
 from lorafair.arms.bank import check_arm
 from lorafair.study.config import Arm, Study, expand_arms, second_scorer_name
 from lorafair.study.schema import build_options
@@ -73,7 +74,7 @@ def check_model(study: Study, arms: list[Arm] | None = None) -> None:
 
     Builds the model on the meta device (no weights read), so it is cheap even for large models.
     """
-    lora = [a for a in (arms if arms is not None else expand_arms(study)) if a.type == "lora"]
+    lora = [a for a in (arms if arms is not None else expand_arms(study)) if kinds.is_lora(a)]
     if not lora:
         return
     from transformers import AutoModelForCausalLM

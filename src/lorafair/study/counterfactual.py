@@ -6,30 +6,26 @@
   (model output, and per Logit Lens layer when ``evaluation.counterfactual.layers``), written as the
   evaluation ``counterfactual`` of that arm and seed; skipped when already computed with the same
   settings.
+- :func:`run`: the stage (both of the above).
 - :func:`pool`: every arm × seed together: the crossed interval over seeds and templates, arm − full,
   the share of full's reduction, and D per layer, written to ``analysis/counterfactual.json``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import pandas as pd
 import torch
 
-from lorafair.stats import equivalence
-
-from lorafair.stats import metrics
-
-from lorafair.datasets import prompts
-
-from lorafair.stats import intervals as stats
-
-from lorafair.store import rundir as store
 from lorafair.analysis import counterfactual as C
 from lorafair.analysis import lens
+from lorafair.arms import kinds
 from lorafair.arms.names import bank_name
+from lorafair.datasets import prompts
 from lorafair.models.generate import generate
+from lorafair.stats import equivalence, metrics
+from lorafair.stats import intervals as stats
+from lorafair.store import rundir as store
+from lorafair.study.session import Request, Session
 
 KINDS = {"identity": "all", "identity-race": "race", "identity-religion": "religion"}
 UNITS = {"js": "Jensen-Shannon divergence (nats) between counterfactual prompts",
@@ -96,26 +92,32 @@ def summarize(rows: pd.DataFrame) -> dict:
             "n_pairs": int(len(out_rows))}
 
 
-def evaluate_arms(runner, arms, force: bool = False) -> None:
+def run(session: Session, request: Request) -> dict | None:
+    """The stage: the divergence of every finished arm x seed (:func:`evaluate_arms`), then all of
+    them pooled (:func:`pool`)."""
+    evaluate_arms(session, request.arms, request.force)
+    return pool(session, session.arms)
+
+
+def evaluate_arms(session: Session, arms, force: bool = False) -> None:
     """The divergence of every finished arm × seed not yet computed with these settings."""
-    study, rd, ctx = runner.study, runner.rd, runner.ctx
-    key = dataclasses.asdict(study.evaluation.counterfactual)
+    study, rd, ctx = session.study, session.rd, session.ctx
     todo = []
-    for arm, seed in runner.trained(arms):
-        h = store.content_hash({"train": runner.arm_hash(arm, seed) if arm.type != "base" else "base",
-                                "counterfactual": key, "model": study.model.source})
+    for arm, seed in session.trained(arms):
+        h = session.counterfactual_key(arm, seed)
         cached = rd.read_eval(arm.name, seed, RESULT)
         if force or cached is None or cached[0].get("hash") != h:
             todo.append((arm, seed, h))
+    session.tally.work += len(todo)
     if not todo:
         return
-    bank = runner.shared_bank(arms)
+    bank = session.shared_bank(arms)
     with bank.use("base") as base:
         items, continuations = build_items(ctx, base)
     for arm, seed, h in todo:
         name = bank_name(arm.name, seed)
-        if arm.type == "full":
-            bank.add_full(runner.load_full(seed))
+        if kinds.own_process(arm):
+            bank.add_full(session.load_full(seed))
         with bank.use(name) as model, torch.no_grad():
             rows = divergence_rows(ctx, model, items)
         summary = summarize(rows)
@@ -123,16 +125,16 @@ def evaluate_arms(runner, arms, force: bool = False) -> None:
                        continuations=continuations)
         rd.write_eval(arm.name, seed, RESULT, summary, rows)
         js = summary["metrics"]["cf_js"]
-        runner.log(f"counterfactual divergence {arm.name} seed {seed}: JS {js['value']:.4g} "
-                   f"[{js['lo']:.4g}, {js['hi']:.4g}] over {summary['n_templates']} templates")
+        session.log(f"counterfactual divergence {arm.name} seed {seed}: JS {js['value']:.4g} "
+                    f"[{js['lo']:.4g}, {js['hi']:.4g}] over {summary['n_templates']} templates")
 
 
-def pool(runner, arms) -> dict | None:
+def pool(session: Session, arms) -> dict | None:
     """Every arm × seed together (see ``analysis.counterfactual.summarize_arms``); written to
     ``analysis/counterfactual.json``. None when no divergence was computed."""
-    rd = runner.rd
+    rd = session.rd
     per_template, layer_rows = [], []
-    for arm, seed in runner.trained(arms):
+    for arm, seed in session.trained(arms):
         got = rd.read_eval(arm.name, seed, RESULT)
         if got is None:
             continue
@@ -146,7 +148,7 @@ def pool(runner, arms) -> dict | None:
     ref = ("base", "full")
     res = C.summarize_arms(table, reference=ref)
     layers = pd.concat(layer_rows, ignore_index=True)
-    margins = {**MARGINS, **runner.study.evaluation.margins}
+    margins = {**MARGINS, **session.study.evaluation.margins}
     diffs = {a: {"cf_js": {**e["minus_full"], "higher_is_better": False}} for a, e in res.items() if e["minus_full"]}
     out = {"arms": {a: _records(e) for a, e in res.items()}, "reference": list(ref),
            "margins": {"cf_js": equivalence.margin_for("cf_js", margins)},

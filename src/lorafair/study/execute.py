@@ -24,7 +24,8 @@ from lorafair.errors import UserError
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: `kind` names the runner method, `args` its arguments (picklable)."""
+    """One unit of work: `kind` names its function in the table of jobs (lorafair.study.jobs), `args`
+    its arguments after the session (picklable)."""
 
     name: str  # shown in progress lines and failure reports, e.g. "train full seed 0"
     kind: str  # search | train | evaluate
@@ -55,20 +56,22 @@ def _describe(e: BaseException) -> Failure:
 
 
 class LocalExecutor:
-    """Jobs one after another in this process, with the runner's own state (models, progress bars)."""
+    """Jobs one after another in this process, with the session's own state (models, progress bars);
+    what each job returned is kept in `values`."""
 
     name = "local"
 
     def __init__(self, call: Callable[[Job], Any], log: Callable[[str], None]):
         self.call = call
         self.log = log
+        self.values: dict[Job, Any] = {}
 
     def run(self, jobs: list[Job]) -> list[Failure]:
         failures = []
         for i, job in enumerate(jobs, 1):
             t = time.perf_counter()
             try:
-                self.call(job)
+                self.values[job] = self.call(job)
             except Exception as e:  # noqa: BLE001 - collected, reported by the caller
                 f = _describe(e)
                 failures.append(Failure(job, f.error, f.detail))
@@ -79,21 +82,13 @@ class LocalExecutor:
         return failures
 
 
-def run_remote(study, job: Job):
-    """The body of a Ray task: a worker-side runner for `study` (built once per worker process and
-    study) carries out `job`."""
-    from lorafair.study.workers import worker_runner
-
-    return worker_runner(study).do(job)
-
-
 class RayExecutor:
     """Each job a Ray task with `num_cpus`/`num_gpus` of the cluster. A task whose worker process
     died is retried once (Ray's own retry); an exception raised by the job is not retried."""
 
     name = "ray"
 
-    def __init__(self, study, cfg: ExecutionConfig, log: Callable[[str], None]):
+    def __init__(self, study, cfg: ExecutionConfig, log: Callable[[str], None], remote: Callable[[Any, Job], Any]):
         try:
             import ray
         except ImportError:
@@ -113,7 +108,7 @@ class RayExecutor:
                 raise UserError(f"execution.address: cannot join the Ray cluster at {cfg.address!r} ({e}); "
                                 "start it with `ray start --head` or fix the address") from None
             self.log(f"ray: connected in {time.perf_counter() - t:.1f}s, resources {ray.cluster_resources()}")
-        self.task = ray.remote(max_retries=1, retry_exceptions=False)(run_remote)
+        self.task = ray.remote(max_retries=1, retry_exceptions=False)(remote)
 
     def run(self, jobs: list[Job]) -> list[Failure]:
         ray = self.ray
@@ -139,9 +134,14 @@ class RayExecutor:
         return failures
 
 
-def make_executor(study, call: Callable[[Job], Any], log: Callable[[str], None]):
+def make_executor(study, call: Callable[[Job], Any], log: Callable[[str], None],
+                  remote: Callable[[Any, Job], Any] | None = None):
+    """call(job): carries a job out in this process; remote(study, job): the body of a Ray task,
+    a module-level function (lorafair.study.workers.run_remote)."""
     if study.execution.backend == "ray":
-        return RayExecutor(study, study.execution, log)
+        if remote is None:
+            raise ValueError("the ray backend needs the function its tasks run")
+        return RayExecutor(study, study.execution, log, remote)
     return LocalExecutor(call, log)
 
 

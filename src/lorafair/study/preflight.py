@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorafair.arms import kinds
 from lorafair.models import sources as models
-
-from lorafair.study import overlap
+from lorafair.study import overlap, stages
 from lorafair.study.config import Arm, Study, expand_arms
 from lorafair.errors import UserError
 from lorafair.store.rundir import RunDir
@@ -29,14 +29,11 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
 
-def output_path(study: Study) -> Path:
-    return Path(study.output or Path("runs") / study.name)
-
-
 def preflight(study: Study, only: list[str] | None = None, analyses: bool = True) -> Plan:
     """Every check `run` makes before it writes anything (`analyses`: whether the shift analyses
     will run, so their needs are checked)."""
     from lorafair.study.context import check_model, make_task, select_arms, split_corpus
+    from lorafair.study.session import output_path
 
     arms = select_arms(expand_arms(study), only)
     task = make_task(study)
@@ -87,7 +84,7 @@ def check_sizes(study: Study, arms: list[Arm], analyses: bool, splits: dict | No
     """What training and the analyses need from the corpus: training rows; validation rows for the
     learning-rate search and early stopping; held-out (or validation) rows for the KL and Logit Lens."""
     t, a = study.training, study.analyses
-    trains = [arm for arm in arms if arm.type != "base"]
+    trains = [arm for arm in arms if kinds.trains(arm)]
     search = t.lr_search.enabled and any(arm.lr is None for arm in trains)
     if splits is None:  # generated corpus: only the fractions can be checked now
         n = {"train": 1, "val": int(data.val_fraction > 0), "heldout": int(data.heldout_fraction > 0)}
@@ -110,7 +107,8 @@ def check_sizes(study: Study, arms: list[Arm], analyses: bool, splits: dict | No
     if trains and n["val"] == 0 and t.early_stopping_patience is not None:
         raise UserError("training.early_stopping_patience: early stopping watches the validation loss, but there "
                         "are no validation examples; raise data.val_fraction or remove the key")
-    if analyses and (a.kl or a.lens) and n["heldout"] + n["val"] == 0:
+    heldout = [s.name for s in stages.analyses() if s.needs_heldout and stages.is_on(s, study, analyses)]
+    if heldout and n["heldout"] + n["val"] == 0:
         raise UserError("analyses: the KL and Logit Lens analyses need held-out or validation examples and the "
                         "corpus leaves none; raise data.heldout_fraction or set analyses.kl and analyses.lens: false")
 

@@ -1,18 +1,24 @@
 """Entry points of processes other than the one running a study: one arm trained by a multi-process
-launch (torchrun / accelerate), and the runner a worker process keeps for the jobs it is sent."""
+launch (torchrun / accelerate), and the session a Ray worker process keeps for the jobs it is sent."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Callable
 
 import torch
 
-from lorafair.store import rundir as store
-from lorafair.study.config import Study, resolved_dict
-from lorafair.study.context import Context, select_arms
+from lorafair.arms import kinds
 from lorafair.errors import UserError
-from lorafair.study.runner import Runner
+from lorafair.store import rundir as store
+from lorafair.study import corpus, train
+from lorafair.study.config import Study, resolved_dict
+from lorafair.study.context import select_arms
+from lorafair.study.execute import Job
+from lorafair.study.jobs import run_job
+from lorafair.study.preflight import preflight
+from lorafair.study.session import Session, open_session
 
 
 def train_arm(study: Study, arm_name: str, seed: int, force: bool, log: Callable[[str], None]) -> None:
@@ -22,16 +28,14 @@ def train_arm(study: Study, arm_name: str, seed: int, force: bool, log: Callable
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    r = Runner(study, log=log if state.is_main_process else (lambda m: None))
-    arm = select_arms(r.arms, [arm_name])[0]
-    if arm.type == "base":
+    session = open_session(study, log if state.is_main_process else (lambda m: None), main=state.is_main_process)
+    arm = select_arms(session.arms, [arm_name])[0]
+    if not kinds.trains(arm):
         raise UserError("--arm base: the base model is not trained; name a full or LoRA arm")
     if seed not in study.seeds:
         raise UserError(f"--seed {seed}: not one of the study's seeds {study.seeds}")
-    r.main = state.is_main_process
-    r.ctx = Context(study, r.log)
-    with _main_holds_lock(state, r.rd):
-        _train_locked(state, r, study, arm, arm_name, seed, force)
+    with _main_holds_lock(state, session.rd):
+        _train_locked(state, session, arm, seed, force)
 
 
 def _main_holds_lock(state, rd: store.RunDir) -> contextlib.ExitStack:
@@ -53,38 +57,40 @@ def _main_holds_lock(state, rd: store.RunDir) -> contextlib.ExitStack:
     return held
 
 
-def _train_locked(state, r: Runner, study: Study, arm, arm_name: str, seed: int, force: bool) -> None:
+def _train_locked(state, session: Session, arm, seed: int, force: bool) -> None:
+    study, rd = session.study, session.rd
     with state.main_process_first():
-        if r.main:
-            from lorafair.study.preflight import preflight
-
-            preflight(study, [arm_name], analyses=False)
-            r.rd.check_writable()
-            r.rd.write_study(resolved_dict(study))
-        r.splits, r.corpus_hash = r.corpus()
-    h = r.arm_hash(arm, seed)
-    if not force and r.rd.is_done(arm.name, seed, h):
-        r.log(f"{arm.name} seed {seed}: finished earlier, skipped (--force retrains)")
+        if session.main:
+            preflight(study, [arm.name], analyses=False)
+            rd.check_writable()
+            rd.write_study(resolved_dict(study))
+        session = dataclasses.replace(session, corpus=corpus.build(session))
+    h = session.train_key(arm, seed)
+    if not force and rd.is_done(arm.name, seed, h):
+        session.log(f"{arm.name} seed {seed}: finished earlier, skipped (--force retrains)")
         return
-    if force and r.main:
-        r.rd.clear_arm(arm.name, seed)
+    if force and session.main:
+        rd.clear_arm(arm.name, seed)
     state.wait_for_everyone()
-    lr, search = r.choose_lr(arm, *r.encoded)
-    r.train_one(arm, seed, lr, search, *r.encoded, h)
+    lr, search = train.choose_lr(session, arm)
+    train.train_one(session, arm, seed, lr, search, h)
     state.wait_for_everyone()
 
 
 _WORKER: dict = {}
 
 
-def worker_runner(study: Study) -> Runner:
-    """The runner of a worker process that carries out jobs of `study`: built on the first job
+def worker_session(study: Study) -> Session:
+    """The session of a worker process that carries out jobs of `study`: built on the first job
     (tokenizer loaded, corpus read back from the run directory) and kept for the next ones."""
     key = (store.content_hash(resolved_dict(study)), study.output)
     if key not in _WORKER:
         _WORKER.clear()
-        r = Runner(study, log=lambda m: print(m, flush=True))
-        r.ctx = Context(study, r.log)
-        r.splits, r.corpus_hash = r.corpus()
-        _WORKER[key] = r
+        session = open_session(study, lambda m: print(m, flush=True))
+        _WORKER[key] = dataclasses.replace(session, corpus=corpus.build(session))
     return _WORKER[key]
+
+
+def run_remote(study: Study, job: Job):
+    """The body of a Ray task: the worker's session for `study` carries out `job`."""
+    return run_job(worker_session(study), job)

@@ -6,14 +6,15 @@ under). Neither format can run code when read, so a run folder from anywhere is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import torch
 
 from lorafair.arms.bank import trainable_state
 
-if TYPE_CHECKING:
-    from lorafair.training.loop import TrainResult
+# the loop's TrainResult (lorafair.training.loop): read and written by attribute, so the loop,
+# which imports this module, is not imported back
+TrainResult = Any
 
 
 CHECKPOINT_TENSORS, CHECKPOINT_STATE = "tensors.safetensors", "state.json"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from lorafair.arms import kinds
 from lorafair.errors import UserError
 
 GRID_TOLERANCE = 1.15  # each grid step may differ from the grid's mean factor by this factor (1e-5, 3e-5, 1e-4)
@@ -53,11 +54,7 @@ def check_grids(full: Sequence[float], lora: Sequence[float], where: str) -> Non
 
 def lr_grid(arm, search) -> list[float]:
     """The grid searched for an arm (rules in the module docstring)."""
-    if arm.type == "full":
-        return list(search.full)
-    if arm.variant == "rslora":
-        return [lr / math.sqrt(arm.rank) for lr in search.lora]
-    return list(search.lora)
+    return kinds.lr_grid(arm, search.full, search.lora)
 
 
 def bracket(grid: Sequence[float], run: Callable[[float], float | None], max_extensions: int,
