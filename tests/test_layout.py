@@ -123,3 +123,13 @@ def test_no_arm_type_string_tests_outside_the_arms_package():
             if ARM_TYPE_TEST.search(line) and "device.type" not in line:
                 hits.append(f"{p.relative_to(PKG)}:{i}: {line.strip()}")
     assert hits == [], "ask the arm's kind (lorafair.arms.kinds) instead of testing its type string:\n" + "\n".join(hits)
+
+
+def test_one_home_for_percentile_intervals():
+    from lorafair.stats import intervals, metrics
+
+    assert metrics.percentile is intervals.percentile_counted
+    hard = re.compile(r"percentile\([^)]*2\.5|quantile\([^)]*0\.025|97\.5")
+    hits = [f"{p.relative_to(PKG)}:{i}" for p in sorted(PKG.rglob("*.py")) if p.name != "intervals.py"
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if hard.search(line)]
+    assert hits == [], f"hard-coded interval levels (use lorafair.stats.intervals.percentile): {hits}"

@@ -30,6 +30,7 @@ import pandas as pd
 
 from lorafair.packages import package_file
 from lorafair.errors import UserError
+from lorafair.stats.intervals import percentile
 
 UNKNOWN = {"unknown", "cannot be determined", "can't be determined", "not answerable", "not known",
            "not enough info", "not enough information", "cannot answer", "can't answer", "undetermined"}
@@ -147,8 +148,7 @@ def _summary(df: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
     boot = _stats(t[idx])
     out: dict[str, Any] = {}
     for j, name in enumerate(STATS):
-        b = boot[:, j][np.isfinite(boot[:, j])]
-        lo, hi = np.percentile(b, [2.5, 97.5]) if b.size else (np.nan, np.nan)
+        lo, hi = percentile(boot[:, j])
         out[name] = {"value": float(point[j]), "low": float(lo), "high": float(hi)}
     out["n"] = int(len(df))
     out["n_ambiguous"] = int((df["condition"] == "ambiguous").sum())

@@ -24,6 +24,7 @@ import pandas as pd
 
 from lorafair.packages import package_file
 from lorafair.errors import UserError
+from lorafair.stats.intervals import percentile
 
 LogLik = Callable[[list[str]], np.ndarray]
 
@@ -80,8 +81,7 @@ def _boot_index(n: int, n_boot: int, seed: int) -> np.ndarray:
 
 
 def _interval(values: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
+    return percentile(values)
 
 
 def _crows_summary(pref: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:

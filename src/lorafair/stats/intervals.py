@@ -235,14 +235,23 @@ def crossed_bootstrap(arms: list[np.ndarray], statistic: Callable[[list[np.ndarr
     return np.concatenate(out)
 
 
-def percentile(boots: np.ndarray, alpha: float) -> tuple[float, float]:
-    """Percentile interval of the finite replicates (NaN when none is finite)."""
-    b = np.asarray(boots, np.float64).ravel()
+ALPHA = 0.05  # every reported interval is 95 % (the equivalence decisions use 90 %, EQUIVALENCE_ALPHA)
+
+
+def percentile_counted(boots: np.ndarray, alpha: float = ALPHA) -> tuple[float, float, int]:
+    """Percentile interval of the finite replicates and how many were finite; NaN interval when
+    none is. The one percentile interval of the package (tasks, probes, analyses)."""
+    b = np.asarray(boots, dtype=np.float64).ravel()
     b = b[np.isfinite(b)]
     if b.size == 0:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), 0
     lo, hi = np.quantile(b, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    return float(lo), float(hi), int(b.size)
+
+
+def percentile(boots: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:
+    """Percentile interval of the finite replicates (NaN when none is finite)."""
+    return percentile_counted(boots, alpha)[:2]
 
 
 def bootstrap_record(value: float, boots: np.ndarray, alpha: float = 0.05) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from lorafair.errors import UserError
+from lorafair.stats.intervals import percentile_counted
 
 Stat = Callable[[np.ndarray], float]
 
@@ -42,14 +43,8 @@ def record(value: float, lo: float, hi: float, *, higher_is_better: bool | None,
             "higher_is_better": higher_is_better, "unit": unit, **extra}
 
 
-def percentile(boots: np.ndarray, alpha: float) -> tuple[float, float, int]:
-    """Percentile interval of the finite replicates; NaN interval when none is finite."""
-    b = np.asarray(boots, dtype=np.float64).ravel()
-    b = b[np.isfinite(b)]
-    if b.size == 0:
-        return float("nan"), float("nan"), 0
-    lo, hi = np.quantile(b, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi), int(b.size)
+# the percentile interval with its count of finite replicates: one home, lorafair.stats.intervals
+percentile = percentile_counted
 
 
 def index_chunks(rng: np.random.Generator, n: int, n_boot: int) -> Iterator[np.ndarray]:
