@@ -163,11 +163,6 @@ def read_weights(rd: RunDir) -> dict | None:
     return _dict(rd.analysis_path("weights"))
 
 
-def read_json_result(name: str):
-    """The loader of an analysis that writes one JSON record, ``analysis/<name>.json``."""
-    return lambda rd: _dict(rd.analysis_path(name))
-
-
 def _kl(raw: Any) -> dict | None:
     """Accept ``{arm: entry}`` or ``{"arms": {arm: entry}, ...}``."""
     if not isinstance(raw, dict):
