@@ -54,3 +54,14 @@ def test_analyze_writes_every_quantity_for_every_arm(tmp_path):
     assert set(t["relative_to_forward"]) == {"kl", "lens", "weights"}
     for k, v in t["relative_to_forward"].items():
         assert v == t["seconds"][k] / (t["forward_pass_s"] * 4)
+
+
+def test_an_analysis_turned_off_in_the_study_does_not_run(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    d = tiny_study_dict(tmp_path / "run", corpus, arms=["base", {"type": "lora", "rank": 1}],
+                        analyses={"kl": False, "lens": True, "weights": False, "n_sequences": 2, "batch_size": 2})
+    Runner(study_from_dict(d, "study.yaml"), log=lambda m: None).run(analyses=True, report=False)
+    out = tmp_path / "run" / "analysis"
+    assert not (out / "kl.json").exists() and not (out / "kl_tokens.parquet").exists()
+    assert (out / "lens.json").is_file() and not (out / "weights.json").exists()
+    assert set(read_json(out / "timings.json")["seconds"]) == {"lens"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lorafair.arms.kinds import is_full, is_lora, lora_settings, variant
+from lorafair.arms.kinds import is_full, is_lora, lora_settings, variant_of
 from lorafair.arms.names import adapter_key
 from lorafair.study.config import Arm
 from lorafair.errors import UserError
@@ -102,7 +102,7 @@ class ArmBank:
         self.peft = None
         self.full: nn.Module | None = None
         self.adapters: set[str] = set()
-        self.dora: set[str] = set()
+        self.unshared: set[str] = set()  # adapters whose variant cannot share a batch (DoRA)
 
     def add_lora(self, name: str, adapter_dir: Path) -> None:
         from peft import PeftModel
@@ -114,8 +114,8 @@ class ArmBank:
             self.peft.load_adapter(str(adapter_dir), adapter_name=key)
         self.peft.eval()
         self.adapters.add(name)
-        if getattr(self.peft.peft_config[key], "use_dora", False):
-            self.dora.add(name)
+        if not variant_of(self.peft.peft_config[key]).shares_batch:
+            self.unshared.add(name)
 
     def add_full(self, model: nn.Module) -> None:
         self.full = model.eval()
@@ -144,11 +144,11 @@ class ArmBank:
             return m(input_ids=ids, attention_mask=attn).logits.float()
 
     def mixable(self, names: list[str]) -> list[str]:
-        """The arms of `names` that can share a batch: base and LoRA adapters without DoRA (PEFT
-        does not mix DoRA rows), provided at least one adapter is loaded."""
+        """The arms of `names` that can share a batch: base and LoRA adapters whose variant can
+        (not DoRA: PEFT does not mix DoRA rows), provided at least one adapter is loaded."""
         if self.peft is None:
             return []
-        return [n for n in names if n == "base" or (n in self.adapters and n not in self.dora)]
+        return [n for n in names if n == "base" or (n in self.adapters and n not in self.unshared)]
 
     def logits_many(self, names: list[str], ids: torch.Tensor, attn: torch.Tensor) -> dict[str, torch.Tensor]:
         """Float32 logits of each arm on the same batch, mixable arms in one forward pass."""

@@ -91,6 +91,13 @@ def own_process(arm) -> bool:
     return arm.type == FULL
 
 
+def variant_of(peft_config) -> Variant:
+    """The variant a saved adapter was trained as, from its PEFT config: the registered variant
+    whose PEFT settings it carries (the most specific one; plain LoRA when none)."""
+    fits = [v for v in VARIANTS.values() if all(getattr(peft_config, k, None) == x for k, x in v.peft.items())]
+    return max(fits, key=lambda v: len(v.peft))
+
+
 def lora_settings(arm) -> dict:
     """The variant's settings for PEFT's LoraConfig (all False for plain LoRA)."""
     return {"use_rslora": False, "use_dora": False, **variant(arm).peft}
