@@ -1,2 +1,2 @@
-"""Storage: the run directory and its atomic writes and hashes, the run lock, and export of
-result files without weights."""
+"""Storage: the run directory and its atomic writes and hashes, the run lock, export of result
+files without weights, and every cache key (keys)."""
