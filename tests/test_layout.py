@@ -133,3 +133,14 @@ def test_one_home_for_percentile_intervals():
     hits = [f"{p.relative_to(PKG)}:{i}" for p in sorted(PKG.rglob("*.py")) if p.name != "intervals.py"
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if hard.search(line)]
     assert hits == [], f"hard-coded interval levels (use lorafair.stats.intervals.percentile): {hits}"
+
+
+def test_no_stage_imports_the_runner():
+    graph = import_graph(modules())
+    importers = sorted(m for m, targets in graph.items() if "lorafair.study.runner" in targets)
+    assert importers == ["lorafair.cli"], importers
+
+
+def test_the_package_root_holds_few_modules():
+    root = sorted(p.name for p in PKG.glob("*.py"))
+    assert len(root) <= 6, root
