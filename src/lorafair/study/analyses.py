@@ -79,7 +79,9 @@ def run_analyses(study, rd: store.RunDir, ctx, task, bank, done: list, splits: d
         timings["lens"] = time.perf_counter() - t
     if a.weights and has_full:
         t = time.perf_counter()
-        out["weights"] = weight_analysis(study, rd, expand_arms(study), bank, names, kl.get("heldout"))
+        # ΔW needs the float32 weights: a bf16 bank's rounding would swamp full fine-tuning's small update
+        f32 = None if bank.dtype == torch.float32 else (ctx.load_base(), load_full(seed))
+        out["weights"] = weight_analysis(study, rd, expand_arms(study), bank, names, kl.get("heldout"), f32)
         timings["weights"] = time.perf_counter() - t
     out["timings"] = timings
     _write_timings(rd, timings, forward, len(arms), log)
@@ -152,17 +154,19 @@ def _forward_seconds(logits_fn, arms: list[str], batches: list[dict]) -> float:
 
 
 def weight_analysis(study, rd: store.RunDir, study_arms: list, bank, names: dict[str, str],
-                    kl_summary: dict | None) -> dict:
+                    kl_summary: dict | None, float32_models: tuple | None = None) -> dict:
     """ΔW of full fine-tuning (spectrum, energy at each rank of the grid, effective rank) and of each
     LoRA arm (relative norm, subspace overlap with full's top-r directions, intruder dimensions):
     the weights are read from ``bank`` (``names``: arm -> bank name), the mathematics is
-    `analysis.weights.update_analysis`; results written to the run's analysis folder."""
+    `analysis.weights.update_analysis`; results written to the run's analysis folder.
+    float32_models: (base, full) in float32, read instead of the bank's when it runs in bf16."""
     lora_arms = [arm for arm in study_arms if arm.type == "lora" and arm.name in names]
     # the study's ranks plus every power of two up to 512, so the spectrum can name a rank beyond the grid
     grid = sorted({arm.rank for arm in study_arms if arm.type == "lora"} | {2**i for i in range(10)})
     targets = set(lora_arms[0].target_modules) if lora_arms else None
-    base_w = {n: m.weight.detach().float().cpu().clone() for n, m in _linears(bank.base, targets)}
-    full_w = {n: m.weight.detach().float().cpu() for n, m in _linears(bank.full, targets)}
+    base_m, full_m = float32_models or (bank.base, bank.full)
+    base_w = {n: m.weight.detach().float().cpu().clone() for n, m in _linears(base_m, targets)}
+    full_w = {n: m.weight.detach().float().cpu() for n, m in _linears(full_m, targets)}
     lora = {arm.name: (arm.rank, W.peft_deltas(bank.peft, adapter_key(names[arm.name]))) for arm in lora_arms}
     shift = {}
     if kl_summary:

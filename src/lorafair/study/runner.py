@@ -135,9 +135,12 @@ class Runner(EvaluationStage):
 
     @property
     def model_hash(self) -> str:
-        """The base model's content hash (cheap after the first time: see models.model_hash)."""
+        """The base model's content hash (cheap after the first time: see models.model_hash), with
+        '@bfloat16' appended when the run computes in bf16 (float32 runs keep their hashes)."""
         if not hasattr(self, "_model_hash"):
-            self._model_hash = models.model_hash(self.study.model.source)
+            h = models.model_hash(self.study.model.source)
+            dtype = models.pick_dtype(self.study.model.precision)  # bf16 arms and evaluations are cached apart
+            self._model_hash = h if dtype == torch.float32 else f"{h}@{str(dtype).removeprefix('torch.')}"
         return self._model_hash
 
     def _corpus_hash(self) -> str:
