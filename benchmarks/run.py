@@ -62,7 +62,9 @@ def main() -> None:
     if "train" in out["benchmarks"]:
         for arm, r in out["benchmarks"]["train"]["arms"].items():
             out["targets"][f"train_{arm}"] = {"met": r["met"], "target": r["target"],
-                                               "tokens_per_s_ratio": r["tokens_per_s_ratio"], "peak_rss_ratio": r["peak_rss_ratio"]}
+                                               "tokens_per_s_ratio": r["tokens_per_s_ratio"], "peak_rss_ratio": r["peak_rss_ratio"],
+                                               "tokens_per_s_ratio_bf16": r.get("tokens_per_s_ratio_bf16"),
+                                               "bf16_over_float32": r.get("bf16_over_float32")}
     write_json(args.out, out)
     print(f"wrote {args.out} in {out['total_wall_s']:.0f}s", flush=True)
 

@@ -124,7 +124,7 @@ def validation_loss(model: nn.Module, val: list[dict], pad_id: int, batch_size: 
     rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
     total, count = 0.0, 0
     for i in range(rank * batch_size, len(val), batch_size * world):
-        b = make_batch(val[i:i + batch_size], pad_id, packing)
+        b = make_batch(val[i:i + batch_size], pad_id, packing, _device(model))
         with _autocast(autocast):
             total += completion_loss(model, b, reduction="sum").item()
         count += int((b["labels"][:, 1:] != -100).sum())
@@ -145,12 +145,17 @@ def step_loss(model: nn.Module, items: list[dict], pad_id: int, packing: bool, a
     and returns its summed loss x N / (the whole batch's completion tokens), so that the gradients
     averaged across processes are those of the whole batch's mean."""
     if acc.num_processes == 1:
-        return completion_loss(model, make_batch(items, pad_id, packing))
+        return completion_loss(model, make_batch(items, pad_id, packing, _device(model)))
     mine = items[acc.process_index::acc.num_processes]
     # a process with no example of its own still joins the gradient exchange, with a zero loss
-    b = make_batch(mine or items[:1], pad_id, packing)
+    b = make_batch(mine or items[:1], pad_id, packing, _device(model))
     loss = completion_loss(model, b, reduction="sum", whole=True)
     return loss * (acc.num_processes / max(targets(items), 1) if mine else 0.0)
+
+
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's weights are: its batches go there (a GPU when the model was put on one)."""
+    return next(model.parameters()).device
 
 
 def _autocast(dtype):
