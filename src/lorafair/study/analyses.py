@@ -18,16 +18,19 @@ from lorafair.analysis import lens as lens_mod
 from lorafair.analysis import weights as W
 from lorafair.analysis.shift import compute_lens, compute_pairwise_kl
 from lorafair.arms.names import adapter_key, bank_name
+from lorafair.models.lm import length_order
 from lorafair.study.config import expand_arms
 from lorafair.training.encoding import collate, encode
 
 
-def _batches(items: list[dict], pad_id: int, batch_size: int, device) -> list[dict]:
+def _batches(items: list[dict], pad_id: int, batch_size: int, device, by_length: bool = True) -> list[dict]:
+    """Padded batches of ``items``; by_length: longest first, each row's index in ``seq`` (little padding)."""
+    order = length_order([len(x["input_ids"]) for x in items]) if by_length else list(range(len(items)))
     out = []
     for i in range(0, len(items), batch_size):
-        b = collate(items[i:i + batch_size], pad_id)
+        b = collate([items[j] for j in order[i:i + batch_size]], pad_id)
         out.append({"input_ids": b["input_ids"].to(device), "attention_mask": b["attention_mask"].to(device),
-                    "loss_mask": (b["labels"] != -100).long().to(device)})
+                    "loss_mask": (b["labels"] != -100).long().to(device), "seq": torch.tensor(order[i:i + batch_size])})
     return out
 
 
@@ -74,7 +77,7 @@ def run_analyses(study, rd: store.RunDir, ctx, task, bank, done: list, splits: d
     if a.lens:
         t = time.perf_counter()
         lens_items = sets.get("prompts") or [{"input_ids": x["input_ids"], "labels": x["labels"]} for x in sets["heldout"]]
-        _lens_stage(study, rd, tok, bank, names, arms, _batches(lens_items, tok.pad_token_id, a.batch_size, dev),
+        _lens_stage(study, rd, tok, bank, names, arms, _batches(lens_items, tok.pad_token_id, a.batch_size, dev, False),
                     lens_items, reference)
         timings["lens"] = time.perf_counter() - t
     if a.weights and has_full:
