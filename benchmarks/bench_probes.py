@@ -6,7 +6,7 @@ ordering on the same pairs, model and machine.
 Every sentence of the first n CrowS-Pairs pairs (both sentences of a pair) is scored: the sum of
 log p(token) over all its tokens after the start token. Three ways, in one process, same batch size:
 - lorafair: ``lm.sequence_loglik`` over all sentences (sorted by length, longest first, results
-  put back in order), in float32 and in bf16;
+  put back in order), in float32 and in bf16 (bf16 where common.bf16_runs says so);
 - file order: the same function fed one batch at a time in file order (what lorafair did before
   it sorted: every batch padded to its longest sentence);
 - harness: a pure-HF re-implementation of lm-evaluation-harness's ``HFLM.loglikelihood`` for
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODEL, ratio, run_worker, sized, worker_main  # noqa: E402
+from common import MODEL, bf16_runs, ratio, run_worker, sized, worker_main  # noqa: E402
 
 BATCH = 16
 
@@ -65,16 +65,18 @@ def worker(n_pairs: str, reps: str) -> dict:
     texts = [it["stereo"] for it in items] + [it["anti"] for it in items]
     tok = models.load_tokenizer(MODEL)
     model = models.load_model(MODEL).eval()
-    model16 = precision.for_inference(models.load_model(MODEL), torch.bfloat16).eval()
+    model16 = precision.for_inference(models.load_model(MODEL), torch.bfloat16).eval() if bf16_runs() else None
 
     def file_order(m):
         return torch.cat([lm.sequence_loglik(m, tok, texts[i:i + BATCH], BATCH)[0] for i in range(0, len(texts), BATCH)])
 
     ways = {"harness": lambda: harness_loglik(model, tok, texts, BATCH),
             "lorafair": lambda: lm.sequence_loglik(model, tok, texts, BATCH)[0],
-            "file_order": lambda: file_order(model),
-            "lorafair_bf16": lambda: lm.sequence_loglik(model16, tok, texts, BATCH)[0]}
-    lm.sequence_loglik(model, tok, texts[:2], 2), lm.sequence_loglik(model16, tok, texts[:2], 2)  # warm-up
+            "file_order": lambda: file_order(model)}
+    lm.sequence_loglik(model, tok, texts[:2], 2)  # warm-up
+    if model16 is not None:
+        ways["lorafair_bf16"] = lambda: lm.sequence_loglik(model16, tok, texts, BATCH)[0]
+        lm.sequence_loglik(model16, tok, texts[:2], 2)
     seconds: dict = {k: [] for k in ways}
     values = {}
     for _ in range(int(reps)):
@@ -97,11 +99,11 @@ def run(quick: bool = False) -> dict:
                      "peer": "lm-evaluation-harness request ordering (pure-HF re-implementation)"},
            **r,
            "speed_vs_harness": ratio(b["harness"], b["lorafair"]),
-           "speed_vs_harness_bf16": ratio(b["harness"], b["lorafair_bf16"]),
+           "speed_vs_harness_bf16": ratio(b["harness"], b["lorafair_bf16"]) if "lorafair_bf16" in b else None,
            "speed_vs_file_order": ratio(b["file_order"], b["lorafair"]),
            "target": "speed_vs_harness >= 1 (same precision) with log-likelihoods within 1e-3"}
     res["met"] = bool(res["speed_vs_harness"] >= 1 and r["max_abs_diff_vs_harness"]["lorafair"] < 1e-3)
-    print(f"  probes: lorafair {b['lorafair']:.1f}s (bf16 {b['lorafair_bf16']:.1f}s), file order "
+    print(f"  probes: lorafair {b['lorafair']:.1f}s (bf16 {b.get('lorafair_bf16', float('nan')):.1f}s), file order "
           f"{b['file_order']:.1f}s, harness ordering {b['harness']:.1f}s -> {res['speed_vs_harness']}x harness, "
           f"{res['speed_vs_file_order']}x file order", flush=True)
     return res

@@ -71,7 +71,15 @@ def machine() -> dict:
         "peft": peft.__version__,
         "python": platform.python_version(),
         "loadavg": list(os.getloadavg()),
+        "bf16_matrix_units": _bf16_units(),
+        "gemm_gflops": gemm_rates(),
     }
+
+
+def _bf16_units() -> bool:
+    from lorafair.models import precision
+
+    return precision.cpu_bf16()
 
 
 def corpus(n: int) -> list[dict]:
@@ -86,6 +94,41 @@ def eval_prompts(n: int) -> list[dict]:
     from lorafair.datasets import prompts
 
     return prompts.rtp_toxic("eval", n=n)
+
+
+def bf16_runs() -> bool:
+    """Whether the benchmarks measure bf16 beside float32: at the tiny size (so the code runs), where
+    the CPU has bf16 matrix units or a GPU is used, or when LORAFAIR_BENCH_BF16=1 forces it. Without
+    those units torch multiplies bf16 matrices many times slower than float32 (see gemm_rates), and
+    a bf16 run of the real model would take hours while saying nothing about bf16 hardware."""
+    if TINY or os.environ.get("LORAFAIR_BENCH_BF16") == "1":
+        return True
+    from lorafair.models import precision
+
+    return precision.bf16_supported()
+
+
+def gemm_rates(shape: tuple[int, int, int] = (512, 576, 576), seconds: float = 1.0) -> dict:
+    """Best GFLOP/s of one matrix product in float32 and in bf16 on this machine (torch's threads)."""
+    import time
+
+    import torch
+
+    m, k, n = shape
+    out = {"shape": list(shape)}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        a @ b
+        best, end = 0.0, time.perf_counter() + timed(seconds)
+        while True:
+            t = time.perf_counter()
+            a @ b
+            best = max(best, 2 * m * k * n / (time.perf_counter() - t) / 1e9)
+            if time.perf_counter() > end:
+                break
+        out[str(dtype).removeprefix("torch.")] = round(best, 1)
+    out["bf16_over_float32"] = round(out["bfloat16"] / out["float32"], 3)
+    return out
 
 
 def sized(quick: bool, normal, quick_value, tiny_value):
