@@ -6,7 +6,8 @@ settings, with the ratio and whether the target is met.
 Benchmarks: train (Trainer + PEFT), sweep (per-arm fresh loads), generate (text-generation
 pipeline), kl_lens (all logits in memory), flops (matmul rate), analyses (cost of the shift analyses in
 forward passes per arm; no peer), probes (CrowS-Pairs scoring against lm-evaluation-harness's request
-ordering); train and generate measure bf16 beside float32. The machine (nproc, CPU model,
+ordering), together (a 6-adapter LoRA grid trained on one base against one after another); train
+and generate measure bf16 beside float32. The machine (nproc, CPU model,
 torch version) and its load average before and after each benchmark are recorded.
 """
 
@@ -25,7 +26,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 BENCHES = {"train": "bench_train", "sweep": "bench_sweep", "generate": "bench_generate",
            "kl_lens": "bench_kl_memory", "flops": "bench_flops", "analyses": "bench_analyses",
-           "scaleout": "bench_scaleout", "probes": "bench_probes"}
+           "scaleout": "bench_scaleout", "probes": "bench_probes", "together": "bench_together"}
 
 
 def main() -> None:
