@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT  # noqa: E402
+from common import ROOT, smoke_study  # noqa: E402
 
 LORAFAIR = [sys.executable, "-m", "lorafair"]
 
@@ -35,8 +35,8 @@ def _lorafair(*args: str) -> float:
 
 
 def run(quick: bool = False) -> dict:
-    study = yaml.safe_load((ROOT / "studies" / "smoke.yaml").read_text())
     with tempfile.TemporaryDirectory() as tmp:
+        study = smoke_study(Path(tmp))
         run_dir = Path(tmp) / "smoke"
         study["output"] = str(run_dir)
         spec = Path(tmp) / "smoke.yaml"

@@ -27,15 +27,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODEL, run_worker, worker_main  # noqa: E402
+from common import MODEL, run_worker, sized, timed, worker_main  # noqa: E402
 
 SHAPE = (512, 576, 1536)
 
 
-def matmul_rate(seconds: float = 3.0) -> float:
+def matmul_rate(seconds: float | None = None) -> float:
     """Best float32 GFLOP/s of a @ b over about `seconds` (a: [m, k], b: [k, n])."""
     import torch
 
+    seconds = timed(3.0) if seconds is None else seconds
     m, k, n = SHAPE
     a, b = torch.randn(m, k), torch.randn(k, n)
     out = torch.empty(m, n)
@@ -49,10 +50,11 @@ def matmul_rate(seconds: float = 3.0) -> float:
     return best
 
 
-def shape_rate(model, tokens: int, head_tokens: int, seconds: float = 0.4) -> dict:
+def shape_rate(model, tokens: int, head_tokens: int, seconds: float | None = None) -> dict:
     """FLOP-weighted float32 rate of the Linear layers' training products at `tokens` rows."""
     import torch
 
+    seconds = timed(0.4) if seconds is None else seconds
     shapes: dict[tuple[int, int, int], int] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear):
@@ -81,7 +83,8 @@ def worker(steps: str, mode: str) -> dict:
     from lorafair.models import sources as models
     from lorafair.arms.bank import wrap_for_training
     from lorafair.study.config import Arm, TrainingConfig
-    from lorafair.training.loop import collate, encode, schedule_order, train
+    from lorafair.training.encoding import collate, encode
+    from lorafair.training.loop import schedule_order, train
 
     from common import corpus
 
@@ -123,7 +126,7 @@ def worker(steps: str, mode: str) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    steps = "4" if quick else "12"
+    steps = str(sized(quick, 12, 4, 2))
     r = {mode: run_worker(__file__, steps, mode) for mode in ("packed", "padded")}
     p = r["packed"]
     res = {"setup": {"model": MODEL, "matmul_shape": list(SHAPE), "dtype": "float32",

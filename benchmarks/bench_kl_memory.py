@@ -26,9 +26,12 @@ import copy
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import run_worker, sized  # noqa: E402
 
 VOCAB, SEQ, BATCH = 49152, 64, 8
 ARMS = ["base", "full", "lora"]
@@ -72,9 +75,10 @@ def _data(n: int):
     return ids, torch.ones_like(ids)
 
 
-def worker(method: str, n: int) -> dict:
+def worker(method: str, n: int | str) -> dict:
     import torch
 
+    n = int(n)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     models = _models()
     ids, attn = _data(n)
@@ -182,10 +186,7 @@ def measure(sizes: list[int], lens_sizes: list[int], naive_max_gb: float) -> dic
             runs.append({"method": method, "n_sequences": n, "skipped": True, "estimated_peak_gb": est})
             print(f"  {method:14s} n={n:4d}  skipped (estimated {est} GB)", flush=True)
             continue
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", method, str(n)], capture_output=True, text=True, check=True
-        )
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row = run_worker(__file__, method, str(n))
         runs.append(row)
         print(f"  {method:14s} n={n:4d}  {row['seconds']:7.2f} s  peak growth {row['peak_growth_mb']:8.1f} MB", flush=True)
     agree, ratios = {}, {}
@@ -212,7 +213,7 @@ def measure(sizes: list[int], lens_sizes: list[int], naive_max_gb: float) -> dic
 
 def run(quick: bool = False) -> dict:
     """Entry for benchmarks/run.py."""
-    res = measure([32, 128] if quick else [32, 128, 512], [8] if quick else [8, 32], 4.0)
+    res = measure(sized(quick, [32, 128, 512], [32, 128], [2, 4]), sized(quick, [8, 32], [8], [2]), 4.0)
     growth = res["kl_streaming_peak_growth_vs_sequences"]["peak_growth_mb"]
     res["kl_streaming_growth_max_over_min"] = round(max(growth) / max(min(growth), 1.0), 3)
     res["target"] = "streaming peak below the direct way (KL and lens) and KL streaming peak flat (max/min <= 1.5)"

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODEL, eval_prompts, ratio, run_worker, worker_main  # noqa: E402
+from common import MODEL, TINY, eval_prompts, ratio, run_worker, sized, worker_main  # noqa: E402
 
-N_ARMS, SAMPLES, NEW, KL_BATCH = 6, 2, 16, 8
+N_ARMS, SAMPLES, NEW, KL_BATCH = (2 if TINY else 6), 2, (4 if TINY else 16), 8
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -134,7 +134,7 @@ def worker(n_prompts: str, n_kl: str) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    n_prompts, n_kl = (4, 8) if quick else (6, 16)
+    n_prompts, n_kl = sized(quick, (6, 16), (4, 8), (2, 2))
     r = run_worker(__file__, str(n_prompts), str(n_kl))
     res = {"setup": {"model": MODEL, "arms": N_ARMS, "lora": "random r=8, all 7 projections", "prompts": n_prompts,
                      "samples": SAMPLES, "max_new_tokens": NEW, "kl_sequences": n_kl},

@@ -5,7 +5,9 @@ settings, with the ratio and whether the target is met.
 
 Benchmarks: train (Trainer + PEFT), sweep (per-arm fresh loads), generate (text-generation
 pipeline), kl_lens (all logits in memory), flops (matmul rate), analyses (cost of the shift analyses in
-forward passes per arm; no peer). The machine (nproc, CPU model,
+forward passes per arm; no peer), probes (CrowS-Pairs scoring against lm-evaluation-harness's request
+ordering), together (a 6-adapter LoRA grid trained on one base against one after another); train
+and generate measure bf16 beside float32. The machine (nproc, CPU model,
 torch version) and its load average before and after each benchmark are recorded.
 """
 
@@ -24,7 +26,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 BENCHES = {"train": "bench_train", "sweep": "bench_sweep", "generate": "bench_generate",
            "kl_lens": "bench_kl_memory", "flops": "bench_flops", "analyses": "bench_analyses",
-           "scaleout": "bench_scaleout"}
+           "scaleout": "bench_scaleout", "probes": "bench_probes", "together": "bench_together"}
 
 
 def main() -> None:
@@ -62,7 +64,9 @@ def main() -> None:
     if "train" in out["benchmarks"]:
         for arm, r in out["benchmarks"]["train"]["arms"].items():
             out["targets"][f"train_{arm}"] = {"met": r["met"], "target": r["target"],
-                                               "tokens_per_s_ratio": r["tokens_per_s_ratio"], "peak_rss_ratio": r["peak_rss_ratio"]}
+                                               "tokens_per_s_ratio": r["tokens_per_s_ratio"], "peak_rss_ratio": r["peak_rss_ratio"],
+                                               "tokens_per_s_ratio_bf16": r.get("tokens_per_s_ratio_bf16"),
+                                               "bf16_over_float32": r.get("bf16_over_float32")}
     write_json(args.out, out)
     print(f"wrote {args.out} in {out['total_wall_s']:.0f}s", flush=True)
 

@@ -101,6 +101,29 @@ def build_batch(prompt_ids: list[list[int]], cont_ids: list[int], k: int, pad_id
     return ids, attn, pos
 
 
+def template_batches(lengths: list[list[int]], batch_rows: int) -> list[list[int]]:
+    """Templates (each a list of its prompts' token lengths) grouped into forward passes: longest
+    template first, consecutive templates joined while their rows fit in ``batch_rows`` (a
+    template larger than that goes alone). Returns lists of template indices."""
+    order = sorted(range(len(lengths)), key=lambda g: (-max(lengths[g], default=0), g))
+    out: list[list[int]] = []
+    rows = 0
+    for g in order:
+        if out and rows + len(lengths[g]) <= batch_rows:
+            out[-1].append(g)
+            rows += len(lengths[g])
+        else:
+            out.append([g])
+            rows = len(lengths[g])
+    return out
+
+
+def _stack(parts: list[Tensor], fill: int) -> Tensor:
+    """Row blocks [n_i, s_i] stacked into [Σn_i, max s_i], right-padded with ``fill``."""
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=fill) for p in parts])
+
+
 def _gather(x: Tensor, pos: Tensor) -> Tensor:
     """x[i, pos[i, j]] for every row: x [n, s, d] -> [n, k, d]."""
     return x[torch.arange(x.shape[0], device=x.device)[:, None], pos.to(x.device)]
@@ -136,6 +159,7 @@ def compute_divergence(
     project_fn: Callable[[Tensor], Tensor] | None = None,
     device: Any = "cpu",
     layer_stride: int = 1,
+    batch_rows: int = 32,
 ) -> pd.DataFrame:
     """Counterfactual divergence of one model, per template and pair; per layer when asked.
 
@@ -146,6 +170,10 @@ def compute_divergence(
     2·layer_stride, … and always the last layer L-1.
     Returns one row per (template, pair, layer): template_id, axis, gender, group_a, group_b, layer,
     n_positions, js, kl_ab, kl_ba (means over positions).
+
+    Templates of similar length share a forward pass of up to ``batch_rows`` rows (a template is
+    never split; see :func:`template_batches`); rows are right-padded, so a row's logits do not
+    depend on its batch (up to float rounding), and the rows come out in the order of the templates.
     """
     if logits_fn is None and hidden_fn is None:
         raise UserError("counterfactual divergence: give logits_fn, hidden_fn + project_fn, or both")
@@ -155,23 +183,33 @@ def compute_divergence(
         for key, vals in part.items():
             cols.setdefault(key, []).extend(vals)
 
-    for _, meta in by_template(items):
-        pairs = template_pairs(meta)
-        if not pairs:
-            continue
-        ids, attn, pos = build_batch([m["prompt_ids"] for m in meta], meta[0]["cont_ids"], k, pad_id)
+    groups = [(meta, pairs) for _, meta in by_template(items) if (pairs := template_pairs(meta))]
+    parts: dict[int, list[dict[str, list]]] = {}
+    for chunk in template_batches([[len(m["prompt_ids"]) for m in meta] for meta, _ in groups], batch_rows):
+        built = [build_batch([m["prompt_ids"] for m in groups[g][0]], groups[g][0][0]["cont_ids"], k, pad_id)
+                 for g in chunk]
+        ids, attn = _stack([b[0] for b in built], pad_id), _stack([b[1] for b in built], 0)
         ids, attn = ids.to(device), attn.to(device)
-        pair_t = torch.tensor(pairs, dtype=torch.long)
+        starts = np.cumsum([0] + [b[0].shape[0] for b in built])
         with torch.no_grad():
-            if logits_fn is not None:
-                add(_template_rows(meta, pairs, OUTPUT_LAYER, pair_divergences(_gather(logits_fn(ids, attn), pos), pair_t)))
-            if hidden_fn is not None:
-                hidden = hidden_fn(ids, attn)
-                for layer, h in enumerate(hidden):
+            logits = logits_fn(ids, attn) if logits_fn is not None else None
+            hidden = hidden_fn(ids, attn) if hidden_fn is not None else None
+            for n, g in enumerate(chunk):
+                meta, pairs = groups[g]
+                rows, pos = slice(starts[n], starts[n + 1]), built[n][2]
+                pair_t = torch.tensor(pairs, dtype=torch.long)
+                out = parts.setdefault(g, [])
+                if logits is not None:
+                    out.append(_template_rows(meta, pairs, OUTPUT_LAYER, pair_divergences(_gather(logits[rows], pos), pair_t)))
+                for layer, h in enumerate(hidden or []):
                     if layer % max(1, layer_stride) and layer != len(hidden) - 1:
                         continue
-                    div = pair_divergences(project_fn(_gather(h, pos)), pair_t)
-                    add(_template_rows(meta, pairs, layer, div))
+                    div = pair_divergences(project_fn(_gather(h[rows], pos)), pair_t)
+                    out.append(_template_rows(meta, pairs, layer, div))
+            del logits, hidden
+    for g in range(len(groups)):  # templates in first-appearance order, whatever the batching
+        for part in parts[g]:
+            add(part)
     if not cols:
         raise UserError("counterfactual divergence: no template has two prompts that differ only in the identity "
                         "term; give identity prompts with at least two groups per axis and gender")

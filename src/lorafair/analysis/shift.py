@@ -76,8 +76,9 @@ def compute_pairwise_kl(
     `group_rows` // batch rows. Results are the same as with `logits_fn` alone.
 
     batches: dicts with ``input_ids`` [b, s], ``attention_mask`` [b, s] (1 = real token) and
-    optionally ``loss_mask`` [b, s] (1 = target token, for the target log-likelihood).
-    Tokens counted: position t with a real token t and a real token t+1 (it predicts a real next
+    optionally ``loss_mask`` [b, s] (1 = target token, for the target log-likelihood) and ``seq`` [b]
+    (each row's sequence number, when sequences are batched out of order, e.g. by length: every
+    result is then that of the sequences in their own order). Tokens counted: position t with a real token t and a real token t+1 (it predicts a real next
     token). For each arm a: KL(a||base), KL(base||a), KL(full||a), KL(a||full).
 
     Returns a dict:
@@ -102,8 +103,9 @@ def compute_pairwise_kl(
     for bi, batch in enumerate(batches):
         ids, attn, loss_mask = _batch_tensors(batch, f"batch {bi}")
         has_loss_mask = has_loss_mask or loss_mask is not None
+        seq_ids = _seq_ids(batch, seq_offset, ids.shape[0])
         with torch.no_grad():
-            _batch_kls(logits_fn, logits_many, arms, (base_name, full_name), ids, attn, loss_mask, seq_offset,
+            _batch_kls(logits_fn, logits_many, arms, (base_name, full_name), ids, attn, loss_mask, seq_ids,
                        chunk_size, group_rows, rows, seqs, full_base_seq)
         seq_offset += ids.shape[0]
     if seq_offset == 0:
@@ -111,30 +113,33 @@ def compute_pairwise_kl(
     order = {a: i for i, a in enumerate(arms)}
     rows_df = _sorted(pd.DataFrame({k: np.concatenate(v) for k, v in rows.items()}), order, ["seq", "pos"])
     seq_df = _sorted(pd.DataFrame({k: np.concatenate(v) for k, v in seqs.items()}), order, ["seq"])
-    fb = np.concatenate(full_base_seq) if full_base_seq else None
+    fb = None
+    if full_base_seq:  # per-sequence KL(full || base) in sequence order, as the arms' rows are
+        fb_seq = np.concatenate([q for q, _ in full_base_seq])
+        fb = np.concatenate([v for _, v in full_base_seq])[np.argsort(fb_seq, kind="stable")]
     summary = _kl_summary(arms, rows_df, seq_df, fb, has_loss_mask, n_boot, seed)
     summary["n_sequences"] = int(seq_offset)
     return {"summary": summary, "rows": rows_df, "sequences": seq_df}
 
 
 def _batch_kls(logits_fn, logits_many, arms: list[str], refs: tuple[str, str | None], ids: Tensor, attn: Tensor,
-               loss_mask: Tensor | None, seq_offset: int, chunk_size: int, group_rows: int,
+               loss_mask: Tensor | None, seq_ids: np.ndarray, chunk_size: int, group_rows: int,
                rows: dict[str, list], seqs: dict[str, list], full_base_seq: list) -> None:
     """One batch: every arm's four KL directions per token and per sequence, appended to ``rows`` and
-    ``seqs``; KL(full || base) per sequence appended to ``full_base_seq``."""
+    ``seqs``; (sequence numbers, KL(full || base) per sequence) appended to ``full_base_seq``.
+    seq_ids: the number of each row's sequence."""
     base_name, full_name = refs
     b = ids.shape[0]
     valid = next_token_mask(attn).cpu()
     bidx, pidx = valid.nonzero(as_tuple=True)
     counts = valid.sum(1).numpy()
-    seq_ids = np.arange(seq_offset, seq_offset + b)
     # references as float32 log-probabilities, once per batch (log_softmax is idempotent,
     # so the KL and log-likelihood helpers accept them in place of logits)
     ref = {base_name: log_probs(logits_fn(base_name, ids, attn), chunk_size)}
     if full_name is not None:
         ref[full_name] = log_probs(logits_fn(full_name, ids, attn), chunk_size)
         kl_fb, _ = kl_pair(ref[full_name], ref[base_name], chunk_size)
-        full_base_seq.append(_seq_mean(kl_fb.cpu(), valid))
+        full_base_seq.append((seq_ids, _seq_mean(kl_fb.cpu(), valid)))
     others = [a for a in arms if a not in ref]
     per_group = max(1, group_rows // b) if logits_many is not None else 1
     fetched: dict[str, Tensor] = {}
@@ -152,7 +157,7 @@ def _batch_kls(logits_fn, logits_many, arms: list[str], refs: tuple[str, str | N
             rows[col].append(val[bidx, pidx].numpy())
             seqs[col].append(_seq_mean(val, valid))
         rows["arm"].append(np.full(bidx.numel(), arm, dtype=object))
-        rows["seq"].append(bidx.numpy() + seq_offset)
+        rows["seq"].append(seq_ids[bidx.numpy()])
         rows["pos"].append(pidx.numpy())
         seqs["arm"].append(np.full(b, arm, dtype=object))
         seqs["seq"].append(seq_ids)
@@ -162,6 +167,17 @@ def _batch_kls(logits_fn, logits_many, arms: list[str], refs: tuple[str, str | N
         seqs["target_logprob"].append(lp)
         del logits, kls
     del ref
+
+
+def _seq_ids(batch: dict, offset: int, b: int) -> np.ndarray:
+    """Each row's sequence number: the batch's ``seq`` (rows batched out of order, e.g. by length)
+    or the running count of rows."""
+    if batch.get("seq") is None:
+        return np.arange(offset, offset + b)
+    seq = np.asarray(batch["seq"].cpu() if isinstance(batch["seq"], Tensor) else batch["seq"], dtype=np.int64)
+    if seq.shape != (b,):
+        raise UserError(f"compute_pairwise_kl: batch 'seq' has shape {seq.shape}; give one number per row ({b})")
+    return seq
 
 
 def _kl_summary(arms: list[str], rows_df: pd.DataFrame, seq_df: pd.DataFrame, fb: np.ndarray | None,

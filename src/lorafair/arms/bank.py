@@ -3,7 +3,9 @@
 `ArmBank` is the one place where arms are swapped in for evaluation: the base model is loaded once,
 LoRA adapters are attached to it by name, and the full arm is a second model loaded once. Base and
 plain/rsLoRA adapters can also share one forward pass, each row with its own adapter (PEFT's
-`adapter_names`): `mixable` says which, `logits_many` runs them.
+`adapter_names`): `mixable` says which, `logits_many` runs them. Every arm runs in the dtype of the
+base it was given (bf16 or float32, see `models.precision`); logits come back float32; adapter
+weights stay float32 (PEFT upcasts them on load).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 
 from lorafair.arms.kinds import is_full, is_lora, lora_settings, variant_of
 from lorafair.arms.names import adapter_key
+from lorafair.models import precision
 from lorafair.study.config import Arm
 from lorafair.errors import UserError
 
@@ -117,8 +120,14 @@ class ArmBank:
         if not variant_of(self.peft.peft_config[key]).shares_batch:
             self.unshared.add(name)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the base model's weights are stored (and computed) in."""
+        return precision.model_dtype(self.base)
+
     def add_full(self, model: nn.Module) -> None:
-        self.full = model.eval()
+        """The fully fine-tuned model, cast to the base's dtype so that every arm runs in one precision."""
+        self.full = precision.for_inference(model, self.dtype).eval()
 
     @contextlib.contextmanager
     def use(self, name: str):

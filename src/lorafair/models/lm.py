@@ -84,20 +84,32 @@ def prefixed_choice_logprobs(model: nn.Module, prefix: list[int], suffixes: list
     return torch.cat(out)
 
 
+def length_order(lengths: list[int]) -> list[int]:
+    """Indices of ``lengths`` longest first (ties in input order): batches of similar lengths, so
+    little compute goes to padding, and the largest batch comes first (memory fails at once or
+    not at all). lm-evaluation-harness orders its log-likelihood requests the same way."""
+    return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+
+
 @torch.no_grad()
 def sequence_loglik(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Total log-likelihood of each text and the number of tokens scored: ([n], [n]).
+    """Total log-likelihood of each text and the number of tokens scored: ([n], [n]), in the order given.
 
     Each text is encoded without special tokens and put after :func:`start_ids`; every token of the
     text is scored given the start tokens and the text before it:
     Σ_{t=1..T} log p(x_t | start, x_<t), over its T tokens (the start tokens are not scored).
+    Texts are batched by length (:func:`length_order`), longest first, and their results put back
+    in the order given; logits are upcast to float32 before the log-softmax.
     """
     dev = next(model.parameters()).device
     start = start_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start[0]
-    totals, counts = [], []
+    seqs_all = [start + tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    order = length_order([len(x) for x in seqs_all])
+    totals, counts = torch.zeros(len(texts)), torch.zeros(len(texts))
     for sl in slices(len(texts), batch_size):
-        seqs = [start + tokenizer.encode(t, add_special_tokens=False) for t in texts[sl]]
+        idx = order[sl]
+        seqs = [seqs_all[i] for i in idx]
         width = max(len(x) for x in seqs)
         ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs], device=dev)
         attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs], device=dev)
@@ -105,6 +117,7 @@ def sequence_loglik(model: nn.Module, tokenizer, texts: list[str], batch_size: i
         lp = F.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [b, width-1]
         scored = attn[:, 1:].float()
         scored[:, : len(start) - 1] = 0.0  # targets that are start tokens themselves
-        totals.append((lp * scored).sum(-1).cpu())
-        counts.append(scored.sum(-1).cpu())
-    return (torch.cat(totals), torch.cat(counts)) if totals else (torch.zeros(0), torch.zeros(0))
+        where = torch.tensor(idx)
+        totals[where] = (lp * scored).sum(-1).cpu()
+        counts[where] = scored.sum(-1).cpu()
+    return totals, counts

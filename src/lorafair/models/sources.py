@@ -238,13 +238,10 @@ def _folder_hash(folder: Path) -> str:
 
 
 def pick_dtype(precision: str) -> torch.dtype:
-    if precision == "float32":
-        return torch.float32
-    if precision == "bfloat16":
-        return torch.bfloat16
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    """The dtype of ``model.precision`` on this process's device (see :mod:`lorafair.models.precision`)."""
+    from lorafair.models import precision as prec
+
+    return prec.resolve(precision, device())
 
 
 def device() -> torch.device:

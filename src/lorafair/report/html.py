@@ -125,6 +125,16 @@ def _model_hash(run: Run) -> str | None:
     return None
 
 
+def precision_text(run: Run) -> str:
+    """The compute precision the arms were trained in (as each arm recorded it) and what the study
+    asked for (``model.precision``); evaluation runs in the same precision as training."""
+    asked = str((run.study.get("model") or {}).get("precision", "auto"))
+    used = sorted({str(d["precision"]) for d in run.done.values() if isinstance(d, dict) and d.get("precision")})
+    if not used:
+        return f"model.precision: {asked}"
+    return f"{', '.join(used)} (model.precision: {asked})"
+
+
 def provenance(run: Run) -> list[tuple[str, str]]:
     """(what, value) pairs: model, scorer, data, packages, seeds, machine, stage wall times."""
     model = run.study.get("model") or {}
@@ -133,6 +143,7 @@ def provenance(run: Run) -> list[tuple[str, str]]:
     mh = _model_hash(run)
     if mh:
         out.append(("model hash", mh))
+    out.append(("precision", precision_text(run)))
     scorers = {}
     for task, ev in run.evals.items():
         for s in ev.values():

@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from lorafair.models import lm
+from lorafair.models import precision
 
 from lorafair.models import sources as models
 from lorafair.errors import UserError
@@ -158,9 +159,7 @@ class JudgeScorer(Scorer):
         self._ids = [answer_token(self._tok, probe, w, f"scorer {self.name}")
                      for w in (self.template.toxic, self.template.safe)]
         self._model = models.load_model(model_name).to(models.device()).eval()
-        dtype = models.pick_dtype("auto")
-        if dtype != torch.float32:
-            self._model = self._model.to(dtype)
+        self._model = precision.for_inference(self._model, models.pick_dtype(precision.session()))
         self.labels, self.primary = ["toxic"], "toxic"
         self.version = f"transformers {package_version('transformers')}"
         self.weights_hash = models.model_hash(model_name)

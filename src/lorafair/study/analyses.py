@@ -21,18 +21,21 @@ from lorafair.analysis import weights as W
 from lorafair.analysis.shift import compute_lens, compute_pairwise_kl
 from lorafair.arms import kinds
 from lorafair.arms.names import adapter_key, bank_name
+from lorafair.models.lm import length_order
 from lorafair.store import rundir as store
 from lorafair.study import stages
 from lorafair.study.session import Request, Session
 from lorafair.training.encoding import collate, encode
 
 
-def _batches(items: list[dict], pad_id: int, batch_size: int, device) -> list[dict]:
+def _batches(items: list[dict], pad_id: int, batch_size: int, device, by_length: bool = True) -> list[dict]:
+    """Padded batches of ``items``; by_length: longest first, each row's index in ``seq`` (little padding)."""
+    order = length_order([len(x["input_ids"]) for x in items]) if by_length else list(range(len(items)))
     out = []
     for i in range(0, len(items), batch_size):
-        b = collate(items[i:i + batch_size], pad_id)
+        b = collate([items[j] for j in order[i:i + batch_size]], pad_id)
         out.append({"input_ids": b["input_ids"].to(device), "attention_mask": b["attention_mask"].to(device),
-                    "loss_mask": (b["labels"] != -100).long().to(device)})
+                    "loss_mask": (b["labels"] != -100).long().to(device), "seq": torch.tensor(order[i:i + batch_size])})
     return out
 
 
@@ -143,7 +146,8 @@ def lens(inp: Inputs) -> None:
     lens_items = inp.sets.get("prompts") or [{"input_ids": x["input_ids"], "labels": x["labels"]}
                                              for x in inp.sets["heldout"]]
     _lens_stage(session.study, session.rd, tok, inp.bank, inp.names, inp.arms,
-                _batches(lens_items, tok.pad_token_id, a.batch_size, inp.device), lens_items, inp.reference)
+                _batches(lens_items, tok.pad_token_id, a.batch_size, inp.device, False), lens_items,
+                inp.reference)
 
 
 def weights(inp: Inputs) -> dict | None:
@@ -151,7 +155,9 @@ def weights(inp: Inputs) -> dict | None:
     if "full" not in inp.names:
         return None
     s = inp.session
-    return weight_analysis(s.study, s.rd, s.arms, inp.bank, inp.names, (inp.done.get("kl") or {}).get("heldout"))
+    # ΔW needs the float32 weights: a bf16 bank's rounding would swamp full fine-tuning's small update
+    f32 = None if inp.bank.dtype == torch.float32 else (s.ctx.load_base(), s.load_full(inp.seed))
+    return weight_analysis(s.study, s.rd, s.arms, inp.bank, inp.names, (inp.done.get("kl") or {}).get("heldout"), f32)
 
 
 def _lens_stage(study, rd, tok, bank, names, arms, batches, lens_items, reference) -> None:
@@ -205,17 +211,19 @@ def _forward_seconds(inp: Inputs) -> float:
 
 
 def weight_analysis(study, rd: store.RunDir, study_arms: list, bank, names: dict[str, str],
-                    kl_summary: dict | None) -> dict:
+                    kl_summary: dict | None, float32_models: tuple | None = None) -> dict:
     """ΔW of full fine-tuning (spectrum, energy at each rank of the grid, effective rank) and of each
     LoRA arm (relative norm, subspace overlap with full's top-r directions, intruder dimensions):
     the weights are read from ``bank`` (``names``: arm -> bank name), the mathematics is
-    `analysis.weights.update_analysis`; results written to the run's analysis folder."""
+    `analysis.weights.update_analysis`; results written to the run's analysis folder.
+    float32_models: (base, full) in float32, read instead of the bank's when it runs in bf16."""
     lora_arms = [arm for arm in study_arms if kinds.is_lora(arm) and arm.name in names]
     # the study's ranks plus every power of two up to 512, so the spectrum can name a rank beyond the grid
     grid = sorted({arm.rank for arm in study_arms if kinds.is_lora(arm)} | {2**i for i in range(10)})
     targets = set(lora_arms[0].target_modules) if lora_arms else None
-    base_w = {n: m.weight.detach().float().cpu().clone() for n, m in _linears(bank.base, targets)}
-    full_w = {n: m.weight.detach().float().cpu() for n, m in _linears(bank.full, targets)}
+    base_m, full_m = float32_models or (bank.base, bank.full)
+    base_w = {n: m.weight.detach().float().cpu().clone() for n, m in _linears(base_m, targets)}
+    full_w = {n: m.weight.detach().float().cpu() for n, m in _linears(full_m, targets)}
     lora = {arm.name: (arm.rank, W.peft_deltas(bank.peft, adapter_key(names[arm.name]))) for arm in lora_arms}
     shift = {}
     if kl_summary:

@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 
+from lorafair.models import precision
 from lorafair.models import sources as models
 
 from lorafair.store import rundir as store
@@ -30,7 +31,8 @@ class Context:
         self.tokenizer = models.load_tokenizer(study.model.source, study.model.trust_remote_code)
         self._base = None
         self._scorer = None
-        self.autocast = models.pick_dtype(study.model.precision)
+        self.autocast = models.pick_dtype(study.model.precision)  # the dtype every model of the run computes in
+        precision.set_session(study.model.precision)
 
     def load_base(self):
         m = models.load_model(self.study.model.source, self.study.model.trust_remote_code, seed=0)
@@ -38,7 +40,7 @@ class Context:
 
     def base_model(self):
         if self._base is None:
-            self._base = self.load_base().eval()
+            self._base = precision.for_inference(self.load_base(), self.autocast).eval()
         return self._base
 
     @property

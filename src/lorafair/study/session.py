@@ -93,8 +93,13 @@ class Session:
 
     @functools.cached_property
     def model_hash(self) -> str:
-        """The base model's content hash (cheap after the first time: see models.model_hash)."""
-        return models.model_hash(self.study.model.source)
+        """The base model's content hash (cheap after the first time: see models.model_hash), with
+        '@bfloat16' appended when the run computes in bf16 (float32 runs keep their hashes)."""
+        import torch
+
+        h = models.model_hash(self.study.model.source)
+        dtype = models.pick_dtype(self.study.model.precision)  # bf16 arms and evaluations are cached apart
+        return h if dtype == torch.float32 else f"{h}@{str(dtype).removeprefix('torch.')}"
 
     @property
     def corpus_hash(self) -> str:

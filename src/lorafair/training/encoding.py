@@ -84,9 +84,10 @@ def packing_works(model: nn.Module, items: list[dict], pad_id: int, rtol: float 
     was = model.training
     model.eval()
     try:
-        padded = completion_loss(model, collate(items, pad_id)).item()
+        dev = next(model.parameters()).device
+        padded = completion_loss(model, {k: v.to(dev) for k, v in collate(items, pad_id).items()}).item()
         one_row = pack(items, pad_id, row_length=sum(len(x["input_ids"]) for x in items))
-        packed = completion_loss(model, one_row).item()
+        packed = completion_loss(model, {k: v.to(dev) for k, v in one_row.items()}).item()
     except (TypeError, ValueError, RuntimeError):
         return False
     finally:
@@ -94,8 +95,10 @@ def packing_works(model: nn.Module, items: list[dict], pad_id: int, rtol: float 
     return math.isclose(padded, packed, rel_tol=rtol)
 
 
-def make_batch(items: list[dict], pad_id: int, packing: bool) -> dict[str, torch.Tensor]:
-    return pack(items, pad_id) if packing else collate(items, pad_id)
+def make_batch(items: list[dict], pad_id: int, packing: bool, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of one batch (packed or padded), on ``device`` when given (the model's)."""
+    b = pack(items, pad_id) if packing else collate(items, pad_id)
+    return b if device is None else {k: v.to(device) for k, v in b.items()}
 
 
 def _inputs(batch: dict) -> dict:

@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lorafair.models import precision as prec
 from lorafair.study.config import Arm, TrainingConfig
 from lorafair.arms.bank import load_trainable_state, trainable_state
 from lorafair.training.checkpoint import load_checkpoint, save_checkpoint
@@ -61,6 +62,7 @@ class TrainResult:
     packed: bool = False  # batches packed (training.packing, and the model keeps packed sequences apart)
     resumed_from: int = 0  # the checkpoint's step when the run continued a killed one
     processes: int = 1  # data-parallel processes that shared each batch
+    precision: str = "float32"  # compute dtype (bfloat16: autocast, float32 master weights, frozen base in bf16)
 
     def summary(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in ("log", "val_curve")}
@@ -122,7 +124,7 @@ def validation_loss(model: nn.Module, val: list[dict], pad_id: int, batch_size: 
     rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
     total, count = 0.0, 0
     for i in range(rank * batch_size, len(val), batch_size * world):
-        b = make_batch(val[i:i + batch_size], pad_id, packing)
+        b = make_batch(val[i:i + batch_size], pad_id, packing, _device(model))
         with _autocast(autocast):
             total += completion_loss(model, b, reduction="sum").item()
         count += int((b["labels"][:, 1:] != -100).sum())
@@ -143,18 +145,21 @@ def step_loss(model: nn.Module, items: list[dict], pad_id: int, packing: bool, a
     and returns its summed loss x N / (the whole batch's completion tokens), so that the gradients
     averaged across processes are those of the whole batch's mean."""
     if acc.num_processes == 1:
-        return completion_loss(model, make_batch(items, pad_id, packing))
+        return completion_loss(model, make_batch(items, pad_id, packing, _device(model)))
     mine = items[acc.process_index::acc.num_processes]
     # a process with no example of its own still joins the gradient exchange, with a zero loss
-    b = make_batch(mine or items[:1], pad_id, packing)
+    b = make_batch(mine or items[:1], pad_id, packing, _device(model))
     loss = completion_loss(model, b, reduction="sum", whole=True)
     return loss * (acc.num_processes / max(targets(items), 1) if mine else 0.0)
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's weights are: its batches go there (a GPU when the model was put on one)."""
+    return next(model.parameters()).device
+
+
 def _autocast(dtype):
-    if dtype is None or dtype == torch.float32:
-        return torch.autocast("cpu", enabled=False)
-    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=dtype)
+    return prec.compute(dtype)
 
 
 def peak_mem_mb() -> float:
@@ -186,6 +191,10 @@ def train(
 ) -> TrainResult:
     """Train `model` (already wrapped for `arm`) in place; `train_rows`/`val_rows` are encoded.
 
+    ``autocast``: the compute dtype (None or float32: plain float32). bfloat16: the model's frozen
+    parameters (a LoRA arm's base) are cast to bf16 in place, trained ones stay float32 with their
+    optimizer state, and every forward and backward runs under autocast; the loss is float32.
+
     ``steps`` is the length of the schedule (warm-up and decay); ``stop_after`` ends the run after
     that many of its steps (the learning-rate search: a prefix of the final run's schedule), with a
     validation evaluation at the last step run. With ``keep_best`` (and validation rows) the model
@@ -196,7 +205,8 @@ def train(
     run_steps = min(steps, stop_after) if stop_after is not None else steps
     order = schedule_order(len(train_rows), cfg.batch_size, run_steps * cfg.grad_accum, seed)
     bare = model
-    model, params, opt, sched, acc, res = _prepare(model, train_rows, order, cfg, lr, steps, run_steps, pad_id)
+    model, params, opt, sched, acc, res = _prepare(model, train_rows, order, cfg, lr, steps, run_steps, pad_id,
+                                                   autocast)
     best_state, bad_evals, start = None, 0, 0
     torch.manual_seed(seed)
     ck = load_checkpoint(checkpoint, checkpoint_key, log) if checkpoint is not None else None
@@ -229,18 +239,22 @@ def train(
 
 
 def _prepare(model: nn.Module, train_rows: list[dict], order: list[list[int]], cfg: TrainingConfig, lr: float,
-             steps: int, run_steps: int, pad_id: int):
-    """The optimizer, the schedule of ``steps`` and the accelerate wrapper of one run; returns
-    (wrapped model, trainable parameters, wrapped optimizer, scheduler, accelerator, the result
-    record with ``packed`` and ``processes`` set)."""
+             steps: int, run_steps: int, pad_id: int, autocast: torch.dtype | None = None):
+    """The optimizer, the schedule of ``steps`` and the accelerate wrapper of one run, with the
+    frozen parameters cast to the compute dtype; returns (wrapped model, trainable parameters,
+    wrapped optimizer, scheduler, accelerator, the result record with ``packed``, ``processes``
+    and ``precision`` set)."""
     from accelerate import Accelerator
 
+    res = TrainResult(lr=lr, steps=run_steps, examples_seen=sum(len(b) for b in order),
+                      precision=prec.name(autocast))
+    # two sequences show whether the model keeps packed sequences apart (checked in float32: a
+    # property of the model, not of the precision); more only cost time
+    res.packed = cfg.packing and packing_works(model, [train_rows[i] for i in order[0][:2]], pad_id)
+    prec.for_training(model, autocast)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, lr, cfg.weight_decay)
     sched = make_scheduler(opt, cfg, steps)
-    res = TrainResult(lr=lr, steps=run_steps, examples_seen=sum(len(b) for b in order))
-    # two sequences show whether the model keeps packed sequences apart; more only cost time
-    res.packed = cfg.packing and packing_works(model, [train_rows[i] for i in order[0][:2]], pad_id)
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, device_placement=False,
                       cpu=not torch.cuda.is_available())  # cpu: processes on CPU talk over gloo
     refuse_sharded(acc)

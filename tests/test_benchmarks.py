@@ -1,0 +1,71 @@
+"""Every benchmark imports and runs at a tiny size on the tiny random model (LORAFAIR_BENCH_TINY=1,
+workers in this process), so that a renamed or moved name fails here rather than in the next full
+benchmark run. The figures of a tiny run measure nothing; only that it runs and reports is checked."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _registered() -> dict[str, str]:
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("_bench_run", BENCH / "run.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return dict(mod.BENCHES)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+BENCHES = _registered()
+
+
+def test_every_benchmark_module_is_registered():
+    files = {p.stem for p in BENCH.glob("bench_*.py")}
+    assert files == set(BENCHES.values()) | {"bench_gpu"}, "register new benchmarks in benchmarks/run.py BENCHES"
+
+
+@pytest.fixture
+def tiny_benchmarks(monkeypatch):
+    """The benchmarks folder importable, its modules fresh, and the tiny size switched on."""
+    monkeypatch.setenv("LORAFAIR_BENCH_TINY", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.syspath_prepend(str(BENCH))
+    for name in [n for n in sys.modules if n == "common" or n.startswith("bench_") or n.startswith("_bench_")]:
+        monkeypatch.delitem(sys.modules, name)
+    yield
+    for name in [n for n in sys.modules if n == "common" or n.startswith("bench_") or n.startswith("_bench_")]:
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("name", sorted(BENCHES))
+def test_benchmark_runs_tiny(name, tiny_benchmarks):
+    common = importlib.import_module("common")
+    assert common.TINY and common.MODEL == "tiny-random"
+    mod = importlib.import_module(BENCHES[name])
+    res = mod.run(True)
+    assert isinstance(res, dict) and "met" in res and "target" in res
+    json.dumps(res)  # run.py writes it as JSON
+
+
+def test_gpu_check_script_imports(tiny_benchmarks):
+    """The GPU check cannot run here; it must at least import and refuse cleanly without CUDA."""
+    import torch
+
+    mod = importlib.import_module("bench_gpu")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: run benchmarks/bench_gpu.py itself")
+    with pytest.raises(SystemExit, match="CUDA"):
+        mod.main([])
