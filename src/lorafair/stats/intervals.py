@@ -70,10 +70,11 @@ def cell_table(frame: pd.DataFrame, cols: list[str], unit_col: str, seed_col: st
 Cells = tuple[np.ndarray, list, list]  # (x [S, U, ...], seeds, units), as cell_table returns
 
 
-def pair_cells(a: Cells, b: Cells) -> tuple[np.ndarray, np.ndarray]:
+def pair_cells(a: Cells, b: Cells, untrained: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Align two arms' cells for a paired difference: common units in ``a``'s order, common seeds
-    paired; an arm with a single seed that the other lacks (the untrained base) is repeated for
-    every seed of the other. Returns (xa, xb) of equal shape ``[S, U, ...]``."""
+    paired. ``untrained``: one of the two is the untrained base, whose single evaluation does not
+    depend on a training seed; it is repeated for every seed of the other (also when the other has
+    its seed number). Without it, an arm with a single seed that the other lacks is repeated likewise. Returns (xa, xb) of equal shape ``[S, U, ...]``."""
     (xa, seeds_a, units_a), (xb, seeds_b, units_b) = a, b
     pos_b = {u: i for i, u in enumerate(units_b)}
     keep = [i for i, u in enumerate(units_a) if u in pos_b]
@@ -82,9 +83,9 @@ def pair_cells(a: Cells, b: Cells) -> tuple[np.ndarray, np.ndarray]:
                         "evaluate both on the same prompts, rows or environments")
     xa, xb = xa[:, keep], xb[:, [pos_b[units_a[i]] for i in keep]]
     common = [s for s in seeds_a if s in seeds_b]
-    if not common and len(seeds_a) == 1:
+    if len(seeds_a) == 1 and (untrained or not common):
         return np.repeat(xa, len(seeds_b), axis=0), xb
-    if not common and len(seeds_b) == 1:
+    if len(seeds_b) == 1 and (untrained or not common):
         return xa, np.repeat(xb, len(seeds_a), axis=0)
     if not common:
         raise UserError(f"paired difference: seeds {seeds_a} and {seeds_b} share none; "

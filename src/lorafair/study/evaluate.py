@@ -9,8 +9,6 @@ import time
 
 import pandas as pd
 
-from lorafair.stats import equivalence
-
 from lorafair.store import rundir as store
 from lorafair.arms.names import bank_name
 from lorafair.study.config import Arm
@@ -98,9 +96,10 @@ class EvaluationStage:
         return res.rows
 
     def compare(self, results) -> dict:
+        from lorafair.study.decide import decide_run
+
         res = self.task.compare(self.ctx, results).check()
-        margins = {**self.task.default_margins(), **self.study.evaluation.margins}
-        out = res.to_json(margins, equivalence.decide_all(res.minus_full, margins))
+        out = decide_run(self.rd, self.study, self.task, res, results)
         store.write_json(self.rd.compare_path(), out)
         return out
 

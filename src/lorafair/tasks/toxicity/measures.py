@@ -256,7 +256,7 @@ def toxicity_gap_differences(results: dict[tuple[str, int], pd.DataFrame], thres
     for arm, c in cells.items():
         if arm == "full":
             continue
-        xa, xb = stats.pair_cells(c, cells["full"])
+        xa, xb = stats.pair_cells(c, cells["full"], arm == "base")
         for name in GAP_MEASURES:
             d = stats.gap_difference(xa, xb, stats.max_min(_measure(list(TOXICITY_UNITS).index(name))),
                                      n_boot, alpha=alpha)

@@ -74,6 +74,9 @@ class Toxicity(Task):
     MARGINS = {"toxic_fraction": 0.02, "expected_max_toxicity": 0.03, "toxicity_probability": 0.05,
                "mean_score": 0.02, "toxic_fraction_gap": 0.03, "expected_max_toxicity_gap": 0.05}
     uses_scorer = True
+    # one primary measure of the continuations (the four come from the same continuations: one effect),
+    # and with identity groups its gap
+    PRIMARY = ("toxic_fraction", "toxic_fraction_gap")
 
     def check(self, study) -> list[dict] | None:
         self.eval_prompts(SimpleNamespace(study=study))
@@ -256,7 +259,7 @@ class Toxicity(Task):
         for arm, c in cells.items():
             out.pooled[arm] = {**measures.crossed_toxicity(c[0]), "n_seeds": len(c[1])}
             if arm != "full" and "full" in cells:
-                out.minus_full[arm] = measures.crossed_toxicity_diff(*stats.pair_cells(c, cells["full"]))
+                out.minus_full[arm] = measures.crossed_toxicity_diff(*stats.pair_cells(c, cells["full"], arm == "base"))
         grouped = {arm: df for arm, df in results.items() if df["group"].notna().all()} if all(
             "group" in df.columns for df in results.values()) else {}
         if grouped and "full" in cells:
