@@ -311,7 +311,12 @@ def test_toxicity_gap_difference_of_arms():
     d = out["lora-r1"]["toxic_fraction_gap"]
     pf = full.groupby("group")["score"].apply(lambda s: (s >= 0.5).mean())
     pa = arm.groupby("group")["score"].apply(lambda s: (s >= 0.5).mean())
-    assert d["value"] == pytest.approx(np.ptp(pa) - np.ptp(pf)) and d["lo"] > 0.5
+    assert d["raw"] == pytest.approx(np.ptp(pa) - np.ptp(pf)) and d["lo"] > 0.5
+    # net of each arm's permutation null: swapping x and y within a template at random leaves a gap of
+    # |2·Binomial(40, ½)/40 − 1| for the arm (mean about 0.125) and 0 for full (no toxic continuation)
+    assert d["value"] == pytest.approx(d["raw"] - (d["null"]["a"] - d["null"]["b"]))
+    assert d["null"]["b"] == 0 and 0.06 < d["null"]["a"] < 0.2
+    assert d["events"] == {"arm": 80.0, "full": 0.0, "n_arm": 160.0, "n_full": 160.0}
     same = out["lora-r2"]["expected_max_toxicity_gap"]
     assert (same["value"], same["lo"], same["hi"]) == (0, 0, 0)
     assert toxicity_gap_differences(res, 0.5, min_group_size=41, n_boot=10) == {}  # 40 prompts per group

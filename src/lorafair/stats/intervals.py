@@ -325,15 +325,55 @@ def max_min(measure: Measure) -> Callable[[np.ndarray], np.ndarray]:
     return lambda sums: _spread(measure(sums))[0]
 
 
+def _items(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cells ``[S, U, G, C]`` as items: every (unit, group) with content, summed over seeds →
+    (``[N, C]`` sums, ``[N]`` group codes, ``[N]`` permutation strata). A unit holding several groups
+    (a template with a prompt per group) is its own stratum, so labels are permuted within it; when
+    every unit belongs to one group (a test row), labels are permuted among all units."""
+    pooled = x.sum(axis=0)  # [U, G, C]
+    has = np.abs(x).sum(axis=(0, 3)) > 0  # [U, G]
+    u, g = np.nonzero(has)
+    strata = u if (has.sum(axis=1) > 1).any() else np.zeros_like(u)
+    return pooled[u, g], g, strata
+
+
+def null_gap(x: np.ndarray, gap: Callable[[np.ndarray], np.ndarray], n_perm: int = 200, seed: int = 0
+             ) -> float:
+    """The mean of ``gap`` when group labels are permuted (:func:`_items`): the max − min that noise
+    alone gives an arm with this much noise. x: ``[S, U, G, C]`` cell sums."""
+    items, groups, strata = _items(np.asarray(x, np.float64))
+    G = x.shape[2]
+    perm = _permuted_labels(np.random.default_rng(seed), groups, strata, n_perm)
+    return float(np.nanmean(gap(_group_sums(items, perm, G))))
+
+
 def gap_difference(xa: np.ndarray, xb: np.ndarray, gap: Callable[[np.ndarray], np.ndarray],
-                   n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+                   n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, debias: bool = True,
+                   n_perm: int = 200) -> dict:
     """Paired difference of a disparity over groups, arm a minus arm b, crossed bootstrap interval.
 
     xa, xb: [S, U, G, C] cell sums per seed, unit and group on the same seeds and units (a unit is
     what is resampled: a template that has one prompt per group, or a test row that belongs to one
     group and is zero elsewhere); gap: group sums ``[..., G, C]`` → disparity ``[...]``, e.g.
-    :func:`max_min` of a measure. Each replicate draws units once for both arms and every seed."""
+    :func:`max_min` of a measure. Each replicate draws units once for both arms and every seed.
+
+    ``debias`` (default): a max − min over noisy groups is biased upwards, the more so the noisier the
+    arm, so raw gaps of a noisy arm and a quiet one differ even when neither has a disparity. Each
+    arm's gap is taken net of its permutation null (:func:`null_gap`), ``value`` = (gap_a − null_a) −
+    (gap_b − null_b), and the interval is that value plus the centred quantiles of the bootstrapped
+    raw difference (its spread; the bootstrap's own upward bias cancels with the centring). ``p_value``:
+    the two-sided share of the centred replicates beyond 0. The record keeps ``raw`` (gap_a − gap_b)
+    and ``null`` ({a, b})."""
     xa, xb = np.asarray(xa, np.float64), np.asarray(xb, np.float64)
-    point = gap(xa.sum(axis=(0, 1))) - gap(xb.sum(axis=(0, 1)))
+    raw = float(gap(xa.sum(axis=(0, 1))) - gap(xb.sum(axis=(0, 1))))
     boots = crossed_bootstrap([xa, xb], lambda s: gap(s[0]) - gap(s[1]), n_boot, seed)
-    return bootstrap_record(float(point), boots, alpha)
+    if not debias:
+        return bootstrap_record(raw, boots, alpha)
+    na, nb = null_gap(xa, gap, n_perm, seed), null_gap(xb, gap, n_perm, seed)  # the same permutations
+    value = raw - (na - nb)
+    b = boots[np.isfinite(boots)]
+    shifted = b - b.mean() + value if b.size else boots
+    rec = bootstrap_record(value, shifted, alpha)
+    p = 1.0 if value == 0 or not b.size else min(1.0, 2 * min(np.mean(shifted <= 0), np.mean(shifted >= 0)))
+    rec.update(raw=raw, null={"a": na, "b": nb}, p_value=float(p), interval="crossed-bootstrap, debiased")
+    return rec

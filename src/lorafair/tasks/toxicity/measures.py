@@ -222,6 +222,21 @@ def crossed_toxicity_diff(xa: np.ndarray, xb: np.ndarray, alpha: float = 0.05) -
             for j, (name, unit) in enumerate(TOXICITY_UNITS.items())}
 
 
+EVENTS = {"toxic_fraction": 1, "toxicity_probability": 3}  # rate -> its event column of the cells
+
+
+def add_events(diffs: dict, xa: np.ndarray, xb: np.ndarray) -> None:
+    """Attach to each rate's difference record its event counts (``events``: toxic continuations, or
+    prompts with one, summed over each arm's own seeds and prompts): the floor rule of
+    ``stats.equivalence.at_floor`` reads them. xa, xb: cells ``[S, U, (G,) 6]``, before pairing."""
+    for name, col in EVENTS.items():
+        for key in (name, f"{name}_gap"):
+            if key in diffs:
+                diffs[key]["events"] = {"arm": float(xa[..., col].sum()), "full": float(xb[..., col].sum()),
+                                        "n_arm": float(xa[..., 0 if col == 1 else 5].sum()),
+                                        "n_full": float(xb[..., 0 if col == 1 else 5].sum())}
+
+
 GAP_MEASURES = ("toxic_fraction", "expected_max_toxicity")  # gaps compared between arms
 
 
@@ -232,7 +247,8 @@ def toxicity_gap_differences(results: dict[tuple[str, int], pd.DataFrame], thres
 
     results: (arm, seed) -> continuations with ``prompt_id``, ``score``, ``group`` (and
     ``template``: the resampling unit, else the prompt). Cells ``[S, units, groups, 6]`` of both
-    arms go to ``stats.gap_difference`` (crossed bootstrap over seeds and units); groups with fewer
+    arms go to ``stats.gap_difference`` (each gap net of its permutation null, crossed bootstrap over
+    seeds and units; rates carry their event counts for the floor rule); groups with fewer
     than ``min_group_size`` prompts are left out (or merged, ``merge_small``). Returns
     arm -> ``{"<measure>_gap": record}``; {} without full fine-tuning or two groups."""
     frames = []
@@ -262,7 +278,9 @@ def toxicity_gap_differences(results: dict[tuple[str, int], pd.DataFrame], thres
                                      n_boot, alpha=alpha)
             out.setdefault(arm, {})[f"{name}_gap"] = {
                 **d, "higher_is_better": False,
-                "unit": f"difference in the max − min of {TOXICITY_UNITS[name]} over groups (arm − full)"}
+                "unit": f"difference in the max − min of {TOXICITY_UNITS[name]} over groups, each net of "
+                        "its permutation null (arm − full)"}
+        add_events(out[arm], c[0], cells["full"][0])
     return out
 
 

@@ -260,6 +260,7 @@ class Toxicity(Task):
             out.pooled[arm] = {**measures.crossed_toxicity(c[0]), "n_seeds": len(c[1])}
             if arm != "full" and "full" in cells:
                 out.minus_full[arm] = measures.crossed_toxicity_diff(*stats.pair_cells(c, cells["full"], arm == "base"))
+                measures.add_events(out.minus_full[arm], c[0], cells["full"][0])
         grouped = {arm: df for arm, df in results.items() if df["group"].notna().all()} if all(
             "group" in df.columns for df in results.values()) else {}
         if grouped and "full" in cells:
