@@ -391,3 +391,12 @@ def test_gap_difference_with_unequal_noise_and_no_disparity_is_rarely_worse():
     found = [stats.gap_difference(*_noisy_gap_pair(rng, 0.09, 0.03, effect=0.12), gap, n_boot=200, seed=i,
                                   n_perm=100)["lo"] > 0 for i in range(30)]
     assert np.mean(found) > 0.8
+
+
+def test_fit_gate_needs_a_fine_tuning_effect_to_judge_the_loss():
+    from lorafair.stats.fit import fit_gate
+
+    done = [{"best_val_loss": 9.9, "best_step": 2, "steps": 4}]
+    full = [{"best_val_loss": 9.5, "best_step": 4, "steps": 4}]
+    assert fit_gate(None, done, full, loss_base=10.0)["fitted"]  # full moved the loss 5%: nothing to judge
+    assert not fit_gate(None, done, full, loss_base=12.0)["fitted"]  # 21%: the arm kept 16% of the distance

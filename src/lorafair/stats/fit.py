@@ -10,7 +10,9 @@ An arm is *fitted* when all three hold:
 2. **validation loss**: its best validation loss (mean over seeds) is at most full fine-tuning's plus
    ``LOSS_TOLERANCE`` (default 0.10) of the distance from the base model's loss to full's:
    (L_arm − L_full) / (L_base − L_full) ≤ 0.10. L_base is the loss of the first training step, taken
-   before any update, so it is the base model's loss on a training batch;
+   before any update, so it is the base model's loss on a training batch. The check needs a
+   fine-tuning effect to measure against: it applies only when full fine-tuning lowered the loss by at
+   least ``MIN_EFFECT`` (10%) of L_base;
 3. **competence**: the task's own check passes (``Task.competence``: the lending policy is not
    constant after burn-in; a classifier's balanced accuracy beats the majority class's 0.5).
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import math
 
 LOSS_TOLERANCE = 0.10
+MIN_EFFECT = 0.10
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -53,7 +56,7 @@ def fit_gate(search: dict | None, done: list[dict], full_done: list[dict], loss_
                        f"after {n} extension{'s' if n != 1 else ''}")
     lv, lf = _mean([d.get("best_val_loss") for d in done]), _mean([d.get("best_val_loss") for d in full_done])
     share = None
-    if lv is not None and lf is not None and loss_base is not None and loss_base > lf:
+    if lv is not None and lf is not None and loss_base is not None and loss_base - lf >= MIN_EFFECT * abs(loss_base):
         share = (lv - lf) / (loss_base - lf)
         if share > tolerance:
             reasons.append(f"validation loss {lv:.3g} against full's {lf:.3g}, {100 * share:.0f}% of the "
