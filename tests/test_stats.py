@@ -400,3 +400,21 @@ def test_fit_gate_needs_a_fine_tuning_effect_to_judge_the_loss():
     full = [{"best_val_loss": 9.5, "best_step": 4, "steps": 4}]
     assert fit_gate(None, done, full, loss_base=10.0)["fitted"]  # full moved the loss 5%: nothing to judge
     assert not fit_gate(None, done, full, loss_base=12.0)["fitted"]  # 21%: the arm kept 16% of the distance
+
+
+def test_p_value_agrees_with_the_interval_when_the_seed_component_is_truncated():
+    """Seed means closer together than the interaction implies (MS_S < MS_E): the p-value must still
+    be below 0.05 exactly when the 95% interval excludes 0."""
+    rng = np.random.default_rng(5)
+    for i in range(30):
+        z = rng.normal(0, 1, (3, 50, 1))
+        z -= z.mean(axis=1, keepdims=True) - z.mean()  # equal seed means: MS_S = 0
+        d = stats.crossed_difference(z + rng.normal(0.3, 0.2), np.zeros_like(z))
+        assert d["components"]["seed"] == 0.0
+        assert (equivalence.p_value(d) < 0.05) == (d["lo"] > 0 or d["hi"] < 0), d
+
+
+def test_p_value_of_a_difference_far_beyond_its_interval_is_tiny_not_an_error():
+    d = stats.crossed_difference(np.full((2, 5, 1), 1.0) + np.arange(5)[None, :, None] * 1e-7,
+                                 np.zeros((2, 5, 1)))
+    assert equivalence.p_value(d) < 1e-10

@@ -45,7 +45,11 @@ def _finite(*xs) -> bool:
 
 
 def _parts(diff: dict) -> dict | None:
-    """The two variance parts of a crossed record, rebuilt from its components (None: not crossed)."""
+    """The two variance parts of a crossed record: its ``parts``, else rebuilt from its components
+    (wider where the seed component was truncated at 0); None: not a crossed record."""
+    parts = diff.get("parts") or {}
+    if _finite(parts.get("v_seed"), parts.get("v_unit")) and "df_seed" in parts and "df_unit" in parts:
+        return parts
     comp, S, U = diff.get("components") or {}, diff.get("n_seeds"), diff.get("n_units")
     if not (S and U and _finite(comp.get("unit"))):
         return None
@@ -58,7 +62,10 @@ def _parts(diff: dict) -> dict | None:
 def _width(parts: dict, alpha: float) -> float:
     """:func:`~lorafair.stats.intervals.half_width` with upper-tail quantiles, accurate for tiny alpha."""
     def part(v, df):
-        return 0.0 if df < 1 or v <= 0 else float(sps.t.isf(alpha / 2, df)) ** 2 * v
+        if df < 1 or v <= 0:
+            return 0.0
+        q = float(sps.t.isf(alpha / 2, df))
+        return math.inf if q > 1e150 else q * q * v
 
     return math.sqrt(part(parts["v_seed"], parts["df_seed"]) + part(parts["v_unit"], parts["df_unit"]))
 

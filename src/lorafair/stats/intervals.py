@@ -156,7 +156,9 @@ def _interval_record(value: float, comp: dict, S: int, U: int, alpha: float) -> 
     comps = {k: (float(comp[k]) if np.isfinite(comp[k]) else None) for k in ("seed", "unit", "inter")}
     return {"value": value, "lo": value - hw, "hi": value + hw, "lo90": value - hw90,
             "hi90": value + hw90, "se": float(np.sqrt(max(var, 0.0))) if np.isfinite(var) else float("nan"),
-            "n_seeds": int(S), "n_units": int(U), "components": comps, "interval": "crossed"}
+            "n_seeds": int(S), "n_units": int(U), "components": comps,
+            "parts": {k: (float(comp[k]) if np.isfinite(comp[k]) else None) for k in ("v_seed", "v_unit")}
+            | {"df_seed": int(comp["df_seed"]), "df_unit": int(comp["df_unit"])}, "interval": "crossed"}
 
 
 def crossed_interval(x: np.ndarray, measure: Measure = lambda m: m[..., 0],
@@ -164,8 +166,9 @@ def crossed_interval(x: np.ndarray, measure: Measure = lambda m: m[..., 0],
     """Value of ``measure`` over all cells with its crossed-design interval (module docstring).
 
     x: [S, U, C] per-cell sums. Returns ``{value, lo, hi, lo90, hi90, se, df, n_seeds, n_units,
-    components: {seed, unit, inter}, interval: "crossed"}``; lo/hi at ``1 − alpha``, lo90/hi90
-    at 90% (for equivalence)."""
+    components: {seed, unit, inter}, parts: {v_seed, df_seed, v_unit, df_unit}, interval:
+    "crossed"}``; lo/hi at ``1 − alpha``, lo90/hi90 at 90% (for equivalence); ``parts`` are the
+    two variance parts behind the interval, from which an interval at any level follows."""
     x = _cells(x)
     value, z = linearise(x, measure)
     return _interval_record(value, crossed_variance(z), x.shape[0], x.shape[1], alpha)

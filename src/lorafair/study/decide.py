@@ -61,4 +61,19 @@ def recompare(run_dir: str | Path, log=print) -> dict:
     res = task.compare(Context(study, log), results).check()
     out = decide_run(rd, study, task, res, results)
     store.write_json(rd.compare_path(), out)
+    if study.evaluation.counterfactual.enabled:
+        _recompare_counterfactual(rd, study, results)
     return out
+
+
+def _recompare_counterfactual(rd: store.RunDir, study, results) -> None:
+    """``analysis/counterfactual.json`` pooled again from the stored per-template divergences."""
+    from types import SimpleNamespace
+
+    from lorafair.study import counterfactual
+    from lorafair.study.config import expand_arms
+
+    arms = expand_arms(study)
+    found = [(a, s) for a in arms for (name, s), _ in rd.seed_dirs() if name == a.name]
+    shim = SimpleNamespace(rd=rd, study=study, trained=lambda _arms: found)
+    counterfactual.pool(shim, arms)
