@@ -331,3 +331,36 @@ def test_decision_gaps_against_permuted_groups():
     # under permuted labels both groups hold 140/200 correct on average: gap ≈ E|difference|, small
     assert 0.0 < gap["null_gap"] < 0.15 and gap["value"] == pytest.approx(0.4 - gap["null_gap"])
     assert gap["p_value"] < 0.01 and gap["lo"] > 0.2
+
+
+def test_scorer_bias_control_neutralises_identity_terms():
+    """A scorer that flags the word "Muslim" makes the Muslim group look toxic; with the terms
+    replaced by the placeholder, the gap is gone."""
+    from types import SimpleNamespace
+
+    from lorafair.tasks.toxicity.measures import neutralise
+    from lorafair.tasks.toxicity.task import neutral_control
+
+    assert neutralise(["Muslims and the Native American man", "musLIM", "Muslimah"], ["Muslim", "Native American",
+                                                                                      "American"]) == \
+        ["person and the person man", "person", "Muslimah"]
+
+    class WordScorer:
+        primary = "toxic"
+
+        def score(self, texts):
+            return {"toxic": [0.9 if "muslim" in t.lower() else 0.1 for t in texts]}
+
+    rows = []
+    for t in range(40):
+        for term in ("Muslim", "Christian"):
+            text = f"the {term} said hello" if term == "Muslim" else "they said hello"
+            rows.append({"prompt_id": f"{t}-{term}", "sample": 0, "continuation": text, "template": t,
+                         "group": f"religion={term}"})
+    df = pd.DataFrame(rows)
+    df["score"] = WordScorer().score(df["continuation"].tolist())["toxic"]
+    e = SimpleNamespace(threshold=0.5, bootstrap=50, min_group_size=30, merge_small_groups=False)
+    out = neutral_control(WordScorer(), df, ["Muslim", "Christian"], e)
+    assert out["n_changed"] == 40 and out["placeholder"] == "person"
+    assert out["gaps"]["toxic_fraction"]["raw_gap"] == 0.0
+    assert (df["score_neutral"] == 0.1).all()

@@ -180,9 +180,13 @@ def _verdict_section(run: Run) -> tuple[str, list[str], list[Figure]]:
 
 
 GAP_NOTE = ("raw: largest minus smallest group value; null: its mean when group labels are permuted "
-            "(within templates for identity prompts; what noise alone gives); excess: raw − null with a permutation 95% "
-            "interval; p: permutation p-value of the between-group variance. Groups below "
-            "evaluation.min_group_size are left out (see the warnings).")
+            "(within templates for identity prompts; what noise alone gives); excess: raw − null with its "
+            "95% null band (raw minus the 97.5% and 2.5% points of the permuted gaps: what noise gives, "
+            "not a confidence interval); p: permutation p-value of the between-group variance. Groups "
+            "below evaluation.min_group_size are left out (see the warnings). Identity terms neutralised: "
+            "the same gap with every continuation scored again after its identity terms were replaced by "
+            "a neutral placeholder, so the difference between the two is the scorer reacting to the "
+            "identity word.")
 
 
 def _gap_rows(run: Run) -> tuple[list[str], list[list[object]]]:
@@ -190,12 +194,16 @@ def _gap_rows(run: Run) -> tuple[list[str], list[list[object]]]:
     rows: list[list[object]] = []
     for task in _tasks(run):
         for (arm, seed), s in sorted(run.evals[task].items(), key=lambda kv: (arm_order(kv[0][0]), kv[0][1])):
+            neutral = ((s.get("neutral") or {}).get("gaps") or {})
             for m, r in (s.get("gaps") or {}).items():
                 if is_record(r) and "raw_gap" in r:
+                    nr = neutral.get(m) or {}
                     rows.append([arm, seed, m, num(r["raw_gap"]), num(r.get("null_gap")),
                                  value_ci(r, signed=True, label=""), num(r.get("p_value")),
-                                 f"{r.get('max_group')} − {r.get('min_group')}"])
-    return ["arm", "seed", "measure", "raw", "null", "excess (95% CI)", "p", "max − min group"], rows
+                                 f"{r.get('max_group')} − {r.get('min_group')}",
+                                 f"{num(nr['raw_gap'])} (excess {num(nr.get('value'), True)})" if "raw_gap" in nr else "-"])
+    return ["arm", "seed", "measure", "raw", "null", "excess [95% null band]", "p", "max − min group",
+            "raw, identity terms neutralised"], rows
 
 
 def _eval_warnings(run: Run) -> list[str]:

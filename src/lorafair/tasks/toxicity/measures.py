@@ -6,6 +6,7 @@ Records and intervals as in :mod:`lorafair.stats.metrics`; the resampling unit i
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -220,6 +221,31 @@ def crossed_toxicity_diff(xa: np.ndarray, xb: np.ndarray, alpha: float = 0.05) -
     return {name: {**stats.crossed_difference(xa, xb, _measure(j), alpha), "higher_is_better": False,
                    "unit": f"difference in {unit} (arm − full)"}
             for j, (name, unit) in enumerate(TOXICITY_UNITS.items())}
+
+
+NEUTRAL = "person"  # what an identity term becomes in the scorer-bias control
+
+
+def neutralise(texts: list[str], terms: list[str], placeholder: str = NEUTRAL) -> list[str]:
+    """Each text with every identity term (whole words, any case, an optional plural "s") replaced by
+    ``placeholder``, longest terms first ("Native American" before "American")."""
+    if not terms:
+        return list(texts)
+    alts = "|".join(re.escape(t) for t in sorted(set(terms), key=len, reverse=True))
+    pat = re.compile(rf"\b(?:{alts})s?\b", re.IGNORECASE)
+    return [pat.sub(placeholder, t) for t in texts]
+
+
+def neutral_scores(scorer, texts: list[str], scores: np.ndarray, terms: list[str]) -> tuple[np.ndarray, int]:
+    """Scores of the texts with identity terms neutralised (:func:`neutralise`): the texts that
+    change are scored again by ``scorer`` (its primary label), the others keep ``scores``. Returns
+    (scores, number of texts that changed)."""
+    neutral = neutralise(texts, terms)
+    changed = [i for i, (a, b) in enumerate(zip(texts, neutral)) if a != b]
+    out = np.asarray(scores, np.float64).copy()
+    if changed:
+        out[changed] = np.asarray(scorer.score([neutral[i] for i in changed])[scorer.primary], np.float64)
+    return out, len(changed)
 
 
 EVENTS = {"toxic_fraction": 1, "toxicity_probability": 3}  # rate -> its event column of the cells

@@ -242,6 +242,7 @@ class Toxicity(Task):
             res.groups, res.gaps, res.extras["small_groups"] = g["groups"], g["gap"], g["small_groups"]
             res.warnings = [f"group {name} has {n} prompts (fewer than {e.min_group_size}): left out "
                             "of the group gaps" for name, n in g["small_groups"].items()]
+            res.extras["neutral"] = neutral_control(ctx.scorer, df, [r.get("term") for r in rows], e)
         if ctx.second_scorer is not None:
             res.extras["second_scorer"] = _second_opinion(ctx.second_scorer, df, e)
         return res
@@ -268,6 +269,18 @@ class Toxicity(Task):
                                                               e.merge_small_groups, e.bootstrap).items():
                 out.minus_full.setdefault(arm, {}).update(diff)
         return out
+
+
+def neutral_control(scorer, df: pd.DataFrame, terms: list, e) -> dict:
+    """The scorer-bias control of the group gaps: every continuation scored again with the identity
+    terms replaced by a neutral placeholder (``measures.neutralise``), and the group gaps of those
+    scores, so a reader sees how much of a gap is the scorer reacting to the identity word. Adds a
+    ``score_neutral`` column to ``df``."""
+    scores, n = measures.neutral_scores(scorer, df["continuation"].tolist(), df["score"].to_numpy(),
+                                        sorted({t for t in terms if isinstance(t, str)}))
+    df["score_neutral"] = scores
+    return {"placeholder": measures.NEUTRAL, "n_changed": n, "n": int(len(df)),
+            "gaps": _group_toxicity(df.assign(score=scores), e)["gap"]}
 
 
 def _second_opinion(scorer, df: pd.DataFrame, e) -> dict:
