@@ -123,7 +123,7 @@ TABLE_NOTE = ("Each cell: the decision for arm − full fine-tuning, the differe
               "Equivalent: the 90% interval lies inside ±δ; worse/better: the difference is non-zero (95% "
               "interval excludes 0; for primary metrics, Holm-adjusted over arms × primary metrics), >δ: "
               "beyond the margin too; worse/better, within δ: both; uninformative (floor): too few events in "
-              "both arms; no verdict: the arm did not fit (see above). Primary metrics are marked *; the rest "
+              "both arms; no verdict: the arm did not fit (reasons below). Primary metrics are marked *; the rest "
               "are secondary.")
 
 
