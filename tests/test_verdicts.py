@@ -72,3 +72,7 @@ def test_console_with_the_second_scorer_fits_80_columns(crippled):
     header = next(line for line in lines[start:] if "tox frac" in line)
     for col in ("arm", "seed", "tox frac", "exp max", "tox prob", "ρ", "agree", "κ"):
         assert col in header  # no column folded into pieces
+    table = lines[start:start + 8]
+    assert not any("…" in line for line in table), table  # nor cut short
+    values = [line for line in table if line.strip().startswith(("base", "lora-r2", "full"))]
+    assert len(values) == 3 and all(len(line.split()) == 9 for line in values)  # every column, none empty

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -124,7 +125,7 @@ def print_summary(run_dir: Path, console: Console) -> None:
         console.print(t)
     title, header, second = second_scorer_console(run.evals[task])
     if second:
-        t = Table(title=title, title_justify="left")
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for col in header:
             t.add_column(col, no_wrap=True)
         for r in second:
