@@ -150,12 +150,21 @@ def pool(runner, arms) -> dict | None:
     diffs = {a: {"cf_js": {**e["minus_full"], "higher_is_better": False}} for a, e in res.items() if e["minus_full"]}
     out = {"arms": {a: _records(e) for a, e in res.items()}, "reference": list(ref),
            "margins": {"cf_js": equivalence.margin_for("cf_js", margins)},
-           "decisions": equivalence.decide_all(diffs, margins),
+           "decisions": equivalence.decide_all(diffs, margins, fit=_fit(runner, arms)),
            "by_layer": C.layer_means(layers).to_dict("records") if len(layers) else [],
            "n_templates": int(table["template_id"].nunique()),
            "interval": "crossed design: training seeds × templates (stats.crossed_interval)"}
     store.write_json(rd.analysis_path(RESULT), out)
     return out
+
+
+def _fit(runner, arms) -> dict:
+    """The fit gate's learning-rate and loss checks (``study.decide.fit_by_arm``; the task's competence
+    check needs the task's evaluation and is applied in compare.json): an arm that did not fit gets no
+    verdict on divergence either."""
+    from lorafair.study.decide import fit_by_arm
+
+    return fit_by_arm(runner.rd, [a.name for a in arms], {}, runner.study.training.early_stopping_patience)
 
 
 def _records(entry: dict) -> dict:
