@@ -387,7 +387,7 @@ def test_gap_difference_with_unequal_noise_and_no_disparity_is_rarely_worse():
         values.append(r["value"])
     assert np.mean(worse) <= 0.06, np.mean(worse)
     assert np.mean(worse_raw) > 0.5
-    assert abs(np.mean(values)) < 0.005  # unbiased: the raw difference averages about +0.03 here
+    assert abs(np.mean(values)) < 0.005  # unbiased: the raw difference averages about +0.02 here
     found = [stats.gap_difference(*_noisy_gap_pair(rng, 0.09, 0.03, effect=0.12), gap, n_boot=200, seed=i,
                                   n_perm=100)["lo"] > 0 for i in range(30)]
     assert np.mean(found) > 0.8
