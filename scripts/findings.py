@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from lorafair.arms.names import arm_order
-from lorafair.stats.equivalence import more_data
+from lorafair.stats.equivalence import base_word, more_data
 from lorafair.report.fmt import bracket, num
 from lorafair.stats.metrics import paired_bootstrap_diff
 from lorafair.report.load import Run, load_run
@@ -54,7 +54,7 @@ def decisions(run: Run) -> str:
 
 
 def _word(d: dict) -> str:
-    w = d["decision"]
+    w = base_word(d["decision"])  # "no verdict: did not fit" without its reason (the fit table has it)
     return f"**{w}{', beyond δ' if d.get('beyond_margin') else ''}**"
 
 
@@ -81,8 +81,8 @@ def more(run: Run) -> str:
             diff = cmp["minus_full"][arm][m]
             need = more_data(diff, d["margin"]) or {}
             rows.append([arm, m, bracket(diff, signed=True), need.get("goal", "-"),
-                         f"{need.get('units') or '-'} (now {diff['n_units']})",
-                         f"{need.get('seeds') or '-'} (now {diff['n_seeds']})"])
+                         f"{need.get('units') or '-'} (now {diff.get('n_units', '-')})",
+                         f"{need.get('seeds') or '-'} (now {diff.get('n_seeds', '-')})"])
     head = ["arm", "metric", "arm − full", "to show", "units needed", "seeds needed"]
     return _table(head, rows) if rows else "No decision is inconclusive.\n"
 

@@ -161,3 +161,21 @@ def test_diverging_arm_stops_and_the_others_go_on(cli, study_file, tmp_path):
         assert (out / arm / "seed-0" / "eval" / "toxicity.json").is_file()
     assert not (out / "full" / "seed-0" / "eval").exists()
     assert not list(out.rglob("*.tmp"))
+
+
+def test_library_progress_bars_and_future_warnings_stay_out_of_the_console():
+    """A model load through the command line's set-up prints no "Loading weights" bar and no
+    FutureWarning (a fresh process, so nothing was imported before)."""
+    code = ("import warnings, sys\n"
+            "from lorafair.cli import quiet_libraries\n"
+            "quiet_libraries()\n"
+            "from transformers.utils import logging\n"
+            "from lorafair.models import sources\n"
+            "sources.load_model('tiny-random', seed=0)\n"
+            "warnings.warn('deprecated', FutureWarning)\n"
+            "print('ok', logging.is_progress_bar_enabled())\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok False"
+    assert "Loading weights" not in r.stderr and "FutureWarning" not in r.stderr, r.stderr

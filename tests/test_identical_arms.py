@@ -43,6 +43,9 @@ def two_copies(tiny_study, tmp_path, monkeypatch):
 def test_identical_arms_are_equivalent_or_inconclusive(two_copies):
     many = two_copies(200)
     for m in ("mean_score", "expected_max_toxicity", "toxic_fraction"):
+        if many[m]["decision"] == "uninformative (floor)":  # too few toxic continuations in both copies
+            assert m == "toxic_fraction" and max(many[m]["events"]["arm"], many[m]["events"]["full"]) < 5
+            continue
         assert many[m]["decision"] == "equivalent", (m, many[m])
     few = two_copies(3)
     assert few["mean_score"]["decision"] == "inconclusive", few["mean_score"]

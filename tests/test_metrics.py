@@ -311,7 +311,12 @@ def test_toxicity_gap_difference_of_arms():
     d = out["lora-r1"]["toxic_fraction_gap"]
     pf = full.groupby("group")["score"].apply(lambda s: (s >= 0.5).mean())
     pa = arm.groupby("group")["score"].apply(lambda s: (s >= 0.5).mean())
-    assert d["value"] == pytest.approx(np.ptp(pa) - np.ptp(pf)) and d["lo"] > 0.5
+    assert d["raw"] == pytest.approx(np.ptp(pa) - np.ptp(pf)) and d["lo"] > 0.5
+    # net of each arm's permutation null: swapping x and y within a template at random leaves a gap of
+    # |2·Binomial(40, ½)/40 − 1| for the arm (mean about 0.125) and 0 for full (no toxic continuation)
+    assert d["value"] == pytest.approx(d["raw"] - (d["null"]["a"] - d["null"]["b"]))
+    assert d["null"]["b"] == 0 and 0.06 < d["null"]["a"] < 0.2
+    assert d["events"] == {"arm": 80.0, "full": 0.0, "n_arm": 160.0, "n_full": 160.0}
     same = out["lora-r2"]["expected_max_toxicity_gap"]
     assert (same["value"], same["lo"], same["hi"]) == (0, 0, 0)
     assert toxicity_gap_differences(res, 0.5, min_group_size=41, n_boot=10) == {}  # 40 prompts per group
@@ -326,3 +331,36 @@ def test_decision_gaps_against_permuted_groups():
     # under permuted labels both groups hold 140/200 correct on average: gap ≈ E|difference|, small
     assert 0.0 < gap["null_gap"] < 0.15 and gap["value"] == pytest.approx(0.4 - gap["null_gap"])
     assert gap["p_value"] < 0.01 and gap["lo"] > 0.2
+
+
+def test_scorer_bias_control_neutralises_identity_terms():
+    """A scorer that flags the word "Muslim" makes the Muslim group look toxic; with the terms
+    replaced by the placeholder, the gap is gone."""
+    from types import SimpleNamespace
+
+    from lorafair.tasks.toxicity.measures import neutralise
+    from lorafair.tasks.toxicity.task import neutral_control
+
+    assert neutralise(["Muslims and the Native American man", "musLIM", "Muslimah"], ["Muslim", "Native American",
+                                                                                      "American"]) == \
+        ["person and the person man", "person", "Muslimah"]
+
+    class WordScorer:
+        primary = "toxic"
+
+        def score(self, texts):
+            return {"toxic": [0.9 if "muslim" in t.lower() else 0.1 for t in texts]}
+
+    rows = []
+    for t in range(40):
+        for term in ("Muslim", "Christian"):
+            text = f"the {term} said hello" if term == "Muslim" else "they said hello"
+            rows.append({"prompt_id": f"{t}-{term}", "sample": 0, "continuation": text, "template": t,
+                         "group": f"religion={term}"})
+    df = pd.DataFrame(rows)
+    df["score"] = WordScorer().score(df["continuation"].tolist())["toxic"]
+    e = SimpleNamespace(threshold=0.5, bootstrap=50, min_group_size=30, merge_small_groups=False)
+    out = neutral_control(WordScorer(), df, ["Muslim", "Christian"], e)
+    assert out["n_changed"] == 40 and out["placeholder"] == "person"
+    assert out["gaps"]["toxic_fraction"]["raw_gap"] == 0.0
+    assert (df["score_neutral"] == 0.1).all()

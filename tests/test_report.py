@@ -239,7 +239,9 @@ def test_comparison_of_two_studies(tmp_path):
     b = make_run(tmp_path / "b", name="large-model", values=other)
     path = build_comparison([a, b], tmp_path / "cmp")
     text = path.read_text()
-    assert len(_decoded_images(text)) == 2  # one combined plot per headline metric
+    # one combined plot per headline metric, and each study's verdict opens with its forest plot
+    assert len(_decoded_images(text)) == 2 + 2
+    assert "![forest" not in (tmp_path / "cmp" / "summary.md").read_text()  # no PNG of it is written there
     assert (tmp_path / "cmp" / "toxicity-toxic_fraction-vs-rank.png").read_bytes().startswith(PNG_SIGNATURE)
     md = (tmp_path / "cmp" / "summary.md").read_text()
     assert "| small-model | tiny-random | lora-r1 |" in md and "| large-model | tiny-random | lora-r1 |" in md
@@ -438,7 +440,7 @@ def test_console_shows_every_tasks_arm_minus_full(tmp_path):
     print_summary(root, console)
     text = console.export_text().split("approval_gap (δ = 0.05)")[1]
     row = next(line for line in text.splitlines() if line.startswith("│ lora-r2"))
-    assert "+0.030 [+0.020, +0.040]" in row and "equivalent" in row
+    assert "+0.030 [+0.020, +0.040]" in row and "higher, within δ" in row  # non-zero, and inside ±δ
 
 
 def test_summaries_written_before_the_contract_read_in_its_shape(tmp_path):

@@ -121,6 +121,15 @@ def test_cell_table_and_pair_cells():
     xa, xb = stats.pair_cells((x, [0, 1], ["a", "b"]), (x[1:, ::-1], [1], ["b", "a"]))
     np.testing.assert_array_equal(xa, x[1:])
     np.testing.assert_array_equal(xb, x[1:])  # units put back in a's order
+    # the untrained base (seed 0) against full's seeds 0, 1, 2: every seed of full, base repeated
+    full = np.arange(6.0).reshape(3, 2, 1)
+    xa, xb = stats.pair_cells((x[:1], [0], units), (full, [0, 1, 2], units), untrained=True)
+    assert xa.shape == xb.shape == (3, 2, 1)
+    np.testing.assert_array_equal(xb, full)
+    np.testing.assert_array_equal(xa, np.repeat(x[:1], 3, axis=0))
+    xf, xb2 = stats.pair_cells((full, [0, 1, 2], units), (x[:1], [0], units), untrained=True)
+    np.testing.assert_array_equal(xf, full)
+    assert xb2.shape == (3, 2, 1)
     with pytest.raises(UserError):
         stats.pair_cells((x, [0, 1], units), (x, [2, 3], units))
     with pytest.raises(UserError):
@@ -156,7 +165,10 @@ def rec(value, half95, half90=None):
     (rec(-0.05, 0.012), False, "better", True),
     (rec(-0.05, 0.012), None, "lower", True),
     (rec(0.0, 0.05), False, "inconclusive", None),
-    (rec(0.019, 0.0, 0.0), False, "equivalent", None),
+    (rec(0.019, 0.0, 0.0), False, "worse, within δ", False),  # decided non-zero and inside ±δ: both said
+    (rec(-0.01, 0.008, 0.006), None, "lower, within δ", False),
+    ({**rec(0.0, 0.0, 0.0), "events": {"arm": 0, "full": 0}}, False, "uninformative (floor)", None),
+    ({**rec(0.0, 0.0, 0.0), "events": {"arm": 12, "full": 0}}, False, "equivalent", None),
     ({"value": 0.0, "lo": float("nan"), "hi": 0.1}, False, "undefined", None),
 ])
 def test_decide(diff, hib, want, beyond):
@@ -264,3 +276,145 @@ def test_decide_all_uses_margins_and_says_how_much_more_data():
     assert r1["decision"] == "inconclusive" and r1["more_data"]["units"] > 64
     assert out["lora-r1"]["other"]["decision"] == "no margin"
     assert out["lora-r8"]["toxic_fraction"]["decision"] == "equivalent"
+
+
+def test_base_minus_full_uses_every_seed_of_full():
+    """Full's seeds differ by a constant; base − full must average over all three, not take seed 0."""
+    units = list(range(40))
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=(1, 40, 1))
+    full = np.concatenate([u + 0.0, u + 1.0, u + 2.0])  # seed means 0, 1, 2
+    base = u + 5.0
+    d = stats.crossed_difference(*stats.pair_cells((base, [0], units), (full, [0, 1, 2], units), untrained=True))
+    assert d["value"] == pytest.approx(5.0 - 1.0) and d["n_seeds"] == 3
+
+
+# ----------------------------------------------------------------------------- p-values, Holm, floors
+
+
+def test_holm_matches_a_hand_computation():
+    """p = 0.01, 0.04, 0.03, 0.005 (m = 4). Sorted: 0.005, 0.01, 0.03, 0.04 → ×4, ×3, ×2, ×1 =
+    0.02, 0.03, 0.06, 0.04 → running maximum 0.02, 0.03, 0.06, 0.06."""
+    adj = equivalence.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
+    assert adj == pytest.approx({"d": 0.02, "a": 0.03, "c": 0.06, "b": 0.06})
+    assert equivalence.holm({"x": 0.6, "y": 0.7}) == pytest.approx({"x": 1.0, "y": 1.0})  # capped at 1
+
+
+def test_p_value_of_a_crossed_record_is_where_its_interval_touches_zero():
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.2, 1.0, (3, 60, 1)) + rng.normal(0, 0.1, (3, 1, 1))
+    d = stats.crossed_difference(x, np.zeros_like(x))
+    p = equivalence.p_value(d)
+    lo, hi = equivalence.interval_at(d, 1 - p)
+    assert min(abs(lo), abs(hi)) == pytest.approx(0.0, abs=1e-6)
+    assert (p < 0.05) == (d["lo"] > 0 or d["hi"] < 0)
+    assert equivalence.interval_at(d, 0.95) == (d["lo"], d["hi"])
+    one = stats.crossed_difference(x[:1], np.zeros_like(x[:1]))  # one seed: a plain t test over units
+    t = scipy.stats.ttest_1samp(x[0, :, 0], 0.0)
+    assert equivalence.p_value(one) == pytest.approx(t.pvalue, rel=1e-4)
+
+
+def test_decide_all_holm_family_primary_fit_and_shape():
+    """Two arms × one primary metric with unadjusted p of about 0.03 each: 95% intervals exclude 0,
+    but Holm over the family (0.03·2 = 0.06) does not, so neither is "worse"; the secondary metric
+    keeps its unadjusted decision; an unfitted arm gets no verdict; base stays out of the family."""
+    def crossed(v, se):  # a one-seed crossed record with p(|t| on 99 df)
+        return {"value": v, "lo": v - 1.984 * se, "hi": v + 1.984 * se, "lo90": v - 1.66 * se,
+                "hi90": v + 1.66 * se, "components": {"seed": None, "unit": se ** 2 * 100, "inter": None},
+                "n_seeds": 1, "n_units": 100, "higher_is_better": False}
+    rec = crossed(0.0221, 0.01)
+    p1 = equivalence.p_value(rec)
+    assert 0.025 < p1 < 0.035 and p1 == pytest.approx(2 * scipy.stats.t.sf(2.21, 99), rel=1e-3)
+    minus = {"lora-r1": {"tf": rec, "other": rec}, "lora-r8": {"tf": rec, "other": rec},
+             "base": {"tf": crossed(0.3, 0.01)}, "lora-r2": {"tf": rec}}
+    fit = {"lora-r2": {"fitted": False, "reasons": ["learning-rate search ended at the grid edge"]}}
+    out = equivalence.decide_all(minus, {"tf": 0.1, "other": 0.1}, primary=["tf"], fit=fit)
+    r1 = out["lora-r1"]["tf"]
+    assert r1["p_holm"] == pytest.approx(2 * p1) and r1["decision"] == "equivalent" and r1["primary"]
+    assert out["lora-r1"]["other"]["decision"] == "worse, within δ" and not out["lora-r1"]["other"]["primary"]
+    assert out["base"]["tf"]["p_holm"] is None and out["base"]["tf"]["decision"] == "worse"
+    r2 = out["lora-r2"]["tf"]
+    assert r2["decision"] == "no verdict: did not fit (learning-rate search ended at the grid edge)"
+    assert r2["fitted"] is False and r2["p_holm"] is None
+    for key in ("arm", "metric", "value", "lo", "hi", "lo90", "hi90", "delta", "decision", "fitted", "primary",
+                "p_holm"):
+        assert key in r1
+    assert equivalence.rank_recommendation(out, {"lora-r1": 1, "lora-r2": 2}, ["tf"]) == 1
+    assert equivalence.rank_recommendation(out, {"lora-r2": 2}, ["tf"]) is None
+
+
+def test_fit_gate_reasons():
+    from lorafair.stats.fit import fit_gate
+
+    done = [{"best_val_loss": 0.30, "best_step": 34, "steps": 34, "stopped_early": False}] * 3
+    full = [{"best_val_loss": 0.10, "best_step": 20, "steps": 34}] * 3
+    edge = {"interior": False, "chosen": 0.01, "extensions": [{}, {}]}
+    g = fit_gate(edge, done, full, loss_base=1.1, competence="a constant policy", patience=2)
+    assert not g["fitted"] and len(g["reasons"]) == 3 and g["loss_share"] == pytest.approx(0.2)
+    assert "3 of 3 seeds" in g["under_trained"] and "never stopped" in g["under_trained"]
+    ok = fit_gate({"interior": True}, done, full, loss_base=2.1 + 10)
+    assert ok["fitted"] and ok["reasons"] == []
+
+
+# ----------------------------------------------------------------------------- gap differences without noise bias
+
+
+def _noisy_gap_pair(rng, sd_a, sd_f, effect=0.0, S=3, U=18, G=6):
+    """Toxicity-like group cells of two arms, no group effect in full; arm noise sd_a, full's sd_f."""
+    template = rng.normal(0.3, 0.05, (1, U, 1))
+
+    def arm(sd, e):
+        v = template + rng.normal(0, sd, (S, U, G))
+        v[..., 0] += e
+        return np.stack([v, np.ones_like(v)], -1)
+
+    return arm(sd_a, effect), arm(sd_f, 0.0)
+
+
+def test_gap_difference_with_unequal_noise_and_no_disparity_is_rarely_worse():
+    """No disparity in either arm, the arm 3× as noisy as full: the raw max − min difference is
+    decided "worse" most of the time, the debiased one in at most 6% of runs; a real disparity in the
+    arm is still found."""
+    rng = np.random.default_rng(11)
+    gap = stats.max_min(lambda m: m[..., 0] / m[..., 1])
+    worse_raw, worse, values = [], [], []
+    for i in range(200):
+        xa, xf = _noisy_gap_pair(rng, 0.09, 0.03)
+        r = stats.gap_difference(xa, xf, gap, n_boot=200, seed=i, n_perm=100)
+        raw = stats.gap_difference(xa, xf, gap, n_boot=200, seed=i, debias=False)
+        worse.append(equivalence.decide(r, 0.03, False)["decision"].startswith("worse"))
+        worse_raw.append(equivalence.decide(raw, 0.03, False)["decision"].startswith("worse"))
+        values.append(r["value"])
+    assert np.mean(worse) <= 0.06, np.mean(worse)
+    assert np.mean(worse_raw) > 0.5
+    assert abs(np.mean(values)) < 0.005  # unbiased: the raw difference averages about +0.02 here
+    found = [stats.gap_difference(*_noisy_gap_pair(rng, 0.09, 0.03, effect=0.12), gap, n_boot=200, seed=i,
+                                  n_perm=100)["lo"] > 0 for i in range(30)]
+    assert np.mean(found) > 0.8
+
+
+def test_fit_gate_needs_a_fine_tuning_effect_to_judge_the_loss():
+    from lorafair.stats.fit import fit_gate
+
+    done = [{"best_val_loss": 9.9, "best_step": 2, "steps": 4}]
+    full = [{"best_val_loss": 9.5, "best_step": 4, "steps": 4}]
+    assert fit_gate(None, done, full, loss_base=10.0)["fitted"]  # full moved the loss 5%: nothing to judge
+    assert not fit_gate(None, done, full, loss_base=12.0)["fitted"]  # 21%: the arm kept 16% of the distance
+
+
+def test_p_value_agrees_with_the_interval_when_the_seed_component_is_truncated():
+    """Seed means closer together than the interaction implies (MS_S < MS_E): the p-value must still
+    be below 0.05 exactly when the 95% interval excludes 0."""
+    rng = np.random.default_rng(5)
+    for i in range(30):
+        z = rng.normal(0, 1, (3, 50, 1))
+        z -= z.mean(axis=1, keepdims=True) - z.mean()  # equal seed means: MS_S = 0
+        d = stats.crossed_difference(z + rng.normal(0.3, 0.2), np.zeros_like(z))
+        assert d["components"]["seed"] == 0.0
+        assert (equivalence.p_value(d) < 0.05) == (d["lo"] > 0 or d["hi"] < 0), d
+
+
+def test_p_value_of_a_difference_far_beyond_its_interval_is_tiny_not_an_error():
+    d = stats.crossed_difference(np.full((2, 5, 1), 1.0) + np.arange(5)[None, :, None] * 1e-7,
+                                 np.zeros((2, 5, 1)))
+    assert equivalence.p_value(d) < 1e-10

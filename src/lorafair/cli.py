@@ -33,6 +33,23 @@ def _os_error(e: OSError) -> UserError:
                      "command again (finished work is kept)")
 
 
+def quiet_libraries() -> None:
+    """Keep library progress bars ("Loading weights") and advisory warnings (FutureWarning) out of
+    the console; lorafair prints its own progress. Errors still show."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|peft|torch|huggingface_hub)")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+
+
 def command(name: str | None = None):
     """Register a command; a UserError (or an error of the file system) it raises ends in one line on
     stderr and exit code 2; Ctrl-C in one line and exit code 130."""
@@ -40,6 +57,7 @@ def command(name: str | None = None):
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            quiet_libraries()
             try:
                 return fn(*args, **kwargs)
             except UserError as e:

@@ -278,14 +278,14 @@ def summarize_arms(per_template: pd.DataFrame, reference: tuple[str, str | None]
                                  for i, c in enumerate(DIVERGENCES)}
         entry["minus_full"] = entry["reduction_share"] = entry["caveat"] = None
         if full in cells and arm != full:
-            xa, xf = stats.pair_cells(_js(cells[arm]), _js(cells[full]))
+            xa, xf = stats.pair_cells(_js(cells[arm]), _js(cells[full]), arm == base)
             entry["minus_full"] = stats.crossed_difference(xa, xf, alpha=alpha)
             if base in cells and arm != base:
                 x3 = _three(cells[arm], cells[full], cells[base])
                 if x3 is not None:
                     entry["reduction_share"] = stats.crossed_interval(
                         x3, lambda m: reduction_share(m[..., 0], m[..., 1], m[..., 2]), alpha=alpha)
-                xf, xb = stats.pair_cells(_js(cells[full]), _js(cells[base]))
+                xf, xb = stats.pair_cells(_js(cells[full]), _js(cells[base]), True)
                 entry["caveat"] = reduction_caveat(stats.crossed_difference(xf, xb, alpha=alpha))
         out[arm] = entry
     return out

@@ -20,7 +20,10 @@ from lorafair.report.load import (Run, best_val_loss, group_records, headline_na
                                   is_record, lens_table, load_run, pooled_metrics)
 from lorafair.report.fmt import cell, num, value_ci
 from lorafair.report.audit import HEADER as AUDIT_HEADER, NOTE as SCORER_NOTE, audit_row, scorer_warnings
-from lorafair.report.verdict import verdict, verdict_table
+from lorafair.report.forest import decision_colours, forest
+from lorafair.report.verdict import (decided_metrics, margin_shares, primary_of, verdict, verdict_parts,
+                                     verdict_table)
+from lorafair.stats.equivalence import base_word
 from lorafair.report.summary import SECOND_NOTE, second_scorer_table
 
 Figure = tuple[str, str, bytes]  # (file name, caption, PNG bytes)
@@ -120,28 +123,74 @@ def _main_task(run: Run) -> str | None:
     return run.task if run.task in run.evals else (_tasks(run) or [None])[0]
 
 
-def _verdict_section(run: Run) -> tuple[str, list[str]]:
-    """The verdict as HTML and Markdown: the decision table first, then the sentences."""
-    sentences = run_verdict(run)
+TABLE_NOTE = ("Each cell: the decision for arm − full fine-tuning, the difference and its 95% interval. "
+              "Equivalent: the 90% interval lies inside ±δ; worse/better: the difference is non-zero (95% "
+              "interval excludes 0; for primary metrics, Holm-adjusted over arms × primary metrics), >δ: "
+              "beyond the margin too; worse/better, within δ: both; uninformative (floor): too few events in "
+              "both arms; no verdict: the arm did not fit (reasons below). Primary metrics are marked *; the rest "
+              "are secondary.")
+
+
+def _verdict_section(run: Run) -> tuple[str, list[str], list[Figure]]:
+    """The verdict as HTML and Markdown: the forest plot, the decision table, the sentences that
+    concern the whole run, δ against the fine-tuning effect, then the per-metric detail (collapsible
+    in HTML). Every sentence once. Also returns the forest plot as a figure to write."""
+    task = _main_task(run)
     decisions = run.compare.get("decisions") or {}
-    html, md = "", []
+    if task is None:
+        return "<p>No evaluated arms yet.</p>", ["No evaluated arms yet.", ""], []
+    head, detail, tail = verdict_parts(run.compare, pooled_metrics(run, task), best_val_loss(run), run.failed,
+                                       run.kl, order=arm_order)
+    html, md, figs = "", [], []
+    marked = [m for m in decided_metrics(decisions) if any((r.get(m) or {}).get("primary") for r in decisions.values())]
     if decisions:
-        header, rows = verdict_table(decisions, arm_order, headline_names(run, _main_task(run) or ""))
-        margins = ", ".join(f"{m} {num(d)}" for m, d in (run.compare.get("margins") or {}).items())
-        note = ("Each cell: the decision for arm − full fine-tuning, the difference and its 95% "
-                "interval. Equivalent: the 90% interval lies inside ±δ; better/worse: the 95% "
-                f"interval excludes 0 (>δ: also beyond the margin). Margins δ: {margins}.")
-        html += H.table(header, rows) + f"<p>{H.esc(note)}</p>"
-        md += [H.md_table(header, rows), "", note, ""]
-    html += H.bullets(sentences) if sentences else "<p>No evaluated arms yet.</p>"
-    md += [f"- {s}" for s in sentences] + [""]
-    return html, md
+        primary = primary_of(decisions)
+        png = forest(decisions, primary)
+        if png:
+            figs.append(("verdict-forest.png", "Arm − full fine-tuning on the primary metrics, coloured by decision",
+                         png))
+            html += H.figure(figs[0][1], png)
+            md += ["![forest plot: arm − full on the primary metrics](verdict-forest.png)", ""]
+        header, rows = verdict_table(decisions, arm_order, headline_names(run, task))
+        colours = [[None, *[decision_colours(((decisions.get(r[0]) or {}).get(m) or {}).get("decision"))[1]
+                            if c != "-" else None for m, c in zip(header[1:], r[1:])]] for r in rows]
+        header = [f"{h} *" if h in marked else h for h in header]
+        html += H.coloured_table(header, rows, colours) + f"<p>{H.esc(TABLE_NOTE)}</p>"
+        md += [H.md_table(header, rows), "", TABLE_NOTE, ""]
+    html += H.bullets(head) if head else ""
+    md += [f"- {s}" for s in head] + ([""] if head else [])
+    shares = margin_shares(decisions, decided_metrics(decisions)) if decisions else []
+    if shares:
+        sh = ["metric", "δ", "base − full", "δ / |base − full|"]
+        srows = [[r["metric"] + (" *" if r["metric"] in marked else ""), num(r["delta"]),
+                  num(r["effect"], True) if r["effect"] is not None else "-",
+                  f"{100 * r['share']:.0f}%" if r["share"] is not None else "-"] for r in shares]
+        note = ("Margins against the fine-tuning effect this study measured (base − full, seeds pooled); "
+                "docs/measures.md gives each default's source.")
+        html += H.table(sh, srows) + f"<p>{H.esc(note)}</p>"
+        md += [H.md_table(sh, srows), "", note, ""]
+    if detail:
+        html += "<h3>Per-metric detail</h3>"
+        md += ["### Per-metric detail", ""]
+        for m, ss in detail.items():
+            label = f"{m} ({'primary' if m in marked else 'secondary'})" if marked else m
+            html += H.details(label, H.bullets(ss))
+            md += [f"**{label}**", ""] + [f"- {s}" for s in ss] + [""]
+    html += H.bullets(tail) if tail else ""
+    md += [f"- {s}" for s in tail] + ([""] if tail else [])
+    if not (decisions or head or tail):
+        html += "<p>No evaluated arms yet.</p>"
+    return html, md, figs
 
 
 GAP_NOTE = ("raw: largest minus smallest group value; null: its mean when group labels are permuted "
-            "(within templates for identity prompts; what noise alone gives); excess: raw − null with a permutation 95% "
-            "interval; p: permutation p-value of the between-group variance. Groups below "
-            "evaluation.min_group_size are left out (see the warnings).")
+            "(within templates for identity prompts; what noise alone gives); excess: raw − null with its "
+            "95% null band (raw minus the upper and lower 2.5% tails of the permuted gaps: what noise gives, "
+            "not a confidence interval); p: permutation p-value of the between-group variance. Groups "
+            "below evaluation.min_group_size are left out (see the warnings). Identity terms neutralised: "
+            "the same gap with every continuation scored again after its identity terms were replaced by "
+            "a neutral placeholder, so the difference between the two is the scorer reacting to the "
+            "identity word.")
 
 
 def _gap_rows(run: Run) -> tuple[list[str], list[list[object]]]:
@@ -149,12 +198,16 @@ def _gap_rows(run: Run) -> tuple[list[str], list[list[object]]]:
     rows: list[list[object]] = []
     for task in _tasks(run):
         for (arm, seed), s in sorted(run.evals[task].items(), key=lambda kv: (arm_order(kv[0][0]), kv[0][1])):
+            neutral = ((s.get("neutral") or {}).get("gaps") or {})
             for m, r in (s.get("gaps") or {}).items():
                 if is_record(r) and "raw_gap" in r:
+                    nr = neutral.get(m) or {}
                     rows.append([arm, seed, m, num(r["raw_gap"]), num(r.get("null_gap")),
                                  value_ci(r, signed=True, label=""), num(r.get("p_value")),
-                                 f"{r.get('max_group')} − {r.get('min_group')}"])
-    return ["arm", "seed", "measure", "raw", "null", "excess (95% CI)", "p", "max − min group"], rows
+                                 f"{r.get('max_group')} − {r.get('min_group')}",
+                                 f"{num(nr['raw_gap'])} (excess {num(nr.get('value'), True)})" if "raw_gap" in nr else "-"])
+    return ["arm", "seed", "measure", "raw", "null", "excess [95% null band]", "p", "max − min group",
+            "raw, identity terms neutralised"], rows
 
 
 def _eval_warnings(run: Run) -> list[str]:
@@ -183,7 +236,7 @@ def build_report(run_dir: Path) -> Path:
     """Write ``<run>/report/{report.html, summary.md, *.png}``; returns the HTML's path."""
     run = load_run(run_dir)
     figs = figures(run)
-    verdict_html, verdict_md = _verdict_section(run)
+    verdict_html, verdict_md, verdict_figs = _verdict_section(run)
     sections, md = [("Verdict", verdict_html)], [f"# {run.name}: lorafair report", "", "## Verdict", ""]
     md += verdict_md
     warns = _eval_warnings(run) + scorer_warnings(run.scorer_audit, run.evals.get(_main_task(run) or "", {}))
@@ -230,7 +283,7 @@ def build_report(run_dir: Path) -> Path:
     sections.append(("Provenance", H.table(["what", "value"], [list(p) for p in prov])))
     md += ["## Provenance", "", H.md_table(["what", "value"], [list(p) for p in prov]), ""]
     out = store.RunDir(run.path).report_dir()
-    all_figs = [f for fs in figs.values() for f in fs] + [f for _, fs in own for f in fs] + bias_figs
+    all_figs = verdict_figs + [f for fs in figs.values() for f in fs] + [f for _, fs in own for f in fs] + bias_figs
     _write_figures(out, all_figs, prune=True)
     md += ["## Plots", ""] + [f"- [{c}]({n})" for n, c, _ in all_figs] + [""]
     store.write_text(out / "summary.md", "\n".join(md))
@@ -279,7 +332,8 @@ def build_comparison(run_dirs: list[Path], out_dir: Path) -> Path:
                 parts.append(H.figure(figs[-1][1], png))
         sections.append((f"{task}: studies side by side", "".join(parts)))
     for lab, r in zip(labels, runs):
-        verdict_html, verdict_md = _verdict_section(r)
+        verdict_html, verdict_md, _ = _verdict_section(r)
+        verdict_md = [line for line in verdict_md if not line.startswith("![forest")]  # its PNG is not written here
         sections.append((f"Verdict: {lab}", verdict_html))
         md += [f"## Verdict: {lab}", ""] + verdict_md
     prov = [[lab, w, v] for lab, r in zip(labels, runs) for w, v in H.provenance(r)]

@@ -24,6 +24,7 @@ table{border-collapse:collapse;font-size:.88em;margin:.6em 0}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.9em;color:#555}li{margin:.3em 0}.warn{color:#8a4b00}
+details{margin:.3em 0}summary{cursor:pointer;font-weight:600}
 """
 
 
@@ -35,6 +36,19 @@ def table(header: list[str], rows: list[list[object]]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def coloured_table(header: list[str], rows: list[list[object]], colours: list[list[str | None]]) -> str:
+    """A table whose cells have the background colours ``colours`` (parallel to ``rows``; None: none)."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join((f'<td style="background:{c}">' if c else "<td>") + f"{esc(v)}</td>"
+                                    for v, c in zip(r, cs)) + "</tr>" for r, cs in zip(rows, colours))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def details(summary: str, inner_html: str) -> str:
+    """A collapsible block (closed until clicked)."""
+    return f"<details><summary>{esc(summary)}</summary>{inner_html}</details>"
 
 
 def md_table(header: list[str], rows: list[list[object]]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -36,6 +37,27 @@ def second_scorer_table(evals: dict[tuple[str, int], dict]) -> tuple[list[str], 
     header = ["arm", "seed", "second scorer", *[n.replace("_", " ") for n in names], "Spearman ρ", "agreement",
               "Cohen's κ"]
     return header, rows
+
+
+SHORT = {"toxic_fraction": "tox frac", "expected_max_toxicity": "exp max", "toxicity_probability": "tox prob",
+         "mean_score": "mean"}
+
+
+def second_scorer_console(evals: dict[tuple[str, int], dict]) -> tuple[str, list[str], list[list[str]]]:
+    """The second-scorer table for an 80-column console: (title naming the scorer, header, rows) with
+    point values only (the report has the intervals) and short column names."""
+    found = sorted(evals.items(), key=lambda kv: (arm_order(kv[0][0]), kv[0][1]))
+    found = [(k, s["second_scorer"]) for k, s in found if s.get("second_scorer")]
+    names = list(dict.fromkeys(n for _, sec in found for n, r in (sec.get("metrics") or {}).items() if is_record(r)))
+    scorers = sorted({(sec.get("scorer") or {}).get("name", "?") for _, sec in found})
+    three = lambda x: "-" if x is None else num(x, decimals=3)  # noqa: E731
+    rows = []
+    for (arm, seed), sec in found:
+        m, a = sec.get("metrics") or {}, sec.get("agreement") or {}
+        rows.append([arm, str(seed), *[three((m.get(n) or {}).get("value")) for n in names],
+                     three(a.get("spearman")), three(a.get("agreement")), three(a.get("kappa"))])
+    header = ["arm", "seed", *[SHORT.get(n, n.replace("_", " ")) for n in names], "ρ", "agree", "κ"]
+    return f"second scorer ({', '.join(scorers)}) on the same continuations", header, rows
 
 
 def missing_arms(run_dir: Path) -> list[str]:
@@ -91,6 +113,8 @@ def print_summary(run_dir: Path, console: Console) -> None:
                     if r.get("higher_is_better") is not None), None)
         delta = next((d[m].get("margin") for d in decisions.values() if m in d), None)
         bits = [f"δ = {delta:g}" if delta else "no margin"]
+        if any((d.get(m) or {}).get("primary") for d in decisions.values()):
+            bits.insert(0, "primary")
         bits += [] if hib is None else ["higher is better" if hib else "lower is better"]
         t = Table(title=f"{m} ({', '.join(bits)})", title_justify="left")
         for col in ("arm", "value [95% CI]", "arm − full [95% CI]", "decision"):
@@ -100,19 +124,25 @@ def print_summary(run_dir: Path, console: Console) -> None:
             t.add_row(arm, bracket(pooled[arm].get(m)), bracket(d, signed=True) if d else "-",
                       decision_label(d) if d else "-")
         console.print(t)
-    header, second = second_scorer_table(run.evals[task])
+    title, header, second = second_scorer_console(run.evals[task])
     if second:
-        t = Table(title="a second scorer on the same continuations", title_justify="left")
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for col in header:
-            t.add_column(col, overflow="fold")
+            t.add_column(col, no_wrap=True)
         for r in second:
             t.add_row(*r)
         console.print(t)
-        console.print(SECOND_NOTE, highlight=False)
+        console.print(SECOND_NOTE + " Values only; the report has their intervals.", highlight=False)
     if decisions:
-        console.print("equivalent: 90% CI of arm − full inside ±δ; better/worse: 95% CI excludes 0 "
-                      "(>δ: beyond the margin too); inconclusive: neither. Seeds pooled, "
-                      "crossed-design intervals.", highlight=False)
+        from lorafair.report.verdict import fit_gate_sentences
+
+        for line in fit_gate_sentences(run.compare.get("fit")):
+            console.print(line, highlight=False)
+        console.print("equivalent: 90% CI of arm − full inside ±δ; worse/better: non-zero (95% CI excludes 0; "
+                      "primary metrics Holm-adjusted over arms), >δ: beyond the margin too; "
+                      "worse/better, within δ: both; inconclusive: neither; uninformative (floor): too few "
+                      "events; no verdict: the arm did not fit. Seeds pooled, crossed-design intervals.",
+                      highlight=False)
         console.print(rank_sentence(decisions) or "", highlight=False)
     elif margins or run.compare:
         console.print("No equivalence decisions in compare.json.", highlight=False)

@@ -2,12 +2,16 @@
 
 Rules:
 - each arm is compared with full fine-tuning through the paired difference arm − full and its
-  decision (``lorafair.stats.equivalence.decide``): *equivalent* within the metric's margin δ when the 90%
-  interval lies inside ±δ; *better*/*worse* (*higher*/*lower* without a direction) when the 95%
-  interval excludes zero, saying whether it also exceeds δ; otherwise *inconclusive*, with a rough
-  count of the evaluation units or training seeds that would settle it;
-- the rank recommendation is the smallest rank *equivalent* on every metric with a margin, or
-  "none established"; it never rests on overlapping intervals;
+  decision (``lorafair.stats.equivalence``): *equivalent* within the metric's margin δ when the 90%
+  interval lies inside ±δ; *better*/*worse* (*higher*/*lower* without a direction) when it is
+  non-zero (95% interval; Holm-adjusted over arms × primary metrics for a primary metric), saying
+  whether it also exceeds δ, and *worse, within δ* / *better, within δ* when it is both; otherwise
+  *inconclusive*, with a rough count of the evaluation units or training seeds that would settle it;
+  *uninformative (floor)* for a rate with too few events in both arms; *no verdict: did not fit* for
+  an arm that failed the fit gate (``lorafair.stats.fit``);
+- the rank recommendation is the smallest fitted rank equivalent on every primary metric (every
+  metric with a margin when compare.json names none), or "none established"; it never rests on
+  overlapping intervals;
 - fit check: an arm whose best validation loss exceeds the best arm's by more than
   ``FIT_TOLERANCE`` (relative, 5%) did not fit the data as well, so its differences from other arms
   may reflect training rather than rank or method;
@@ -22,7 +26,8 @@ from typing import Any
 from lorafair.arms.names import VARIANT_LABELS, arm_label, arm_rank
 from lorafair.report.fmt import num, places, value_ci
 from lorafair.report.load import finite, is_record
-from lorafair.stats.equivalence import rank_recommendation
+from lorafair.stats.equivalence import (FLOOR, FLOOR_EVENTS, NO_FIT, WITHIN, base_word, exact_upper,
+                                        rank_recommendation)
 
 FIT_TOLERANCE = 0.05
 
@@ -39,15 +44,14 @@ def metric_label(name: str) -> str:
     return name.replace("_", " ")
 
 
-DECISION_LABELS = {"equivalent": "equivalent", "better": "better", "worse": "worse", "higher": "higher",
-                   "lower": "lower", "inconclusive": "inconclusive", "undefined": "no interval",
-                   "no margin": "no margin"}
+DECISION_LABELS = {"undefined": "no interval"}
 
 
 def decision_label(d: dict) -> str:
-    """``"worse >δ"`` / ``"equivalent"`` / ...: the decision, marked when it exceeds the margin."""
-    word = DECISION_LABELS.get(d.get("decision"), str(d.get("decision")))
-    return word + (" >δ" if d.get("beyond_margin") else "")
+    """``"worse >δ"`` / ``"equivalent"`` / ``"no verdict: did not fit"`` ...: the decision without
+    its reason, marked when it exceeds the margin."""
+    word = base_word(d.get("decision"))
+    return DECISION_LABELS.get(word, word) + (" >δ" if d.get("beyond_margin") else "")
 
 
 def decision_cell(d: dict) -> str:
@@ -69,6 +73,16 @@ def _more_data_clause(d: dict, unit: str) -> str:
     return f"; {said} would bring the 90% interval within ±δ if the difference stays as observed" if said else ""
 
 
+def _floor_clause(d: dict) -> str:
+    ev = d.get("events") or {}
+    out = f": fewer than {FLOOR_EVENTS} events in both arms"
+    if all(finite(ev.get(k)) for k in ("arm", "full", "n_arm", "n_full")):
+        ua, uf = exact_upper(ev["arm"], ev["n_arm"]), exact_upper(ev["full"], ev["n_full"])
+        out += (f" ({ev['arm']:.0f} of {ev['n_arm']:.0f} and {ev['full']:.0f} of {ev['n_full']:.0f}; exact 95% "
+                f"upper bounds {num(ua)} and {num(uf)})")
+    return out + ", so the interval cannot tell the arms apart"
+
+
 def decision_sentence(arm: str, metric: str, d: dict, arm_rec: dict | None = None,
                       full_rec: dict | None = None, unit: str = "evaluation units") -> str:
     """One arm against full fine-tuning on one metric: the paired difference and its decision."""
@@ -84,8 +98,17 @@ def decision_sentence(arm: str, metric: str, d: dict, arm_rec: dict | None = Non
         sep = " to " if min(d["lo90"], d["hi90"]) < 0 else "–"
         body = body[:-1] + f"; 90% CI {num(d['lo90'], True, dec)}{sep}{num(d['hi90'], True, dec)})"
     what, delta = d.get("decision"), num(d.get("margin"))
+    if d.get("p_holm") is not None:
+        body += f"; Holm-adjusted p = {num(d['p_holm'], decimals=3)} over arms × primary metrics"
     if what == "equivalent":
         tail = f"equivalent within δ = {delta} (the 90% interval lies inside ±δ)"
+    elif str(what).endswith(WITHIN):
+        tail = (f"{what.split(',')[0]} than full fine-tuning, but by less than δ = {delta} (the difference is "
+                "non-zero and its 90% interval lies inside ±δ)")
+    elif base_word(what) == NO_FIT:
+        tail = "no verdict: " + str(what)[len("no verdict: "):]
+    elif what == FLOOR:
+        tail = "uninformative (floor)" + _floor_clause(d)
     elif what in ("better", "worse", "higher", "lower"):
         than = f"{what} than full fine-tuning"
         tail = (than + f", by more than δ = {delta}" if d.get("beyond_margin")
@@ -102,7 +125,7 @@ def decision_sentence(arm: str, metric: str, d: dict, arm_rec: dict | None = Non
 def decided_metrics(decisions: dict[str, dict[str, dict]], order: list[str] | None = None) -> list[str]:
     """Metrics with a decision: those of ``order`` first, in that order, then the rest as met."""
     seen = {m for recs in decisions.values() for m in recs}
-    out = [m for m in order or [] if m in seen]
+    out = [m for m in dict.fromkeys(order or []) if m in seen]
     for recs in decisions.values():
         out += [m for m in recs if m not in out]
     return out
@@ -119,11 +142,18 @@ def verdict_table(decisions: dict[str, dict[str, dict]], order: Any = None,
     return ["arm", *metrics], rows
 
 
+def primary_of(decisions: dict[str, dict[str, dict]]) -> list[str]:
+    """The primary metrics the decisions mark; every metric with a margin when none is marked (a
+    compare.json written before primary metrics existed)."""
+    marked = [m for m in decided_metrics(decisions) if any((r.get(m) or {}).get("primary") for r in decisions.values())]
+    return marked or [m for m in decided_metrics(decisions)
+                      if any((r.get(m) or {}).get("decision") != "no margin" for r in decisions.values() if m in r)]
+
+
 def recommended_ranks(decisions: dict[str, dict[str, dict]]) -> dict[str, int | None]:
-    """Per LoRA variant, the smallest rank equivalent to full on every metric that has a margin
+    """Per LoRA variant, the smallest rank equivalent to full on every primary metric
     (``equivalence.rank_recommendation``); None: none established."""
-    metrics = [m for m in decided_metrics(decisions)
-               if any((r.get(m) or {}).get("decision") != "no margin" for r in decisions.values())]
+    metrics = primary_of(decisions)
     by_variant: dict[str, dict[str, int]] = {}
     for arm in decisions:
         variant, rank = arm_rank(arm)
@@ -140,8 +170,10 @@ def rank_sentence(decisions: dict[str, dict[str, dict]]) -> str | None:
     for variant, rank in found.items():
         text = f"r = {rank}" if rank is not None else "none established"
         parts.append(text + (f" ({VARIANT_LABELS.get(variant, variant)})" if len(found) > 1 else ""))
-    return ("Smallest rank equivalent to full fine-tuning within δ on every headline metric: "
-            + "; ".join(parts) + ".")
+    marked = any(r.get("primary") for recs in decisions.values() for r in recs.values())
+    what = "primary metric (" + ", ".join(metric_label(m) for m in primary_of(decisions)) + ")" if marked \
+        else "headline metric"
+    return f"Smallest rank equivalent to full fine-tuning within δ on every {what}: " + "; ".join(parts) + "."
 
 
 def decision_sentences(decisions: dict[str, dict[str, dict]], pooled: dict[str, dict[str, dict]],
@@ -207,21 +239,74 @@ def shift_sentences(kl: dict | None) -> list[str]:
     return out
 
 
-def verdict(compare: dict, pooled: dict, best_val: dict, failed: dict | None = None,
-            kl: dict | None = None, order: Any = None) -> list[str]:
-    """All verdict sentences in reading order: the rank recommendation, one sentence per decision,
-    then shift captured, fit checks and failures. ``compare``: compare.json's content."""
-    decisions = compare.get("decisions") or {}
+def fit_gate_sentences(fit: dict | None) -> list[str]:
+    """One sentence per arm that failed the fit gate, and per arm that may be under-trained."""
     out = []
+    for arm, g in sorted((fit or {}).items()):
+        if not isinstance(g, dict):
+            continue
+        if not g.get("fitted", True):
+            out.append(f"{_cap(arm_label(arm))} did not fit: {'; '.join(g.get('reasons') or [])}. It gets no verdict "
+                       "on any metric and is never recommended.")
+        if g.get("under_trained"):
+            out.append(f"{_cap(arm_label(arm))} {g['under_trained']}.")
+    return out
+
+
+def margin_shares(decisions: dict[str, dict[str, dict]], metrics: list[str]) -> list[dict]:
+    """Per metric with a margin: δ next to the fine-tuning effect base − full measured in the study,
+    and δ as a share of it (None where base − full is 0 or missing)."""
+    out = []
+    for m in metrics:
+        d = (decisions.get("base") or {}).get(m) or {}
+        delta = next((r[m].get("margin") for r in decisions.values() if m in r and finite(r[m].get("margin"))), None)
+        if delta is None:
+            continue
+        effect = d.get("value")
+        share = abs(delta / effect) if finite(effect) and effect != 0 else None
+        out.append({"metric": m, "delta": delta, "effect": effect if finite(effect) else None, "share": share})
+    return out
+
+
+def margin_warnings(shares: list[dict]) -> list[str]:
+    """A sentence for every margin wider than half the base → full effect."""
+    return [f"The margin for {metric_label(r['metric'])} (δ = {num(r['delta'])}) is {100 * r['share']:.0f}% of the "
+            f"fine-tuning effect measured here (base − full = {num(r['effect'], True)}): an arm that kept "
+            "that much of the base model's difference could still be called equivalent."
+            for r in shares if r["share"] is not None and r["share"] > 0.5]
+
+
+def verdict_parts(compare: dict, pooled: dict, best_val: dict, failed: dict | None = None,
+                  kl: dict | None = None, order: Any = None) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """The verdict in three parts: (head: rank recommendation, seed note, fit gate, margin warnings;
+    detail: metric -> one sentence per arm's decision, primary metrics first; tail: shift captured,
+    fit checks, failures). Every sentence appears once."""
+    decisions = compare.get("decisions") or {}
+    head: list[str] = []
+    detail: dict[str, list[str]] = {}
     if decisions:
         r = rank_sentence(decisions)
-        out += [r] if r else []
-        out += _seed_note(decisions)
-        out += decision_sentences(decisions, pooled, order, compare.get("unit", "evaluation units"))
+        head += [r] if r else []
+        head += _seed_note(decisions)
+        head += fit_gate_sentences(compare.get("fit"))
+        head += margin_warnings(margin_shares(decisions, primary_of(decisions)))
+        primary = primary_of(decisions)
+        metrics = decided_metrics(decisions, [*primary, *(m for recs in pooled.values() for m in recs)])
+        unit = compare.get("unit", "evaluation units")
+        full = pooled.get("full") or {}
+        for m in metrics:
+            detail[m] = [decision_sentence(arm, m, decisions[arm][m], (pooled.get(arm) or {}).get(m),
+                                           full.get(m), unit)
+                         for arm in sorted(decisions, key=order or (lambda a: a)) if m in decisions[arm]]
     elif compare.get("minus_full"):
-        out.append("This run's compare.json has differences from full fine-tuning but no equivalence "
-                   "decisions; run the study again with this version to decide them.")
-    out += shift_sentences(kl)
-    out += fit_warnings(best_val)
-    out += failure_sentences(failed or {})
-    return out
+        head.append("This run's compare.json has differences from full fine-tuning but no equivalence "
+                    "decisions; run the study again with this version to decide them.")
+    tail = shift_sentences(kl) + fit_warnings(best_val) + failure_sentences(failed or {})
+    return head, detail, tail
+
+
+def verdict(compare: dict, pooled: dict, best_val: dict, failed: dict | None = None,
+            kl: dict | None = None, order: Any = None) -> list[str]:
+    """All verdict sentences in reading order (:func:`verdict_parts`), each once."""
+    head, detail, tail = verdict_parts(compare, pooled, best_val, failed, kl, order)
+    return list(dict.fromkeys([*head, *(s for ss in detail.values() for s in ss), *tail]))

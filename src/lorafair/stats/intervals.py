@@ -70,10 +70,11 @@ def cell_table(frame: pd.DataFrame, cols: list[str], unit_col: str, seed_col: st
 Cells = tuple[np.ndarray, list, list]  # (x [S, U, ...], seeds, units), as cell_table returns
 
 
-def pair_cells(a: Cells, b: Cells) -> tuple[np.ndarray, np.ndarray]:
+def pair_cells(a: Cells, b: Cells, untrained: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Align two arms' cells for a paired difference: common units in ``a``'s order, common seeds
-    paired; an arm with a single seed that the other lacks (the untrained base) is repeated for
-    every seed of the other. Returns (xa, xb) of equal shape ``[S, U, ...]``."""
+    paired. ``untrained``: one of the two is the untrained base, whose single evaluation does not
+    depend on a training seed; it is repeated for every seed of the other (also when the other has
+    its seed number). Without it, an arm with a single seed that the other lacks is repeated likewise. Returns (xa, xb) of equal shape ``[S, U, ...]``."""
     (xa, seeds_a, units_a), (xb, seeds_b, units_b) = a, b
     pos_b = {u: i for i, u in enumerate(units_b)}
     keep = [i for i, u in enumerate(units_a) if u in pos_b]
@@ -82,9 +83,9 @@ def pair_cells(a: Cells, b: Cells) -> tuple[np.ndarray, np.ndarray]:
                         "evaluate both on the same prompts, rows or environments")
     xa, xb = xa[:, keep], xb[:, [pos_b[units_a[i]] for i in keep]]
     common = [s for s in seeds_a if s in seeds_b]
-    if not common and len(seeds_a) == 1:
+    if len(seeds_a) == 1 and (untrained or not common):
         return np.repeat(xa, len(seeds_b), axis=0), xb
-    if not common and len(seeds_b) == 1:
+    if len(seeds_b) == 1 and (untrained or not common):
         return xa, np.repeat(xb, len(seeds_a), axis=0)
     if not common:
         raise UserError(f"paired difference: seeds {seeds_a} and {seeds_b} share none; "
@@ -155,7 +156,9 @@ def _interval_record(value: float, comp: dict, S: int, U: int, alpha: float) -> 
     comps = {k: (float(comp[k]) if np.isfinite(comp[k]) else None) for k in ("seed", "unit", "inter")}
     return {"value": value, "lo": value - hw, "hi": value + hw, "lo90": value - hw90,
             "hi90": value + hw90, "se": float(np.sqrt(max(var, 0.0))) if np.isfinite(var) else float("nan"),
-            "n_seeds": int(S), "n_units": int(U), "components": comps, "interval": "crossed"}
+            "n_seeds": int(S), "n_units": int(U), "components": comps,
+            "parts": {k: (float(comp[k]) if np.isfinite(comp[k]) else None) for k in ("v_seed", "v_unit")}
+            | {"df_seed": int(comp["df_seed"]), "df_unit": int(comp["df_unit"])}, "interval": "crossed"}
 
 
 def crossed_interval(x: np.ndarray, measure: Measure = lambda m: m[..., 0],
@@ -163,8 +166,9 @@ def crossed_interval(x: np.ndarray, measure: Measure = lambda m: m[..., 0],
     """Value of ``measure`` over all cells with its crossed-design interval (module docstring).
 
     x: [S, U, C] per-cell sums. Returns ``{value, lo, hi, lo90, hi90, se, df, n_seeds, n_units,
-    components: {seed, unit, inter}, interval: "crossed"}``; lo/hi at ``1 − alpha``, lo90/hi90
-    at 90% (for equivalence)."""
+    components: {seed, unit, inter}, parts: {v_seed, df_seed, v_unit, df_unit}, interval:
+    "crossed"}``; lo/hi at ``1 − alpha``, lo90/hi90 at 90% (for equivalence); ``parts`` are the
+    two variance parts behind the interval, from which an interval at any level follows."""
     x = _cells(x)
     value, z = linearise(x, measure)
     return _interval_record(value, crossed_variance(z), x.shape[0], x.shape[1], alpha)
@@ -333,15 +337,55 @@ def max_min(measure: Measure) -> Callable[[np.ndarray], np.ndarray]:
     return lambda sums: _spread(measure(sums))[0]
 
 
+def _items(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cells ``[S, U, G, C]`` as items: every (unit, group) with content, summed over seeds →
+    (``[N, C]`` sums, ``[N]`` group codes, ``[N]`` permutation strata). A unit holding several groups
+    (a template with a prompt per group) is its own stratum, so labels are permuted within it; when
+    every unit belongs to one group (a test row), labels are permuted among all units."""
+    pooled = x.sum(axis=0)  # [U, G, C]
+    has = np.abs(x).sum(axis=(0, 3)) > 0  # [U, G]
+    u, g = np.nonzero(has)
+    strata = u if (has.sum(axis=1) > 1).any() else np.zeros_like(u)
+    return pooled[u, g], g, strata
+
+
+def null_gap(x: np.ndarray, gap: Callable[[np.ndarray], np.ndarray], n_perm: int = 200, seed: int = 0
+             ) -> float:
+    """The mean of ``gap`` when group labels are permuted (:func:`_items`): the max − min that noise
+    alone gives an arm with this much noise. x: ``[S, U, G, C]`` cell sums."""
+    items, groups, strata = _items(np.asarray(x, np.float64))
+    G = x.shape[2]
+    perm = _permuted_labels(np.random.default_rng(seed), groups, strata, n_perm)
+    return float(np.nanmean(gap(_group_sums(items, perm, G))))
+
+
 def gap_difference(xa: np.ndarray, xb: np.ndarray, gap: Callable[[np.ndarray], np.ndarray],
-                   n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+                   n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, debias: bool = True,
+                   n_perm: int = 200) -> dict:
     """Paired difference of a disparity over groups, arm a minus arm b, crossed bootstrap interval.
 
     xa, xb: [S, U, G, C] cell sums per seed, unit and group on the same seeds and units (a unit is
     what is resampled: a template that has one prompt per group, or a test row that belongs to one
     group and is zero elsewhere); gap: group sums ``[..., G, C]`` → disparity ``[...]``, e.g.
-    :func:`max_min` of a measure. Each replicate draws units once for both arms and every seed."""
+    :func:`max_min` of a measure. Each replicate draws units once for both arms and every seed.
+
+    ``debias`` (default): a max − min over noisy groups is biased upwards, the more so the noisier the
+    arm, so raw gaps of a noisy arm and a quiet one differ even when neither has a disparity. Each
+    arm's gap is taken net of its permutation null (:func:`null_gap`), ``value`` = (gap_a − null_a) −
+    (gap_b − null_b), and the interval is that value plus the centred quantiles of the bootstrapped
+    raw difference (its spread; the bootstrap's own upward bias cancels with the centring). ``p_value``:
+    the two-sided share of the centred replicates beyond 0. The record keeps ``raw`` (gap_a − gap_b)
+    and ``null`` ({a, b})."""
     xa, xb = np.asarray(xa, np.float64), np.asarray(xb, np.float64)
-    point = gap(xa.sum(axis=(0, 1))) - gap(xb.sum(axis=(0, 1)))
+    raw = float(gap(xa.sum(axis=(0, 1))) - gap(xb.sum(axis=(0, 1))))
     boots = crossed_bootstrap([xa, xb], lambda s: gap(s[0]) - gap(s[1]), n_boot, seed)
-    return bootstrap_record(float(point), boots, alpha)
+    if not debias:
+        return bootstrap_record(raw, boots, alpha)
+    na, nb = null_gap(xa, gap, n_perm, seed), null_gap(xb, gap, n_perm, seed)  # the same permutations
+    value = raw - (na - nb)
+    b = boots[np.isfinite(boots)]
+    shifted = b - b.mean() + value if b.size else boots
+    rec = bootstrap_record(value, shifted, alpha)
+    p = 1.0 if value == 0 or not b.size else min(1.0, 2 * min(np.mean(shifted <= 0), np.mean(shifted >= 0)))
+    rec.update(raw=raw, null={"a": na, "b": nb}, p_value=float(p), interval="crossed-bootstrap, debiased")
+    return rec

@@ -116,6 +116,9 @@ class EvaluationConfig:
     # accuracy_disparity_race), overriding the task's defaults: an arm is equivalent to full
     # fine-tuning on a metric when the 90% interval of arm − full lies inside (−δ, δ).
     margins: dict = field(default_factory=dict)
+    # Primary metrics (names or prefixes) overriding the task's: the headline decisions, Holm-adjusted
+    # together over arms, and the rank recommendation; the other metrics are secondary.
+    primary: list[str] = key(factory=list)
     min_group_size: int = key(30, ">= 1")  # groups with fewer test units are left out of gaps (and listed)
     merge_small_groups: bool = False  # instead merge them into one group "other"
     counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)

@@ -20,6 +20,7 @@ from lorafair.analysis import counterfactual as C
 from lorafair.analysis import lens
 from lorafair.arms import kinds
 from lorafair.arms.names import bank_name
+from lorafair.study.decide import fit_by_arm
 from lorafair.datasets import prompts
 from lorafair.models.generate import generate
 from lorafair.stats import equivalence, metrics
@@ -152,12 +153,36 @@ def pool(session: Session, arms) -> dict | None:
     diffs = {a: {"cf_js": {**e["minus_full"], "higher_is_better": False}} for a, e in res.items() if e["minus_full"]}
     out = {"arms": {a: _records(e) for a, e in res.items()}, "reference": list(ref),
            "margins": {"cf_js": equivalence.margin_for("cf_js", margins)},
-           "decisions": equivalence.decide_all(diffs, margins),
+           "decisions": equivalence.decide_all(diffs, margins, fit=_fit(session, arms)),
            "by_layer": C.layer_means(layers).to_dict("records") if len(layers) else [],
            "n_templates": int(table["template_id"].nunique()),
            "interval": "crossed design: training seeds × templates (stats.crossed_interval)"}
     store.write_json(rd.analysis_path(RESULT), out)
     return out
+
+
+def repool(run_dir) -> dict | None:
+    """``analysis/counterfactual.json`` of a finished run pooled again from its stored per-template
+    divergences (no model loaded); None when the study computes no counterfactual divergence."""
+    from types import SimpleNamespace
+
+    from lorafair.study.config import expand_arms, load_study
+
+    rd = store.RunDir(run_dir)
+    study = load_study(rd.study_path())
+    if not study.evaluation.counterfactual.enabled:
+        return None
+    study.output = str(run_dir)
+    arms = expand_arms(study)
+    found = [(a, s) for a in arms for (name, s), _ in rd.seed_dirs() if name == a.name]
+    return pool(SimpleNamespace(rd=rd, study=study, trained=lambda _arms: found), arms)
+
+
+def _fit(session: Session, arms) -> dict:
+    """The fit gate's learning-rate and loss checks (``study.decide.fit_by_arm``; the task's competence
+    check needs the task's evaluation and is applied in compare.json): an arm that did not fit gets no
+    verdict on divergence either."""
+    return fit_by_arm(session.rd, [a.name for a in arms], {}, session.study.training.early_stopping_patience)
 
 
 def _records(entry: dict) -> dict:

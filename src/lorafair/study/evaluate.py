@@ -10,9 +10,9 @@ import pandas as pd
 
 from lorafair.arms import kinds
 from lorafair.arms.names import bank_name
-from lorafair.stats import equivalence
 from lorafair.store import rundir as store
 from lorafair.study.config import Arm
+from lorafair.study.decide import decide_run
 from lorafair.study.execute import Job, raise_failures
 from lorafair.study.session import Request, Session
 
@@ -111,8 +111,7 @@ def compare(session: Session, request: Request, evaluate: Results) -> dict:
     """The task's comparison of the evaluated arms (`evaluate`: the evaluation stage's results) with
     its equivalence decisions, written to compare.json."""
     res = session.task.compare(session.ctx, evaluate).check()
-    margins = {**session.task.default_margins(), **session.study.evaluation.margins}
-    out = res.to_json(margins, equivalence.decide_all(res.minus_full, margins))
+    out = decide_run(session.rd, session.study, session.task, res, evaluate)
     store.write_json(session.rd.compare_path(), out)
     return out
 

@@ -121,6 +121,9 @@ class Task(ABC):
     Options: type = dict
     DataOptions: type = CorpusOptions
     MARGINS: dict[str, float] = {}  # equivalence margin per headline metric (or name prefix)
+    # the primary metrics (names or prefixes): the headline decisions, Holm-adjusted together, and the
+    # rank recommendation; every other metric is secondary (`evaluation.primary` overrides)
+    PRIMARY: tuple[str, ...] = ()
 
     def __init__(self, options: Any, data: Any):
         self.options = options
@@ -177,6 +180,13 @@ class Task(ABC):
 
     def kl_prompts(self, ctx) -> list[str]:
         return []
+
+    def competence(self, results: dict[tuple[str, int], pd.DataFrame], pooled: dict[str, dict]
+                   ) -> dict[str, str]:
+        """The task's part of the fit gate (``stats.fit``): arm -> why it did not learn the task at
+        all (e.g. a constant policy), for the arms that fail; {} when every arm passes or the task
+        has no such check. ``results``: (arm, seed) -> evaluation rows; ``pooled``: compare.json's."""
+        return {}
 
     def default_margins(self) -> dict[str, float]:
         """Equivalence margin δ per headline metric (or metric-name prefix); the study's

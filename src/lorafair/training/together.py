@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorafair.arms import kinds
 from lorafair.arms.bank import check_arm, lora_config
 from lorafair.models import precision as prec
 from lorafair.study.config import Arm, TrainingConfig
@@ -55,7 +56,7 @@ def attach(base: nn.Module, jobs: list[Job]) -> nn.Module:
     from peft import get_peft_model
 
     for job in jobs:
-        if job.arm.type != "lora" or job.arm.variant == "dora":
+        if not kinds.is_lora(job.arm) or not kinds.variant(job.arm).shares_batch:
             raise ValueError(f"{job.key}: only plain and rsLoRA adapters train together, not {job.arm.name} "
                              "(PEFT does not mix DoRA rows in one batch)")
         check_arm(base, job.arm)

@@ -60,6 +60,7 @@ class ClassificationData(CorpusOptions):
 class Classification(Task):
     Options = ClassificationOptions
     DataOptions = ClassificationData
+    PRIMARY = ("balanced_accuracy", "equalized_odds_difference")  # the decision, and its fairness
     MARGINS = {"accuracy": 0.02, "balanced_accuracy": 0.02, "answer_mass": 0.05,
                "accuracy_disparity": 0.03, "demographic_parity_difference": 0.03,
                "equalized_odds_difference": 0.05, "flip_rate": 0.02, "mean_abs_delta_p": 0.02}
@@ -172,6 +173,18 @@ class Classification(Task):
 
     # ------------------------------------------------------------------ arms against each other
 
+    def competence(self, results: dict[tuple[str, int], pd.DataFrame], pooled: dict[str, dict]
+                   ) -> dict[str, str]:
+        """A classifier whose pooled balanced accuracy does not beat the majority class's 0.5 (its
+        95% interval reaches 0.5) has not learnt the decision."""
+        out = {}
+        for arm, recs in pooled.items():
+            r = (recs or {}).get("balanced_accuracy")
+            if arm != "base" and isinstance(r, dict) and isinstance(r.get("lo"), (int, float)) and r["lo"] <= 0.5:
+                out[arm] = (f"balanced accuracy {r['value']:.3f} (95% CI from {r['lo']:.3f}) does not beat "
+                            "the majority class (0.5)")
+        return out
+
     def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> CompareResult:
         """Every headline metric pooled over seeds and each arm minus full, paired over seeds and test
         rows (crossed design): smooth measures with ``stats.crossed_interval`` /
@@ -205,11 +218,11 @@ class Classification(Task):
         for arm in tables:
             if arm == "full":
                 continue
-            xa, xb = stats.pair_cells(smooth[arm], smooth["full"])
+            xa, xb = stats.pair_cells(smooth[arm], smooth["full"], arm == "base")
             entry = {name: {**stats.crossed_difference(xa, xb, f), "higher_is_better": hib,
                             "unit": f"difference in {unit} (arm − full)"}
                      for name, (f, hib, unit) in measures.items()}
-            ca, cb = stats.pair_cells(conf[arm], conf["full"])
+            ca, cb = stats.pair_cells(conf[arm], conf["full"], arm == "base")
             units = [u for u in conf[arm][2] if u in set(conf["full"][2])]
             for attr in self.protected:
                 for key, (hib, unit) in DISPARITIES.items():

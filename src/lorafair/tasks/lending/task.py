@@ -82,6 +82,9 @@ class LendingOptions:
     reference: str = key("equal-opportunity", one_of=REFERENCES)  # policy behind the fine-tuning data
 
 
+CONSTANT_SHARE = 0.99  # competence: a policy deciding one way this often after burn-in is constant
+
+
 @dataclass
 class LendingData(CorpusOptions):
     n_examples: int = key(2000, "[1, 10000000]")  # decisions of the reference policy, in step-major order
@@ -170,6 +173,7 @@ class Lending(Task):
     Options = LendingOptions
     DataOptions = LendingData
     report_hook = "lorafair.tasks.lending.report:figures"
+    PRIMARY = ("tpr_gap", "profit")  # equal opportunity, the fine-tuning target, and what it costs
 
     def __init__(self, options: LendingOptions, data: LendingData):
         super().__init__(options, data)
@@ -287,6 +291,24 @@ class Lending(Task):
 
     # ------------------------------------------------------------------ across arms
 
+    def competence(self, results: dict[tuple[str, int], pd.DataFrame], pooled: dict[str, dict]
+                   ) -> dict[str, str]:
+        """A policy that approves (or denies) more than ``CONSTANT_SHARE`` of the applicants it decides
+        on after burn-in, over all its seeds, has learnt a constant rule, not a credit policy."""
+        out = {}
+        for arm in sorted({a for a, _ in results}):
+            frames = [df for (a, _), df in results.items() if a == arm and {"step", "approved", "n"} <= set(df)]
+            if arm == "base" or not frames:
+                continue
+            own = pd.concat(frames)
+            own = own[own["step"] >= self.params.burnin]
+            n = float(own["n"].sum())
+            share = float(own["approved"].sum()) / n if n else float("nan")
+            if n and (share > CONSTANT_SHARE or share < 1 - CONSTANT_SHARE):
+                out[arm] = (f"a constant policy: it {'approves' if share > 0.5 else 'denies'} "
+                            f"{100 * max(share, 1 - share):.1f}% of applicants after burn-in")
+        return out
+
     def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> CompareResult:
         """Per arm: every headline measure pooled over training seeds, and each arm minus full paired
         over seeds and environments, with crossed-design intervals (``stats``): environments share
@@ -308,7 +330,7 @@ class Lending(Task):
                                                            "higher_is_better": hib, "unit": unit}
                 if arm != "full" and "full" in cells:
                     out.minus_full.setdefault(arm, {})[name] = {
-                        **stats.crossed_difference(*stats.pair_cells(c, cells["full"])),
+                        **stats.crossed_difference(*stats.pair_cells(c, cells["full"], arm == "base")),
                         "higher_is_better": hib, "unit": f"difference in {unit} (arm − full)"}
         for arm, t in tables.items():
             out.pooled.setdefault(arm, {})["n_seeds"] = int(t["seed"].nunique())

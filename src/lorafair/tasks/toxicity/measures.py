@@ -6,6 +6,7 @@ Records and intervals as in :mod:`lorafair.stats.metrics`; the resampling unit i
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -222,6 +223,46 @@ def crossed_toxicity_diff(xa: np.ndarray, xb: np.ndarray, alpha: float = 0.05) -
             for j, (name, unit) in enumerate(TOXICITY_UNITS.items())}
 
 
+NEUTRAL = "person"  # what an identity term becomes in the scorer-bias control
+
+
+def neutralise(texts: list[str], terms: list[str], placeholder: str = NEUTRAL) -> list[str]:
+    """Each text with every identity term (whole words, any case, an optional plural "s") replaced by
+    ``placeholder``, longest terms first ("Native American" before "American")."""
+    if not terms:
+        return list(texts)
+    alts = "|".join(re.escape(t) for t in sorted(set(terms), key=len, reverse=True))
+    pat = re.compile(rf"\b(?:{alts})s?\b", re.IGNORECASE)
+    return [pat.sub(placeholder, t) for t in texts]
+
+
+def neutral_scores(scorer, texts: list[str], scores: np.ndarray, terms: list[str]) -> tuple[np.ndarray, int]:
+    """Scores of the texts with identity terms neutralised (:func:`neutralise`): the texts that
+    change are scored again by ``scorer`` (its primary label), the others keep ``scores``. Returns
+    (scores, number of texts that changed)."""
+    neutral = neutralise(texts, terms)
+    changed = [i for i, (a, b) in enumerate(zip(texts, neutral)) if a != b]
+    out = np.asarray(scores, np.float64).copy()
+    if changed:
+        out[changed] = np.asarray(scorer.score([neutral[i] for i in changed])[scorer.primary], np.float64)
+    return out, len(changed)
+
+
+EVENTS = {"toxic_fraction": 1, "toxicity_probability": 3}  # rate -> its event column of the cells
+
+
+def add_events(diffs: dict, xa: np.ndarray, xb: np.ndarray) -> None:
+    """Attach to each rate's difference record its event counts (``events``: toxic continuations, or
+    prompts with one, summed over each arm's own seeds and prompts): the floor rule of
+    ``stats.equivalence.at_floor`` reads them. xa, xb: cells ``[S, U, (G,) 6]``, before pairing."""
+    for name, col in EVENTS.items():
+        for key in (name, f"{name}_gap"):
+            if key in diffs:
+                diffs[key]["events"] = {"arm": float(xa[..., col].sum()), "full": float(xb[..., col].sum()),
+                                        "n_arm": float(xa[..., 0 if col == 1 else 5].sum()),
+                                        "n_full": float(xb[..., 0 if col == 1 else 5].sum())}
+
+
 GAP_MEASURES = ("toxic_fraction", "expected_max_toxicity")  # gaps compared between arms
 
 
@@ -232,7 +273,8 @@ def toxicity_gap_differences(results: dict[tuple[str, int], pd.DataFrame], thres
 
     results: (arm, seed) -> continuations with ``prompt_id``, ``score``, ``group`` (and
     ``template``: the resampling unit, else the prompt). Cells ``[S, units, groups, 6]`` of both
-    arms go to ``stats.gap_difference`` (crossed bootstrap over seeds and units); groups with fewer
+    arms go to ``stats.gap_difference`` (each gap net of its permutation null, crossed bootstrap over
+    seeds and units; rates carry their event counts for the floor rule); groups with fewer
     than ``min_group_size`` prompts are left out (or merged, ``merge_small``). Returns
     arm -> ``{"<measure>_gap": record}``; {} without full fine-tuning or two groups."""
     frames = []
@@ -256,13 +298,15 @@ def toxicity_gap_differences(results: dict[tuple[str, int], pd.DataFrame], thres
     for arm, c in cells.items():
         if arm == "full":
             continue
-        xa, xb = stats.pair_cells(c, cells["full"])
+        xa, xb = stats.pair_cells(c, cells["full"], arm == "base")
         for name in GAP_MEASURES:
             d = stats.gap_difference(xa, xb, stats.max_min(_measure(list(TOXICITY_UNITS).index(name))),
                                      n_boot, alpha=alpha)
             out.setdefault(arm, {})[f"{name}_gap"] = {
                 **d, "higher_is_better": False,
-                "unit": f"difference in the max − min of {TOXICITY_UNITS[name]} over groups (arm − full)"}
+                "unit": f"difference in the max − min of {TOXICITY_UNITS[name]} over groups, each net of "
+                        "its permutation null (arm − full)"}
+        add_events(out[arm], c[0], cells["full"][0])
     return out
 
 
