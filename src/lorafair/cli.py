@@ -81,7 +81,7 @@ def _progress():
 def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report: bool,
          execution: dict | None = None) -> None:
     from lorafair.study.config import load_study, validate_execution
-    from lorafair.study.runner import Runner
+    from lorafair.study.runner import run_study
     from lorafair.report.summary import print_summary
 
     study = load_study(path)
@@ -89,9 +89,9 @@ def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report
         if value is not None:
             setattr(study.execution, key, value)
     validate_execution(study.execution, "command line")
-    runner = Runner(study, log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True), progress=_progress())
-    runner.run(only=arms, force=force, analyses=analyses, report=report)
-    print_summary(runner.rd.path, out)
+    run_dir = run_study(study, arms, force, analyses, report, progress=_progress(),
+                        log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
+    print_summary(run_dir, out)
 
 
 @command()
@@ -243,6 +243,7 @@ def report(run_dir: Path):
                         "a study run")
     _say_missing(run_dir)
     with RunDir(run_dir).lock():
+        RunDir(run_dir).write_tables()  # decisions and metrics tables, rebuilt from compare.json
         out.print(f"report: {build_report(run_dir)}")
 
 

@@ -102,6 +102,8 @@ class EvaluationStage:
         margins = {**self.task.default_margins(), **self.study.evaluation.margins}
         out = res.to_json(margins, equivalence.decide_all(res.minus_full, margins))
         store.write_json(self.rd.compare_path(), out)
+        self.rd.write_tables()  # decisions and metrics as tidy tables beside it
+        self.track_decisions()
         return out
 
     def audit_scorers(self) -> dict:

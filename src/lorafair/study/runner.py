@@ -281,11 +281,15 @@ class Runner(EvaluationStage):
             self.rd.write_arm_config(arm.name, seed, {"arm": arm.to_dict(), "seed": seed, "lr": lr, "hash": h,
                                                       "training": dataclasses.asdict(self.study.training)})
         on_step = self.progress(arm.name, seed) if self.progress else None
+        tracker = self.tracker(arm, seed, lr) if self.main else None
+        hooks = [f for f in (on_step, tracker.log_step if tracker else None) if f is not None]
+        finished = False
         try:
             res = train(model, arm, enc_train, enc_val, self.study.training, seed, lr,
                         self.ctx.tokenizer.pad_token_id, checkpoint=self.rd.checkpoint_dir(arm.name, seed),
-                        on_step=on_step, autocast=self.ctx.autocast, checkpoint_key=store.content_hash([h, lr]),
-                        log=self.log)
+                        on_step=(lambda row: [f(row) for f in hooks]) if hooks else None, autocast=self.ctx.autocast,
+                        checkpoint_key=store.content_hash([h, lr]), log=self.log)
+            finished = True
         except Diverged as e:
             if self.main:
                 self.rd.write_failed(arm.name, seed, {"step": e.step, "loss": str(e.loss), "lr": lr})
@@ -294,6 +298,8 @@ class Runner(EvaluationStage):
         finally:
             if on_step is not None and hasattr(on_step, "close"):
                 on_step.close()
+            if tracker is not None:
+                tracker.close(finished)
         if not self.main:  # another process of a multi-process launch: the main one writes
             return
         self.rd.save_weights(arm.name, seed, lambda p: save_final(model, arm, p), arm.type)
@@ -306,6 +312,30 @@ class Runner(EvaluationStage):
                  f"best val {res.best_val_loss:.4f} at step {res.best_step}"
                  f"{' (weights restored to it)' if res.restored_best else ''}, {res.tokens / max(res.wall_s, 1e-9):.0f} tok/s, "
                  f"{res.wall_s:.0f}s, peak {res.peak_mem_mb:.0f} MB")
+
+    def tracking_params(self) -> dict:
+        """What every tracked run records: the study's hash and the precision training ran in."""
+        f = self.rd.study_path("json")
+        h = store.read_json(f).get("hash") if f.is_file() else None
+        return {"study": self.study.name, "study_hash": h,
+                "precision": str(self.ctx.autocast or torch.float32).removeprefix("torch.")}
+
+    def tracker(self, arm: Arm, seed: int, lr: float):
+        """The study's tracker of one training (None with ``tracking: none``)."""
+        from lorafair.training.tracking import open_tracker
+
+        params = {**self.tracking_params(), "arm": arm.name, "seed": seed, "lr": lr, "rank": arm.rank,
+                  "variant": arm.variant if arm.type == "lora" else arm.type}
+        return open_tracker(self.study.tracking, self.rd.path, self.study.name, arm.name, seed, params)
+
+    def track_decisions(self) -> None:
+        """The decisions table into the study's tracker, as a run named ``decisions``."""
+        from lorafair.store.tables import decisions_table
+        from lorafair.training.tracking import log_decisions
+
+        if self.study.tracking.backend != "none" and self.rd.compare_path().is_file():
+            table = decisions_table(store.read_json(self.rd.compare_path()))
+            log_decisions(self.study.tracking, self.rd.path, self.study.name, table, self.tracking_params())
 
     # ------------------------------------------------------------------ evaluation
 
@@ -361,4 +391,13 @@ class Runner(EvaluationStage):
                                                     dtype=torch.float32).to(models.device()).eval()
 
 
-__all__ = ["Runner"]
+def run_study(study: Study, only: list[str] | None = None, force: bool = False, analyses: bool = True,
+              report: bool = True, log: Callable[[str], None] = print, progress=None) -> Path:
+    """Run ``study`` (train, evaluate, compare, analyse, report; finished work is kept) and return
+    its run directory: what ``lorafair run`` and ``lorafair.run`` both call."""
+    runner = Runner(study, log=log, progress=progress)
+    runner.run(only=only, force=force, analyses=analyses, report=report)
+    return runner.rd.path
+
+
+__all__ = ["Runner", "run_study"]
