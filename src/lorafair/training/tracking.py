@@ -154,11 +154,15 @@ class MlflowTracker:
         self.run_id = run.info.run_id
 
     def log_step(self, row: dict) -> None:
-        step = int(row["step"])
-        self.client.log_metric(self.run_id, "train_loss", float(row["loss"]), step=step)
-        self.client.log_metric(self.run_id, "lr", float(row["lr"]), step=step)
-        if row.get("val_loss") is not None:
-            self.client.log_metric(self.run_id, "val_loss", float(row["val_loss"]), step=step)
+        """One write per step: the loss, the learning rate and (at validation steps) the validation loss."""
+        import time
+
+        from mlflow.entities import Metric
+
+        step, now = int(row["step"]), int(time.time() * 1000)
+        values = {"train_loss": row["loss"], "lr": row["lr"], "val_loss": row.get("val_loss")}
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()
+                                                    if v is not None])
 
     def close(self, finished: bool = True) -> None:
         self.client.set_terminated(self.run_id, "FINISHED" if finished else "KILLED")
