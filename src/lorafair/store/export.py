@@ -4,7 +4,8 @@ What stays: every JSON, JSONL, YAML, Parquet, Markdown, HTML and image file (stu
 summaries and rows, training logs, learning-rate records, compare.json with the decisions and
 metrics tables beside it, analyses, timings, report).
 What goes: weight files (adapters, full models, checkpoints with their optimizer state), the
-tracker's store (``tracking/``), the lock and unfinished temporary files. ``lorafair report`` rebuilds the report from the copy.
+tracker's store (``tracking/``), the lock and unfinished temporary files. ``lorafair report``
+rebuilds the report from the copy.
 """
 
 from __future__ import annotations

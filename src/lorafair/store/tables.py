@@ -86,7 +86,8 @@ def decision_row(arm: str, metric: str, decision: dict, difference: dict | None,
         "fitted": bool(decision.get("fitted", True)),
         "primary": decision.get("primary") if isinstance(decision.get("primary"), bool) else None,
         "higher_is_better": hib if isinstance(hib, bool) else None,
-        "n_seeds": decision.get("n_seeds", diff.get("n_seeds")), "n_units": decision.get("n_units", diff.get("n_units")),
+        "n_seeds": decision.get("n_seeds", diff.get("n_seeds")),
+        "n_units": decision.get("n_units", diff.get("n_units")),
     }
 
 

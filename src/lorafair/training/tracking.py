@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 
 from lorafair.errors import UserError
+
+if TYPE_CHECKING:
+    from lorafair.study.config import TrackingConfig
 
 NEEDS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}  # backend -> (module, extra)
 DECISIONS_RUN = "decisions"
@@ -49,7 +52,7 @@ def check_available(backend: str) -> None:
                         f"pip install 'lorafair[{extra}]' or set tracking: none")
 
 
-def tracking_dir(cfg, output: Path) -> Path:
+def tracking_dir(cfg: "TrackingConfig", output: Path) -> Path:
     """Where the event files or the local store go: ``tracking.dir``, else ``<output>/tracking``."""
     return Path(cfg.dir) if cfg.dir else Path(output) / "tracking"
 
@@ -58,7 +61,8 @@ def run_name(arm: str, seed: int) -> str:
     return f"{arm}/seed-{seed}"
 
 
-def open_tracker(cfg, output: Path, experiment: str, arm: str, seed: int, params: dict) -> Tracker | None:
+def open_tracker(cfg: "TrackingConfig", output: Path, experiment: str, arm: str, seed: int,
+                 params: dict) -> Tracker | None:
     """The tracker of one arm × seed (None for ``backend: none``); ``params`` are logged once."""
     if cfg.backend == "none":
         return None
@@ -70,7 +74,8 @@ def open_tracker(cfg, output: Path, experiment: str, arm: str, seed: int, params
     return MlflowTracker(client, _experiment(client, cfg, root, experiment), run_name(arm, seed), params)
 
 
-def log_decisions(cfg, output: Path, experiment: str, decisions: pd.DataFrame, params: dict) -> None:
+def log_decisions(cfg: "TrackingConfig", output: Path, experiment: str, decisions: pd.DataFrame,
+                  params: dict) -> None:
     """The final decisions (one row per arm × metric, :func:`lorafair.store.tables.decisions_table`)
     as a run named ``decisions``: ``minus_full`` of every row as a metric ``<arm>/<metric>``, the
     table as text (TensorBoard) or as the artifact ``decisions.csv`` (MLflow)."""
@@ -119,7 +124,7 @@ class TensorBoardTracker:
         self.writer.close()
 
 
-def _mlflow_client(cfg, root: Path):
+def _mlflow_client(cfg: "TrackingConfig", root: Path):
     from mlflow.tracking import MlflowClient
 
     if cfg.uri:
@@ -128,7 +133,7 @@ def _mlflow_client(cfg, root: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
 
 
-def _experiment(client, cfg, root: Path, name: str) -> str:
+def _experiment(client, cfg: "TrackingConfig", root: Path, name: str) -> str:
     """The experiment's id, created on first use (artifacts beside a local store)."""
     found = client.get_experiment_by_name(cfg.experiment or name)
     if found is not None:
