@@ -233,18 +233,11 @@ def analyze(run_dir: Path):
 @command()
 def report(run_dir: Path):
     """Write report.html, summary.md and plots for a run directory."""
-    from lorafair.report import build_report
-    from lorafair.store.rundir import RunDir
+    from lorafair.api import load_run
 
-    from lorafair.report.load import is_run_dir
-
-    if not is_run_dir(run_dir):
-        raise UserError(f"{run_dir}: not a run directory (no study.yaml or study.json); give the output folder of "
-                        "a study run")
+    run = load_run(run_dir)  # a UserError when it is not a run directory
     _say_missing(run_dir)
-    with RunDir(run_dir).lock():
-        RunDir(run_dir).write_tables()  # decisions and metrics tables, rebuilt from compare.json
-        out.print(f"report: {build_report(run_dir)}")
+    out.print(f"report: {run.report()}")  # the decisions and metrics tables are rebuilt with it
 
 
 @command()
