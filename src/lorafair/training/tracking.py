@@ -19,6 +19,7 @@ when a study asks for them; :func:`check_available` is the pre-flight check.
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -110,7 +111,7 @@ class TensorBoardTracker:
     def __init__(self, folder: Path, params: dict):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(folder))
+        self.writer = SummaryWriter(str(folder), flush_secs=10)
         self.writer.add_text("params", "\n".join(f"- {k}: {v}" for k, v in params.items()), 0)
 
     def log_step(self, row: dict) -> None:
@@ -145,6 +146,8 @@ def _experiment(client, cfg: "TrackingConfig", root: Path, name: str) -> str:
 class MlflowTracker:
     """One MLflow run, named ``name``; with ``resume`` an unfinished run of that name is continued."""
 
+    FLUSH_S = 5.0
+
     def __init__(self, client, experiment_id: str, name: str, params: dict, resume: bool = True):
         self.client = client
         run = None
@@ -157,19 +160,28 @@ class MlflowTracker:
             for k, v in params.items():
                 client.log_param(run.info.run_id, k, v)
         self.run_id = run.info.run_id
+        self.pending: list = []
+        self.flushed = time.monotonic()
 
     def log_step(self, row: dict) -> None:
-        """One write per step: the loss, the learning rate and (at validation steps) the validation loss."""
-        import time
-
+        """The loss, the learning rate and (at validation steps) the validation loss, buffered and
+        written together every ``FLUSH_S`` seconds, at validation steps and at the end: a store write
+        costs tens of milliseconds, more than a short training step."""
         from mlflow.entities import Metric
 
         step, now = int(row["step"]), int(time.time() * 1000)
         values = {"train_loss": row["loss"], "lr": row["lr"], "val_loss": row.get("val_loss")}
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()
-                                                    if v is not None])
+        self.pending += [Metric(k, float(v), now, step) for k, v in values.items() if v is not None]
+        if row.get("val_loss") is not None or time.monotonic() - self.flushed >= self.FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.pending), 1000):  # MLflow takes up to 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
+        self.pending, self.flushed = [], time.monotonic()
 
     def close(self, finished: bool = True) -> None:
+        self.flush()
         self.client.set_terminated(self.run_id, "FINISHED" if finished else "KILLED")
 
 
