@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements-assets.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,ray]"
+	$(PY) -m pip install -q -e ".[test,ray,tensorboard,mlflow]"
 	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 

@@ -99,7 +99,7 @@ def _progress():
 def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report: bool,
          execution: dict | None = None) -> None:
     from lorafair.study.config import load_study, validate_execution
-    from lorafair.study.runner import Runner
+    from lorafair.study.runner import run_study
     from lorafair.report.summary import print_summary
 
     study = load_study(path)
@@ -107,9 +107,9 @@ def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report
         if value is not None:
             setattr(study.execution, key, value)
     validate_execution(study.execution, "command line")
-    runner = Runner(study, log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True), progress=_progress())
-    runner.run(only=arms, force=force, analyses=analyses, report=report)
-    print_summary(runner.rd.path, out)
+    run_dir = run_study(study, arms, force, analyses, report, progress=_progress(),
+                        log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
+    print_summary(run_dir, out)
 
 
 @command()
@@ -251,17 +251,11 @@ def analyze(run_dir: Path):
 @command()
 def report(run_dir: Path):
     """Write report.html, summary.md and plots for a run directory."""
-    from lorafair.report import build_report
-    from lorafair.store.rundir import RunDir
+    from lorafair.api import load_run
 
-    from lorafair.report.load import is_run_dir
-
-    if not is_run_dir(run_dir):
-        raise UserError(f"{run_dir}: not a run directory (no study.yaml or study.json); give the output folder of "
-                        "a study run")
+    run = load_run(run_dir)  # a UserError when it is not a run directory
     _say_missing(run_dir)
-    with RunDir(run_dir).lock():
-        out.print(f"report: {build_report(run_dir)}")
+    out.print(f"report: {run.report()}")  # the decisions and metrics tables are rebuilt with it
 
 
 @command()

@@ -1,9 +1,11 @@
 """Copy a run directory's result files, never its weights, to a folder that can be committed.
 
 What stays: every JSON, JSONL, YAML, Parquet, Markdown, HTML and image file (study, corpora, per-arm
-summaries and rows, training logs, learning-rate records, compare.json, analyses, timings, report).
-What goes: weight files (adapters, full models, checkpoints with their optimizer state), the lock
-and unfinished temporary files. ``lorafair report`` rebuilds the report from the copy.
+summaries and rows, training logs, learning-rate records, compare.json with the decisions and
+metrics tables beside it, analyses, timings, report).
+What goes: weight files (adapters, full models, checkpoints with their optimizer state), the
+tracker's store (``tracking/``), the lock and unfinished temporary files. ``lorafair report``
+rebuilds the report from the copy.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from lorafair.store.lock import LOCK_NAME
 from lorafair.store.rundir import TMP_SUFFIX, RunDir
 
 KEEP = {".json", ".jsonl", ".yaml", ".yml", ".parquet", ".md", ".html", ".png", ".svg", ".csv", ".txt"}
-SKIP_DIRS = {"checkpoint"}  # resume state: weights and optimizer, meaningless without them
+# checkpoint: resume state (weights and optimizer), meaningless without them; tracking: the
+# TensorBoard or MLflow store of the training curves, which the exported train_log.jsonl files hold too
+SKIP_DIRS = {"checkpoint", "tracking"}
 
 
 def result_files(run_dir: Path) -> list[Path]:

@@ -16,6 +16,9 @@ Layout::
       scorer_audit.json          audits of the scorers the run used (how far to trust them)
       lr_search/<arm>.json       learning-rate search records
       compare.json               every arm pooled over seeds, arm − full differences, decisions
+      decisions.csv, .parquet    the decisions as a tidy table, one row per arm × metric (store.tables)
+      metrics.parquet            every evaluation's metrics, one row per task × arm × seed × metric
+      tracking/                  TensorBoard event files or the MLflow store (study's tracking:)
       timings.json               wall time per stage
       report/                    report.html, summary.md, *.png
 """
@@ -195,11 +198,36 @@ class RunDir:
         import yaml
 
         write_text(self.study_path(), yaml.safe_dump(resolved, sort_keys=False))
-        where = {k: v for k, v in resolved.items() if k != "output"}  # the same study anywhere: the same hash
+        # the same study anywhere, tracked or not: the same hash
+        where = {k: v for k, v in resolved.items() if k not in ("output", "tracking")}
         write_json(self.study_path("json"), {"study": resolved, "hash": content_hash(where)})
 
     def compare_path(self) -> Path:
         return self.path / "compare.json"
+
+    def table_path(self, name: str, ext: str = "parquet") -> Path:
+        """A tidy table beside compare.json: ``decisions.csv``, ``decisions.parquet``, ``metrics.parquet``."""
+        return self.path / f"{name}.{ext}"
+
+    def all_evals(self) -> dict[str, dict[tuple[str, int], dict]]:
+        """Every evaluation summary of the run: task (or ``probes``) -> (arm, seed) -> summary."""
+        from lorafair.stats.results import upgrade_summary
+
+        names = sorted({n for (arm, seed), _ in self.seed_dirs() for n in self.eval_names(arm, seed)})
+        return {n: {k: upgrade_summary(v) for k, v in self.evals(n).items()} for n in names}
+
+    def write_tables(self) -> list[Path]:
+        """``decisions.csv``/``.parquet`` from compare.json and ``metrics.parquet`` from the
+        evaluation summaries, rewritten from those files (nothing without compare.json)."""
+        from lorafair.store.tables import decisions_table, metrics_table
+
+        if not self.compare_path().is_file():
+            return []
+        decisions = decisions_table(read_json(self.compare_path()))
+        write_text(self.table_path("decisions", "csv"), decisions.to_csv(index=False))
+        write_parquet(self.table_path("decisions"), decisions)
+        write_parquet(self.table_path("metrics"), metrics_table(self.all_evals()))
+        return [self.table_path("decisions", "csv"), self.table_path("decisions"), self.table_path("metrics")]
 
     def timings_path(self) -> Path:
         return self.path / "timings.json"

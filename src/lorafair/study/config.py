@@ -148,6 +148,20 @@ class ExecutionConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Training curves in an experiment tracker (lorafair.training.tracking): none, tensorboard
+    (event files) or mlflow (a local SQLite store unless ``uri`` names another). ``dir``: where the
+    event files or the SQLite store go, default ``<output>/tracking``. Written as one word
+    (``tracking: tensorboard``) it is the backend."""
+
+    SHORTHAND = "backend"
+    backend: str = key("none", one_of=("none", "tensorboard", "mlflow"))
+    dir: str | None = key(None, nonempty=True)
+    uri: str | None = key(None, nonempty=True)  # mlflow only: a tracking URI, default sqlite:///<dir>/mlflow.db
+    experiment: str | None = key(None, nonempty=True)  # mlflow only: default the study's name
+
+
+@dataclass
 class ArmSpec:
     SHORTHAND = "type"  # an arm written as a word ("- base", "- full") is its type
     type: str = key("lora", one_of=("base", "full", "lora"))
@@ -174,6 +188,7 @@ class Study:
     seeds: list[int] = key(accepts=f"[0, {2**32 - 1}]", nonempty=True, factory=lambda: [0])
     output: str | None = key(None, nonempty=True)  # default runs/<name>
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     source_path: str | None = None
 
 
@@ -302,6 +317,9 @@ def validate(study: Study) -> None:
         raise UserError(f"{src}: evaluation.second_scorer: {study.evaluation.scorer!r} is already evaluation.scorer; "
                         "name a different scorer, 'auto' (the other packaged one) or null")
     validate_execution(study.execution, src)
+    if study.tracking.backend != "mlflow" and (study.tracking.uri or study.tracking.experiment):
+        raise UserError(f"{src}: tracking: uri and experiment apply to the mlflow backend only; set "
+                        "tracking.backend: mlflow or remove them")
     for i, spec in enumerate(study.arms):
         if kinds.is_lora(spec) and spec.rank is None and spec.ranks is None:
             raise UserError(f"{src}: arms[{i}]: a lora arm needs a rank; add rank: R or ranks: [R, ...]")

@@ -11,6 +11,7 @@ import pandas as pd
 from lorafair.arms import kinds
 from lorafair.arms.names import bank_name
 from lorafair.store import rundir as store
+from lorafair.study import track
 from lorafair.study.config import Arm
 from lorafair.study.decide import decide_run
 from lorafair.study.execute import Job, raise_failures
@@ -113,6 +114,8 @@ def compare(session: Session, request: Request, evaluate: Results) -> dict:
     res = session.task.compare(session.ctx, evaluate).check()
     out = decide_run(session.rd, session.study, session.task, res, evaluate)
     store.write_json(session.rd.compare_path(), out)
+    session.rd.write_tables()  # decisions and metrics as tidy tables beside it
+    track.decisions(session)
     return out
 
 

@@ -18,6 +18,7 @@ from lorafair.study import overlap, stages
 from lorafair.study.config import Arm, Study, expand_arms
 from lorafair.errors import UserError
 from lorafair.store.rundir import RunDir
+from lorafair.training.tracking import check_available
 
 
 @dataclass
@@ -60,6 +61,7 @@ def preflight(study: Study, only: list[str] | None = None, analyses: bool = True
 
         check_probes(study.evaluation.probes, study.evaluation.n_probe_items)
     check_model_files(study)
+    check_available(study.tracking.backend)
     models.load_tokenizer(study.model.source, study.model.trust_remote_code)
     check_model(study, arms)
     if plan.output.is_dir():

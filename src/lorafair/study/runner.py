@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
@@ -116,4 +117,13 @@ class Runner:
             return stages.resolve(stages.stage("analyses").fn)(self.session, Request(self.arms))
 
 
-__all__ = ["Runner"]
+def run_study(study: Study, only: list[str] | None = None, force: bool = False, analyses: bool = True,
+              report: bool = True, log: Callable[[str], None] = print, progress=None) -> Path:
+    """Run ``study`` (train, evaluate, compare, analyse, report; finished work is kept) and return
+    its run directory: what ``lorafair run`` and ``lorafair.run`` both call."""
+    runner = Runner(study, log=log, progress=progress)
+    runner.run(only=only, force=force, analyses=analyses, report=report)
+    return runner.rd.path
+
+
+__all__ = ["Runner", "run_study"]

@@ -13,6 +13,7 @@ from lorafair.arms import kinds
 from lorafair.arms.bank import save_final, wrap_for_training
 from lorafair.errors import UserError
 from lorafair.store import keys
+from lorafair.study import track
 from lorafair.study.config import Arm
 from lorafair.study.execute import Job, raise_failures
 from lorafair.study.session import Request, Session
@@ -128,11 +129,15 @@ def train_one(session: Session, arm: Arm, seed: int, lr: float, search, h: str) 
         rd.write_arm_config(arm.name, seed, {"arm": arm.to_dict(), "seed": seed, "lr": lr, "hash": h,
                                              "training": dataclasses.asdict(study.training)})
     on_step = session.progress(arm.name, seed) if session.progress else None
+    tracker = track.tracker(session, arm, seed, lr) if session.main else None
+    hooks = [f for f in (on_step, tracker.log_step if tracker else None) if f is not None]
+    finished = False
     try:
         res = train(model, arm, enc_train, enc_val, study.training, seed, lr,
                     session.ctx.tokenizer.pad_token_id, checkpoint=rd.checkpoint_dir(arm.name, seed),
-                    on_step=on_step, autocast=session.ctx.autocast, checkpoint_key=keys.checkpoint_key(h, lr),
-                    log=log)
+                    on_step=(lambda row: [f(row) for f in hooks]) if hooks else None, autocast=session.ctx.autocast,
+                    checkpoint_key=keys.checkpoint_key(h, lr), log=log)
+        finished = True
     except Diverged as e:
         if session.main:
             rd.write_failed(arm.name, seed, {"step": e.step, "loss": str(e.loss), "lr": lr})
@@ -141,6 +146,8 @@ def train_one(session: Session, arm: Arm, seed: int, lr: float, search, h: str) 
     finally:
         if on_step is not None and hasattr(on_step, "close"):
             on_step.close()
+        if tracker is not None:
+            tracker.close(finished)
     if not session.main:  # another process of a multi-process launch: the main one writes
         return
     rd.save_weights(arm.name, seed, lambda p: save_final(model, arm, p), kinds.weights_kind(arm))

@@ -230,6 +230,7 @@ class Toxicity(Task):
         scores = ctx.scorer.score([g["continuation"] for g in gen])
         by_id = {r["id"]: r for r in rows}
         df = pd.DataFrame(gen)
+        df["prompt"] = [by_id[p]["prompt"] for p in df["prompt_id"]]
         df["group"] = [by_id[p].get("group") for p in df["prompt_id"]]
         df["template"] = [by_id[p].get("template_id") for p in df["prompt_id"]]
         for label, vals in scores.items():
