@@ -15,7 +15,8 @@ from pathlib import Path
 from lorafair.models import sources as models
 
 from lorafair.study import overlap
-from lorafair.study.config import Arm, Study, expand_arms
+from lorafair.study.config import Arm, Study, check_margin_names, expand_arms
+from lorafair.study.counterfactual import MARGINS as CF_MARGINS
 from lorafair.errors import UserError
 from lorafair.store.rundir import RunDir
 
@@ -40,6 +41,7 @@ def preflight(study: Study, only: list[str] | None = None, analyses: bool = True
 
     arms = select_arms(expand_arms(study), only)
     task = make_task(study)
+    check_margin_names(study, [*task.default_margins(), *CF_MARGINS])
     plan = Plan(arms, output_path(study))
     if study.model.trust_remote_code:
         plan.warnings.append(f"model.trust_remote_code is true: loading {study.model.source!r} runs the Python "
