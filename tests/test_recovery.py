@@ -204,3 +204,74 @@ def test_full_disk_for_real_then_resume(cli, tmp_path, tiny_study, small_disk):
     r = cli.invoke(app, ["run", str(study), *RUN])
     assert r.exit_code == 0, r.output
     _complete(small_disk / "run")
+
+
+# ---------------------------------------------------------------- model folders that would change a verdict
+
+
+def _saved(folder: Path) -> None:
+    from lorafair.models import sources as models
+
+    models.load_tokenizer("tiny-random").save_pretrained(folder)
+    models.load_model("tiny-random").save_pretrained(folder)
+
+
+def _mismatched_config(folder: Path) -> None:
+    _saved(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["intermediate_size"] = 96
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _pickled_only(folder: Path) -> None:
+    import torch
+
+    _saved(folder)
+    w = folder / "model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(w)), folder / "pytorch_model.bin")
+    w.unlink()
+
+
+def _tensor_missing(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    _saved(folder)
+    w = folder / "model.safetensors"
+    tensors = load_file(str(w))
+    tensors.pop("model.layers.1.mlp.down_proj.weight")
+    save_file(tensors, str(w), metadata={"format": "pt"})
+
+
+def _all_nan(folder: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    _saved(folder)
+    w = folder / "model.safetensors"
+    tensors = {k: torch.full_like(v, float("nan")) for k, v in load_file(str(w)).items()}
+    save_file(tensors, str(w), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("name, make, expect", [
+    ("config-shapes-mismatch", _mismatched_config, "does not belong to these weights"),
+    ("pickled-weights-only", _pickled_only, "pickled weights"),
+    ("one-tensor-missing", _tensor_missing, "model.layers.1.mlp.down_proj.weight"),
+], ids=lambda x: x if isinstance(x, str) and "-" in x else "")
+def test_model_folder_problems_are_found_before_anything_runs(cli, study_file, tmp_path, offline, name, make,
+                                                              expect):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    make(folder)
+    path = study_file(model={"source": str(folder)})
+    for cmd in (["validate", path], ["run", path, *RUN]):
+        refused(cli, cmd, expect, out=tmp_path / "run")
+
+
+def test_weights_that_are_not_finite_are_refused_at_load(cli, study_file, tmp_path, offline):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    _all_nan(folder)
+    path = study_file(model={"source": str(folder)})
+    refused(cli, ["run", path, *RUN], "NaN or infinity", alone=False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafair.models import sources as models
+from lorafair.models.checks import check_weight_files
 
 from lorafair.study import overlap
 from lorafair.study.config import Arm, Study, check_margin_names, expand_arms
@@ -122,19 +123,5 @@ def check_model_files(study: Study) -> None:
     path = Path(models.resolve(study.model.source))
     if not path.is_dir():
         return
-    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
-    if not weights:
-        raise UserError(f"model.source: {path} holds no weights (*.safetensors or *.bin); give the folder "
-                        "that save_pretrained wrote")
-    from safetensors import SafetensorError, safe_open
-
-    for w in weights:
-        if w.suffix != ".safetensors":
-            continue
-        try:
-            with safe_open(str(w), framework="pt") as f:
-                f.keys()
-        except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"model.source: {w} is not a readable safetensors file ({str(e).splitlines()[0]}); "
-                            "replace it with the file save_pretrained wrote") from None
-    models.load_config(study.model.source, study.model.trust_remote_code)
+    config = models.load_config(study.model.source, study.model.trust_remote_code)
+    check_weight_files(path, config, study.model.trust_remote_code)
