@@ -57,6 +57,8 @@ DELETED = [
     ("adapter-weights", _delete("lora-r2/seed-0/adapter/adapter_model.safetensors")),
     ("full-weights", _delete("full/seed-0/model/model.safetensors")),
     ("full-model-config", _delete("full/seed-0/model/config.json")),
+    ("eval-summary-a-list", _write("lora-r2/seed-0/eval/toxicity.json", b"[]")),
+    ("eval-rows", _delete("full/seed-0/eval/toxicity.parquet")),
 ]
 
 
@@ -68,6 +70,8 @@ def _complete(out: Path) -> None:
             assert (d / name).is_file(), d / name
         assert isinstance(json.loads((d / "config.json").read_text()), dict)
         assert isinstance(json.loads((d / "val_curve.json").read_text()), list)
+        assert isinstance(json.loads((d / "eval" / "toxicity.json").read_text()), dict)
+        assert (d / "eval" / "toxicity.parquet").is_file()
     assert (out / "compare.json").is_file()
 
 
@@ -275,3 +279,43 @@ def test_weights_that_are_not_finite_are_refused_at_load(cli, study_file, tmp_pa
     _all_nan(folder)
     path = study_file(model={"source": str(folder)})
     refused(cli, ["run", path, *RUN], "NaN or infinity", alone=False)
+
+
+# ---------------------------------------------------------------- validate finds what run would find
+
+
+@pytest.mark.parametrize("evaluation, expect", [
+    ({"second_scorer": "no-such-scorer"}, "evaluation.second_scorer"),
+    ({"second_scorer": "hf:/no/such/folder"}, "evaluation.second_scorer"),
+])
+def test_second_scorer_is_checked_before_training(cli, study_file, tmp_path, offline, evaluation, expect):
+    path = study_file(evaluation=evaluation)
+    for cmd in (["validate", path], ["run", path, *RUN]):
+        refused(cli, cmd, expect, out=tmp_path / "run")
+
+
+def test_a_ray_address_nobody_listens_on_is_refused_at_once(cli, study_file, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = study_file(execution={"backend": "ray", "address": f"127.0.0.1:{port}"})
+    t = time.perf_counter()
+    for cmd in (["validate", path], ["run", path, *RUN]):
+        refused(cli, cmd, "execution.address", out=tmp_path / "run")
+    assert time.perf_counter() - t < 20
+
+
+def test_a_read_only_output_folder_is_refused_before_anything_runs(cli, study_file, tmp_path):
+    ro = tmp_path / "ro"
+    why = _mount_tmpfs(ro, "1m")
+    if why is not None:
+        pytest.skip(why)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        path = study_file(output=str(ro / "run"))
+        for cmd in (["validate", path], ["run", path, *RUN]):
+            refused(cli, cmd, "cannot write")
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)

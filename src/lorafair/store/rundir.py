@@ -403,14 +403,19 @@ class RunDir:
         j, p = self.eval_paths(arm, seed, task)
         if not (j.is_file() and p.is_file()):
             return None
-        return read_json(j), pd.read_parquet(p)
+        summary = read_json(j)
+        if not isinstance(summary, dict):  # damaged in shape: evaluated again
+            return None
+        return summary, pd.read_parquet(p)
 
     def evals(self, task: str) -> dict[tuple[str, int], dict]:
         """Every evaluation summary of a task in this run: (arm, seed) -> summary."""
         out = {}
         for j in sorted(self.path.glob(f"*/seed-*/eval/{task}.json")):
             arm, seed = j.parts[-4], int(j.parts[-3].split("-", 1)[1])
-            out[(arm, seed)] = read_json(j)
+            summary = read_json(j)
+            if isinstance(summary, dict):
+                out[(arm, seed)] = summary
         return out
 
     def analysis_path(self, name: str, ext: str = "json") -> Path:
