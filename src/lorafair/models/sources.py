@@ -18,6 +18,7 @@ import torch
 from filelock import FileLock
 
 from lorafair.errors import UserError
+from lorafair.models.checks import check_finite
 from lorafair.packages import package_dir
 
 
@@ -198,8 +199,10 @@ def load_model(source: str, trust_remote_code: bool = False, dtype: torch.dtype 
         with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
             torch.manual_seed(seed)
             return AutoModelForCausalLM.from_config(tiny_config(), dtype=dtype)
-    return _pretrained(AutoModelForCausalLM.from_pretrained, path, source, dtype=dtype,
-                       trust_remote_code=trust_remote_code)
+    model = _pretrained(AutoModelForCausalLM.from_pretrained, path, source, dtype=dtype,
+                        trust_remote_code=trust_remote_code)
+    check_finite(model, source)
+    return model
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt")

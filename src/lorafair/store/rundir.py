@@ -316,8 +316,44 @@ class RunDir:
         return self.arm_dir(arm, seed) / ("adapter" if kind == "lora" else "model")
 
     def is_done(self, arm: str, seed: int, h: str) -> bool:
+        """Finished with hash `h`, and every output the arm promises is there and opens; an arm whose
+        outputs were deleted or damaged since is not done, so a run redoes it."""
         f = self.arm_file(arm, seed, "done.json")
-        return f.is_file() and read_json(f).get("hash") == h
+        return f.is_file() and read_json(f).get("hash") == h and self.arm_problem(arm, seed) is None
+
+    def arm_problem(self, arm: str, seed: int) -> str | None:
+        """Why a finished arm's outputs cannot be used, or None: its config, training log and
+        validation curve parse to the right shapes, and its weights folder holds a config and
+        safetensors whose headers read (a cheap check: no tensor is loaded)."""
+        def problem(p: Path, want: type | None) -> str | None:
+            if not p.is_file():
+                return f"{p.name} is missing"
+            try:
+                data = read_jsonl(p) if p.suffix == ".jsonl" else read_json(p)
+            except Exception:  # noqa: BLE001 - damaged in any way: redo
+                return f"{p.name} is damaged"
+            return f"{p.name} is damaged" if want is not None and not isinstance(data, want) else None
+
+        d = self.arm_dir(arm, seed)
+        for name, want in (("config.json", dict), ("val_curve.json", list), ("train_log.jsonl", list)):
+            if (why := problem(d / name, want)) is not None:
+                return why
+        kind = (read_json(d / "config.json").get("arm") or {}).get("type")
+        if kind == "base":
+            return None
+        folder = self.weights_dir(arm, seed, "lora" if kind != "full" else "full")
+        why = problem(folder / ("adapter_config.json" if kind != "full" else "config.json"), dict)
+        if why is not None:
+            return f"{folder.name}/{why}"
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            return f"{folder.name}/ holds no safetensors weights"
+        for w in weights:
+            try:
+                _read_header(w)
+            except Exception:  # noqa: BLE001 - each library raises its own kind
+                return f"{folder.name}/{w.name} is damaged"
+        return None
 
     def done(self, arm: str, seed: int) -> dict | None:
         f = self.arm_file(arm, seed, "done.json")
@@ -395,14 +431,19 @@ class RunDir:
         j, p = self.eval_paths(arm, seed, task)
         if not (j.is_file() and p.is_file()):
             return None
-        return read_json(j), pd.read_parquet(p)
+        summary = read_json(j)
+        if not isinstance(summary, dict):  # damaged in shape: evaluated again
+            return None
+        return summary, pd.read_parquet(p)
 
     def evals(self, task: str) -> dict[tuple[str, int], dict]:
         """Every evaluation summary of a task in this run: (arm, seed) -> summary."""
         out = {}
         for j in sorted(self.path.glob(f"*/seed-*/eval/{task}.json")):
             arm, seed = j.parts[-4], int(j.parts[-3].split("-", 1)[1])
-            out[(arm, seed)] = read_json(j)
+            summary = read_json(j)
+            if isinstance(summary, dict):
+                out[(arm, seed)] = summary
         return out
 
     def analysis_path(self, name: str, ext: str = "json") -> Path:

@@ -13,6 +13,8 @@ constructor (its options); checks that open files or models live in `lorafair.st
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import yaml
 from lorafair.arms import kinds
 from lorafair.arms.names import LORA_VARIANTS, lora_name
 from lorafair.errors import UserError
+from lorafair.study import safe_yaml
 from lorafair.study.schema import build, key, key_lines
 from lorafair.training.lr_search import check_grids
 
@@ -277,8 +280,8 @@ def load_study(path: str | Path) -> Study:
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); save the study as UTF-8") from None
     try:
-        raw = yaml.safe_load(text)
-        lines = key_lines(yaml.compose(text))
+        raw, node = safe_yaml.load(text, str(path))
+        lines = key_lines(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
@@ -309,8 +312,8 @@ def validate(study: Study) -> None:
         raise UserError(f"{src}: seeds: seed {dup[0]} appears twice (every arm would be trained and counted twice); "
                         "remove the duplicate")
     for name, delta in study.evaluation.margins.items():
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0:
-            raise UserError(f"{src}: evaluation.margins.{name}: a margin must be a positive number, "
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or not delta > 0:
+            raise UserError(f"{src}: evaluation.margins.{name}: a margin must be a finite positive number, "
                             f"got {delta!r}; give a number > 0")
     check_grids(study.training.lr_search.full, study.training.lr_search.lora, f"{src}: training.lr_search")
     if second_scorer_name(study.evaluation) == study.evaluation.scorer:
@@ -327,6 +330,17 @@ def validate(study: Study) -> None:
             raise UserError(f"{src}: arms[{i}]: rank, ranks, alpha and target_modules apply to lora arms only; "
                             f"remove them from this {spec.type} arm")
     expand_arms(study)
+
+
+def check_margin_names(study: Study, metrics: list[str]) -> None:
+    """Every margin of the study names a metric its task decides (or a prefix of such names, as the
+    task's own defaults do), so a typo never silently leaves the default margin in force."""
+    for name in study.evaluation.margins:
+        if name not in metrics:
+            close = difflib.get_close_matches(name, metrics, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(sorted(metrics))}"
+            raise UserError(f"{study.source_path}: evaluation.margins.{name}: no metric of task "
+                            f"{study.task.name!r} has this name; {hint}")
 
 
 def validate_execution(e: ExecutionConfig, src: str | None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 import traceback
 from dataclasses import dataclass
@@ -46,12 +47,33 @@ class Failure:
 ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+def environment_cause(e: BaseException) -> str | None:
+    """One line for a failure of the machine rather than of lorafair or the study (a full disk, a
+    read-only or forbidden folder), found in `e` or its causes; libraries that write files (safetensors,
+    torch) report these as their own errors carrying the OS's message or number."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = e.errno if isinstance(e, OSError) else None
+        if code is None:
+            m = re.search(r"\(os error (\d+)\)", str(e))
+            code = int(m.group(1)) if m else None
+        if code is None and "No space left on device" in str(e):
+            code = errno.ENOSPC
+        if code in ENVIRONMENT_ERRORS:
+            where = getattr(e, "filename", None) or "the output folder"
+            return (f"{where}: {os.strerror(code)}; free space or fix the folder's permissions, then run the same "
+                    "command again (finished work is kept)")
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _describe(e: BaseException) -> Failure:
     if isinstance(e, UserError):
         return Failure(Job("", ""), str(e))
-    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRORS:  # a full disk, a read-only folder: not a bug
-        return Failure(Job("", ""), f"{e.filename or 'output'}: {e.strerror}; free space or fix the folder's "
-                                    "permissions")
+    cause = environment_cause(e)  # a full disk, a read-only folder: not a bug
+    if cause is not None:
+        return Failure(Job("", ""), cause)
     return Failure(Job("", ""), f"{type(e).__name__}: {e}", "".join(traceback.format_exception(e)))
 
 

@@ -9,13 +9,17 @@ the output folder.
 
 from __future__ import annotations
 
+import socket
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafair.arms import kinds
 from lorafair.models import sources as models
+from lorafair.models.checks import check_weight_files
 from lorafair.study import overlap, stages
-from lorafair.study.config import Arm, Study, expand_arms
+from lorafair.study.config import Arm, Study, check_margin_names, expand_arms, second_scorer_name
+from lorafair.study.counterfactual import MARGINS as CF_MARGINS
 from lorafair.errors import UserError
 from lorafair.store.rundir import RunDir
 from lorafair.training.tracking import check_available
@@ -38,11 +42,14 @@ def preflight(study: Study, only: list[str] | None = None, analyses: bool = True
 
     arms = select_arms(expand_arms(study), only)
     task = make_task(study)
+    check_margin_names(study, [*task.default_margins(), *CF_MARGINS])
     plan = Plan(arms, output_path(study))
     if study.model.trust_remote_code:
         plan.warnings.append(f"model.trust_remote_code is true: loading {study.model.source!r} runs the Python "
                              "code that comes with it; use this only for a model you trust")
     check_output(plan.output)
+    if study.execution.backend == "ray":
+        check_ray_address(study.execution.address)
     overlap.check_task(task, study)  # no evaluation item in the fine-tuning data
     rows = task.check(study)
     if rows is not None:
@@ -52,10 +59,13 @@ def preflight(study: Study, only: list[str] | None = None, analyses: bool = True
     if task.uses_scorer:
         from lorafair.scorers import get_scorer
 
-        try:
-            get_scorer(study.evaluation.scorer)
-        except UserError as e:
-            raise UserError(f"evaluation.scorer: {e}") from None
+        for key_name, name in (("scorer", study.evaluation.scorer), ("second_scorer", second_scorer_name(study.evaluation))):
+            if name is None:
+                continue
+            try:
+                get_scorer(name)
+            except UserError as e:
+                raise UserError(f"evaluation.{key_name}: {e}") from None
     if study.evaluation.probes:
         from lorafair.probes.run import check_probes
 
@@ -80,6 +90,25 @@ def check_output(out: Path) -> None:
     if not parent.is_dir():
         raise UserError(f"output: cannot write to {out} ({parent} is a file); choose a writable folder with "
                         "output: in the study")
+    try:  # a test write, removed at once: a read-only or forbidden folder is found before any work
+        with tempfile.TemporaryFile(dir=parent, prefix=".lorafair-write-test"):
+            pass
+    except OSError as e:
+        raise UserError(f"output: cannot write to {parent} ({e.strerror}); choose a writable folder with output: in "
+                        "the study or fix the folder's permissions") from None
+
+
+def check_ray_address(address: str | None, timeout: float = 3.0) -> None:
+    """A Ray address given as host:port answers within `timeout` seconds (``auto`` and none are Ray's to find)."""
+    if not address or address == "auto" or ":" not in address:
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise UserError(f"execution.address: nothing answers at {address!r} ({getattr(e, 'strerror', None) or e}); "
+                        "start the cluster with `ray start --head` or fix the address") from None
 
 
 def check_sizes(study: Study, arms: list[Arm], analyses: bool, splits: dict | None, data=None) -> None:
@@ -120,19 +149,5 @@ def check_model_files(study: Study) -> None:
     path = Path(models.resolve(study.model.source))
     if not path.is_dir():
         return
-    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
-    if not weights:
-        raise UserError(f"model.source: {path} holds no weights (*.safetensors or *.bin); give the folder "
-                        "that save_pretrained wrote")
-    from safetensors import SafetensorError, safe_open
-
-    for w in weights:
-        if w.suffix != ".safetensors":
-            continue
-        try:
-            with safe_open(str(w), framework="pt") as f:
-                f.keys()
-        except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"model.source: {w} is not a readable safetensors file ({str(e).splitlines()[0]}); "
-                            "replace it with the file save_pretrained wrote") from None
-    models.load_config(study.model.source, study.model.trust_remote_code)
+    config = models.load_config(study.model.source, study.model.trust_remote_code)
+    check_weight_files(path, config, study.model.trust_remote_code)
