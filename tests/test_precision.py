@@ -11,7 +11,6 @@ the check that the two differ at all.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
