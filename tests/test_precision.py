@@ -11,8 +11,6 @@ the check that the two differ at all.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 

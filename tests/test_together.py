@@ -75,3 +75,15 @@ def test_refuses_dora_and_duplicate_keys(tok):
     j = _jobs(rows)[0]
     with pytest.raises(ValueError, match="own key"):
         train_together(models.load_model("tiny-random", seed=0), [j, j], _cfg(), tok.pad_token_id)
+
+
+def test_together_in_bf16_keeps_adapters_float32(tok):
+    rows = encode(tok, CORPUS, 32)
+    jobs = _jobs(rows)[:2]
+    _, r32 = train_together(models.load_model("tiny-random", seed=0), jobs, _cfg(), tok.pad_token_id)
+    model, r16 = train_together(models.load_model("tiny-random", seed=0), jobs, _cfg(), tok.pad_token_id,
+                                autocast=torch.bfloat16)
+    assert all(p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16) for p in model.parameters())
+    for k in r32:
+        a, b = [x["loss"] for x in r32[k].log], [x["loss"] for x in r16[k].log]
+        assert max(abs(x - y) for x, y in zip(a, b)) < 5e-3 and a != b
