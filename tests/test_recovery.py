@@ -319,3 +319,34 @@ def test_a_read_only_output_folder_is_refused_before_anything_runs(cli, study_fi
             refused(cli, cmd, "cannot write")
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_a_superseded_corpus_is_removed_once_its_replacement_is_built(cli, finished, tmp_path):
+    import yaml
+
+    study, out = _copy(finished, tmp_path)
+    (old,) = sorted((out / "data").glob("*.jsonl"))
+    d = yaml.safe_load(study.read_text())
+    d["data"]["val_fraction"] = 0.25  # the same corpus split otherwise: the cache key changes
+    corpus = Path(d["data"]["path"])
+    corpus.with_name("corpus2.jsonl").write_text(corpus.read_text() + json.dumps(
+        {"prompt": "Note 99: the neighbours said that", "completion": " they liked the well."}) + "\n")
+    d["data"]["path"] = str(corpus.with_name("corpus2.jsonl"))
+    write_yaml(study, d)
+    r = cli.invoke(app, ["run", str(study), *RUN])
+    assert r.exit_code == 0, r.output
+    files = sorted((out / "data").glob("*.jsonl"))
+    assert len(files) == 1 and files[0] != old
+
+
+@pytest.mark.parametrize("rel, expect", [
+    ("lora-r2/seed-0/adapter/adapter_model.safetensors", "lora-r2 seed 0 (adapter/ holds no safetensors weights)"),
+    ("full/seed-0/eval/toxicity.json", "full seed 0"),
+])
+def test_report_names_what_is_missing_or_damaged(cli, finished, tmp_path, rel, expect):
+    study, out = _copy(finished, tmp_path)
+    (out / rel).unlink()
+    r = cli.invoke(app, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    warning = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
+    assert len(warning) == 1 and expect in warning[0] and "run `lorafair run`" in warning[0], r.output

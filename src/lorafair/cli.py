@@ -283,8 +283,9 @@ def _say_missing(run_dir: Path) -> None:
 
     missing = missing_arms(run_dir) if run_dir.is_dir() else []
     if missing:
-        console.print(f"warning: {run_dir}: not evaluated yet, left out: {', '.join(missing)}; run `lorafair run` "
-                      "on the study again to finish them", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"warning: {run_dir}: not evaluated yet or damaged, left out or out of date: "
+                      f"{', '.join(missing)}; run `lorafair run` on the study again to finish or redo them",
+                      highlight=False, markup=False, soft_wrap=True)
 
 
 def _study_of(run_dir: Path, load_study):

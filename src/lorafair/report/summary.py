@@ -61,7 +61,8 @@ def second_scorer_console(evals: dict[tuple[str, int], dict]) -> tuple[str, list
 
 
 def missing_arms(run_dir: Path) -> list[str]:
-    """'arm seed s' for every arm and seed of the run's study that has no evaluation yet."""
+    """'arm seed s' for every arm and seed of the run's study that has no evaluation yet, and
+    'arm seed s (why)' for one whose training outputs were deleted or damaged since."""
     import yaml
 
     from lorafair.study.config import expand_arms, study_from_dict
@@ -74,7 +75,14 @@ def missing_arms(run_dir: Path) -> list[str]:
     study = study_from_dict({k: v for k, v in raw.items() if k != "source_path"}, str(f))
     evaluated = set(rd.evals(study.task.name))
     want = [(a.name, s) for a in expand_arms(study) for s in (study.seeds if kinds.trains(a) else study.seeds[:1])]
-    return [f"{a} seed {s}" for a, s in want if (a, s) not in evaluated]
+    out = []
+    for a, s in want:
+        problem = rd.arm_problem(a, s) if rd.done(a, s) is not None and (a, s) in evaluated else None
+        if (a, s) not in evaluated:
+            out.append(f"{a} seed {s}")
+        elif problem is not None:
+            out.append(f"{a} seed {s} ({problem})")
+    return out
 
 
 def failed_arms(run_dir: Path) -> list[str]:

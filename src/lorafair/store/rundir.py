@@ -306,6 +306,12 @@ class RunDir:
     def corpus_path(self, name: str, h: str) -> Path:
         return self.path / "data" / f"{name}-{h}.jsonl"
 
+    def superseded_corpora(self, current: Path) -> list[Path]:
+        """The other built corpora of the same name as `current` (``<name>-<hash>.jsonl``): earlier
+        settings' corpora, which no arm of this run trains on any more."""
+        name = current.name.rsplit("-", 1)[0]
+        return [p for p in self.corpus_files() if p != current and p.name.rsplit("-", 1)[0] == name]
+
     def arm_dir(self, arm: str, seed: int) -> Path:
         return self.path / arm / f"seed-{seed}"
 

@@ -22,6 +22,9 @@ def build(session: Session, request: Request | None = None) -> Corpus:
         rows = task.build_corpus(session.ctx)
         store.write_jsonl(path, rows)
         session.tally.work += 1
+        for old in session.rd.superseded_corpora(path):  # only once the replacement is complete
+            old.unlink()
+            session.log(f"removed the superseded corpus {old.name}")
     if not rows:
         raise UserError(f"data: the fine-tuning set is empty ({path}); check data.corpus and its options")
     overlap.check_task(task, session.study, [r["prompt"] for r in rows])  # the corpus as built
