@@ -155,7 +155,9 @@ def _interval_record(value: float, comp: dict, S: int, U: int, alpha: float) -> 
     comps = {k: (float(comp[k]) if np.isfinite(comp[k]) else None) for k in ("seed", "unit", "inter")}
     return {"value": value, "lo": value - hw, "hi": value + hw, "lo90": value - hw90,
             "hi90": value + hw90, "se": float(np.sqrt(max(var, 0.0))) if np.isfinite(var) else float("nan"),
-            "n_seeds": int(S), "n_units": int(U), "components": comps, "interval": "crossed"}
+            "n_seeds": int(S), "n_units": int(U), "components": comps, "interval": "crossed",
+            "parts": {k: (float(comp[k]) if np.isfinite(comp[k]) else None) if k[0] == "v" else int(comp[k])
+                      for k in ("v_seed", "df_seed", "v_unit", "df_unit")}}
 
 
 def crossed_interval(x: np.ndarray, measure: Measure = lambda m: m[..., 0],
