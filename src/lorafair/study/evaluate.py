@@ -124,4 +124,5 @@ def _eval_key(e) -> dict:
     d.pop("margins", None)  # margins decide, they do not change what is measured
     d.pop("audit_scorer", None)
     d.pop("counterfactual", None)  # computed and cached on its own (counterfactual_runner)
+    d.pop("sequential", None)  # how many seeds to add, not how a seed is measured
     return d
