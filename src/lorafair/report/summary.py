@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lorafair.arms.names import arm_order
+from lorafair.report import sequential
 from lorafair.report.fmt import bracket, num
 from lorafair.stats.results import is_record
 from lorafair.store.rundir import RunDir, read_json
@@ -118,5 +119,7 @@ def print_summary(run_dir: Path, console: Console) -> None:
                       "(>δ: beyond the margin too); inconclusive: neither. Seeds pooled, "
                       "crossed-design intervals.", highlight=False)
         console.print(rank_sentence(decisions) or "", highlight=False)
+        for line in sequential.ending_lines(run.compare.get("sequential") or {}, decisions):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
     elif margins or run.compare:
         console.print("No equivalence decisions in compare.json.", highlight=False)
