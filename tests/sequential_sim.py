@@ -89,7 +89,7 @@ def report(n: int = 2000, n_planned: int = 300, seed: int = 1) -> dict:
             x = cells(rng, shares, U, theta, n)
             seq, used = fixed_schedule(x, DELTA)
             naive, used_naive = fixed_schedule(x, DELTA, naive=True)
-            pl, used_pl, looks_pl = planned(x[:n_planned], DELTA)
+            pl, used_pl, looks_pl = planned(x[:n_planned], DELTA, step=3)
             row[name] = {"theta": theta,
                          "sequential": {"equivalent": float(np.mean(seq == "equivalent")),
                                         "higher": float(np.mean(seq == "higher")),
