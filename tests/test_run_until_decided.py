@@ -37,7 +37,8 @@ def outcome(out: Path) -> dict:
     """The plan without its timings, and the decisions of compare.json."""
     plan = read_json(RunDir(out).sequential_path())
     for look in plan["looks"]:
-        look.pop("wall_s", None), look.pop("estimate_s", None)
+        for k in ("wall_s", "estimate_s", "overhead_s"):
+            look.pop(k, None)
     compare = read_json(RunDir(out).compare_path())
     return {"plan": plan, "decisions": compare["decisions"], "minus_full": compare["minus_full"]}
 

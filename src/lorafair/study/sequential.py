@@ -62,6 +62,9 @@ def decide(plan: dict, compare: dict) -> dict[str, dict[str, str]]:
         if a["status"] != "open":
             continue
         a["looks"].append(n)
+        if not primary.get(arm):  # no comparison with full (its training failed on every seed)
+            a["status"] = "not compared"
+            continue
         levels = seq.look_levels(a["looks"], plan["max_seeds"])[-1]
         for metric in primary.get(arm, []):
             if metric in a["decisions"]:
@@ -112,7 +115,7 @@ def next_look(plan: dict, compare: dict, cost: Callable[[dict[str, int], int], f
             return None
     full = max(len(plan["seeds"]), max(targets.values()))
     return {"look": len(plan["looks"]) + 1, "arms": targets, "full": full, "done": False, "why": why,
-            "estimate_s": round(cost(targets, full), 1)}
+            "estimate_s": round(cost(targets, full), 1), "overhead_s": round(getattr(cost, "overhead", 0.0), 1)}
 
 
 def ending(plan: dict, arm: str, metric: str) -> str | None:
@@ -178,7 +181,7 @@ def run_until_decided(study: Study, log: Callable[[str], None] = print, progress
             for arm, ms in now.items():
                 log(f"look {look['look']}: {arm}: " + ", ".join(f"{m} {w}" for m, w in ms.items()))
             store.write_json(path, plan)
-        nxt = next_look(plan, compare, _cost(rd, study), sum(lk.get("wall_s", 0) for lk in plan["looks"][1:]))
+        nxt = next_look(plan, compare, _cost(rd, study, plan), sum(lk.get("wall_s", 0) for lk in plan["looks"][1:]))
         if nxt is None:
             store.write_json(path, plan)
             store.write_json(rd.compare_path(), annotate(compare, plan))
@@ -264,9 +267,14 @@ def _compare(study: Study, plan: dict, log) -> dict:
         return r.compare(results)
 
 
-def _cost(rd: RunDir, study: Study) -> Callable[[dict[str, int], int], float]:
+def _cost(rd: RunDir, study: Study, plan: dict) -> Callable[[dict[str, int], int], float]:
     """Seconds a look is estimated to take: per arm, its mean training plus evaluation time per seed
-    so far, times the seeds it adds."""
+    so far, times the seeds it adds, plus what earlier added looks took beyond their estimate
+    (loading the model, building the comparison)."""
+    extra = [lk["wall_s"] - lk["estimate_s"] + lk.get("overhead_s", 0.0) for lk in plan["looks"][1:]
+             if "wall_s" in lk and "estimate_s" in lk]
+    overhead = max(0.0, sum(extra) / len(extra)) if extra else 0.0
+
     def per_seed(arm: str) -> float:
         walls = []
         for s in study.seeds:
@@ -284,8 +292,9 @@ def _cost(rd: RunDir, study: Study) -> Callable[[dict[str, int], int], float]:
             if arm not in cache:
                 cache[arm] = per_seed(arm)
             total += max(0, n - have[arm]) * cache[arm]
-        return total
+        return total + overhead
 
+    cost.overhead = overhead
     return cost
 
 
