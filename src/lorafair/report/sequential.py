@@ -23,7 +23,7 @@ def look_rows(plan: dict) -> list[list[str]]:
     return rows
 
 
-def ending_lines(plan: dict, decisions: dict) -> list[str]:
+def ending_lines(plan: dict, decisions: dict, unit: str = "evaluation units") -> list[str]:
     """One line per planned arm: its ending and, for decisions left open, what would settle them."""
     out = []
     for arm, a in plan.get("arms", {}).items():
@@ -35,8 +35,10 @@ def ending_lines(plan: dict, decisions: dict) -> list[str]:
         for metric, d in (decisions.get(arm) or {}).items():
             s = d.get("sequential") or {}
             if s.get("ending"):
-                need = (d.get("more_data") or {}).get("seeds")
-                more = f"; about {need} seeds would settle it if the difference stays as observed" if need else ""
+                need = d.get("more_data") or {}
+                ways = [f"about {need['seeds']} seeds"] if need.get("seeds") else []
+                ways += [f"about {need['units']} {unit} (now {need.get('n_units')})"] if need.get("units") else []
+                more = f"; {' or '.join(ways)} would settle it if the difference stays as observed" if ways else ""
                 out.append(f"{arm} {metric}: {s['ending']}{more}")
     return out
 
@@ -51,7 +53,7 @@ def section(compare: dict) -> tuple[str, list[str]]:
     head = (f"Cap {plan['max_seeds']} seeds, at least {plan['seeds_per_look']} more per look, at most "
             f"{plan['max_looks']} looks" + (f", budget {plan['budget_minutes']:g} min" if plan.get("budget_minutes")
                                               else "") + ".")
-    rows, ends = look_rows(plan), ending_lines(plan, compare.get("decisions") or {})
+    rows, ends = look_rows(plan), ending_lines(plan, compare.get("decisions") or {}, compare.get("unit") or "units")
     html = f"<p>{H.esc(head)}</p>" + H.table(LOOK_HEADER, rows) + H.bullets(ends) + f"<p>{H.esc(NOTE)}</p>"
     md = ["## Run until decided", "", head, "", H.md_table(LOOK_HEADER, rows), ""] + [f"- {e}" for e in ends]
     return html, md + ["", NOTE, ""]

@@ -119,7 +119,8 @@ def print_summary(run_dir: Path, console: Console) -> None:
                       "(>δ: beyond the margin too); inconclusive: neither. Seeds pooled, "
                       "crossed-design intervals.", highlight=False)
         console.print(rank_sentence(decisions) or "", highlight=False)
-        for line in sequential.ending_lines(run.compare.get("sequential") or {}, decisions):
+        for line in sequential.ending_lines(run.compare.get("sequential") or {}, decisions,
+                                            run.compare.get("unit") or "units"):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
     elif margins or run.compare:
         console.print("No equivalence decisions in compare.json.", highlight=False)
