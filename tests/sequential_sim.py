@@ -49,7 +49,8 @@ def fixed_schedule(x: np.ndarray, delta: float, looks=LOOKS, max_seeds: int | No
     for k, s in enumerate(looks):
         comp = intervals.crossed_variance(x[:, :s])
         d = x[:, :s].mean(axis=(1, 2))
-        lv = {"level_test": 0.05, "level_equiv": 0.10} if naive else sequential.look_levels(looks[:k + 1], max_seeds)[-1]
+        fixed = {"level_test": 0.05, "level_equiv": 0.10}
+        lv = fixed if naive else sequential.look_levels(looks[:k + 1], max_seeds)[-1]
         hw_t, hw_e = intervals.half_width(comp, lv["level_test"]), intervals.half_width(comp, lv["level_equiv"])
         eq = (d - hw_e > -delta) & (d + hw_e < delta)
         up, down = ~eq & (d - hw_t > 0), ~eq & (d + hw_t < 0)

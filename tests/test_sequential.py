@@ -150,4 +150,5 @@ def test_planner_respects_step_and_cap_and_projects_from_the_components():
         assert not sequential.settles(clear, 0.1, want - 1, sequential.look_levels([3, want - 1], 12)[-1])
     hopeless = {"value": 0.099, "components": comp, "n_seeds": 3, "n_units": 100}
     assert sequential.next_size([(hopeless, 0.1)], [3], 12, 2) == (5, None)
-    assert sequential.next_size([(clear, 0.1)], [3, 11], 12, 4) == (12, sequential.seeds_to_settle(clear, 0.1, [3, 11], 12))
+    late = sequential.seeds_to_settle(clear, 0.1, [3, 11], 12)
+    assert sequential.next_size([(clear, 0.1)], [3, 11], 12, 4) == (12, late)

@@ -19,8 +19,8 @@ from the normal distribution function.
 
 Two boundary sets, one per decision:
 
-- worse/better: two-sided, α = 0.05 (2·α₀.₀₂₅(t) of P(|Z_k| ≥ c_k first at k) spent); the look's interval is the
-  crossed-design interval of :mod:`lorafair.stats.intervals` at the nominal level
+- worse/better: two-sided, α = 0.05 (2·α₀.₀₂₅(t) of P(|Z_k| ≥ c_k first at k) spent); the look's
+  interval is the crossed-design interval of :mod:`lorafair.stats.intervals` at the nominal level
   ``level_test = 2(1 − Φ(c_k))`` in place of 0.05 (t quantiles with each part's degrees of freedom);
 - equivalence (two one-sided tests): one-sided, α = 0.05 per side; the interval at
   ``level_equiv = 2(1 − Φ(c_k))`` in place of 0.10 must lie inside (−δ, δ).
@@ -29,6 +29,10 @@ With a single look at t = 1 both levels are the fixed-sample ones (0.05 and 0.10
 are those of :func:`lorafair.stats.equivalence.decide`. Seeds measure information here; when the
 evaluation units carry part of the variance (a part that does not shrink as seeds are added) the
 looks are more strongly correlated than assumed, which makes the procedure conservative.
+
+The planner (:func:`next_size`) picks an arm's next seed count: the smallest at which an open
+decision would settle with that look's boundaries, were the difference and its variance components
+to stay as measured. The loop that trains the seeds is ``lorafair.study.sequential``.
 """
 
 from __future__ import annotations

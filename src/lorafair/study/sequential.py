@@ -19,7 +19,7 @@ import time
 from typing import Callable
 
 from lorafair.errors import UserError
-from lorafair.stats import equivalence, sequential as seq
+from lorafair.stats import sequential as seq
 from lorafair.store import rundir as store
 from lorafair.store.rundir import RunDir
 from lorafair.study.config import Study, expand_arms, resolved_dict, validate_sequential
