@@ -20,7 +20,7 @@ from conftest import tiny_study_dict, write_yaml
 from lorafair.errors import UserError
 from lorafair.store.rundir import RunDir, read_json
 from lorafair.study.config import study_from_dict
-from lorafair.study.sequential import annotate, new_plan, next_look, run_until_decided
+from lorafair.study.sequential import annotate, new_plan, next_look, reopen_for_budget, run_until_decided
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_SEEDS = 5
@@ -121,6 +121,9 @@ def test_budget_trims_the_look_and_ends_open_arms(tmp_path, corpus_file):
     assert {a["status"] for a in plan["arms"].values()} == {"budget"}
     out = annotate(compare, plan)
     assert out["decisions"]["lora-r1"]["m"]["sequential"]["ending"] == "inconclusive after 3 seeds (budget)"
+    reopen_for_budget(plan, 10.0)  # the study's budget raised: the arms go on
+    assert {a["status"] for a in plan["arms"].values()} == {"open"}
+    assert next_look(plan, compare, per_seed, spent_s=45.0) is not None
 
 
 def _env() -> dict:

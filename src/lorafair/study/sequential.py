@@ -118,6 +118,17 @@ def next_look(plan: dict, compare: dict, cost: Callable[[dict[str, int], int], f
             "estimate_s": round(cost(targets, full), 1), "overhead_s": round(getattr(cost, "overhead", 0.0), 1)}
 
 
+def reopen_for_budget(plan: dict, budget_minutes: float | None) -> None:
+    """A changed budget (the study edited between runs) replaces the plan's; arms that ended for
+    want of budget are open again."""
+    if plan.get("budget_minutes") == budget_minutes:
+        return
+    plan["budget_minutes"] = budget_minutes
+    for a in plan["arms"].values():
+        if a["status"] == "budget":
+            a["status"] = "open"
+
+
 def ending(plan: dict, arm: str, metric: str) -> str | None:
     """"inconclusive after N seeds (cap)" (or "(budget)") for a decision still open at the end."""
     a = plan["arms"][arm]
@@ -166,6 +177,7 @@ def run_until_decided(study: Study, log: Callable[[str], None] = print, progress
                         "settings; run the study with another output folder, or remove the file to start over")
     if plan is None:
         plan = new_plan(study)
+    reopen_for_budget(plan, study.evaluation.sequential.budget_minutes)
     while True:
         look = plan["looks"][-1]
         if not look["done"]:
