@@ -21,7 +21,7 @@ from lorafair.errors import UserError
 from lorafair.store.rundir import RunDir, read_json
 from lorafair.study.config import study_from_dict
 from lorafair.study.runner import Runner
-from lorafair.study.sequential import annotate, new_plan, next_look, reopen_for_budget
+from lorafair.study.sequential import annotate, decide, new_plan, next_look, reopen_for_budget
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_SEEDS = 5
@@ -170,3 +170,46 @@ def test_sigkill_in_the_middle_of_a_look_resumes_to_the_same_plan_and_result(tmp
                       analyses=False, report=False)
     assert outcome(tmp_path / "run") == outcome(tmp_path / "clean")
     assert not list((tmp_path / "run").rglob("*.tmp")) and not (tmp_path / "run" / ".lock").exists()
+
+
+def test_only_primary_metrics_of_fitted_arms_are_planned_and_the_fit_gate_is_final(tmp_path, corpus_file):
+    """decide() settles the primary metrics (``primary`` set by decide_run) of arms that passed the
+    fit gate; an arm that did not fit ends ``not fitted`` with its "no verdict" kept; annotate keeps
+    decide_run's fields and words a decided difference inside δ as "worse, within δ"."""
+    study = study_from_dict(study_dict(tmp_path / "run", corpus_file), "s.yaml")
+    plan = new_plan(study)
+    worse = {"value": 0.5, "lo": 0.03, "hi": 0.97, "n_seeds": 3, "n_units": 100, "higher_is_better": False,
+             "parts": {"v_seed": 1e-6, "df_seed": 2, "v_unit": 1e-6, "df_unit": 99}}
+    entry = {"decision": "worse, within δ", "margin": 1.5, "fitted": True, "primary": True, "p_value": 1e-9,
+             "p_holm": 2e-9}
+    no_fit = {**entry, "decision": "no verdict: did not fit (loss rose)", "fitted": False}
+    compare = {"minus_full": {"lora-r1": {"m": worse, "s": worse}, "lora-r2": {"m": worse}},
+               "decisions": {"lora-r1": {"m": entry, "s": {**entry, "primary": False}}, "lora-r2": {"m": no_fit}}}
+    now = decide(plan, compare)
+    assert now == {"lora-r1": {"m": "worse, within δ"}}
+    assert plan["arms"]["lora-r1"]["status"] == "decided" and "s" not in plan["arms"]["lora-r1"]["decisions"]
+    assert plan["arms"]["lora-r2"]["status"] == "not fitted"
+    assert next_look(plan, compare, lambda t, f: 0.0, 0.0) is None  # nothing open: no more seeds
+    out = annotate(compare, plan)["decisions"]
+    r1 = out["lora-r1"]["m"]
+    assert r1["decision"] == "worse, within δ" and r1["beyond_margin"] is False
+    assert (r1["fitted"], r1["primary"], r1["p_value"], r1["p_holm"]) == (True, True, 1e-9, 2e-9)
+    assert r1["sequential"]["look"] == 1 and "Holm" in r1["sequential"]["multiplicity"]
+    assert out["lora-r1"]["s"] == compare["decisions"]["lora-r1"]["s"]  # secondary: fixed-sample, untouched
+    assert out["lora-r2"]["m"] == no_fit
+
+
+def test_a_primary_decision_at_the_floor_at_the_cap_stays_uninformative(tmp_path, corpus_file):
+    study = study_from_dict(study_dict(tmp_path / "run", corpus_file), "s.yaml")
+    plan = new_plan(study)
+    floor = {"value": 0.0, "lo": 0.0, "hi": 0.0, "n_seeds": 5, "n_units": 32, "events": {"arm": 0, "full": 0},
+             "components": {"seed": 0.0, "unit": 0.0, "inter": 0.0}}
+    entry = {"decision": "uninformative (floor)", "margin": 0.02, "fitted": True, "primary": True}
+    compare = {"minus_full": {a: {"m": floor} for a in ("lora-r1", "lora-r2")},
+               "decisions": {a: {"m": entry} for a in ("lora-r1", "lora-r2")}}
+    plan["looks"][0]["arms"] = {"lora-r1": MAX_SEEDS, "lora-r2": MAX_SEEDS}
+    decide(plan, compare)
+    assert {a["status"] for a in plan["arms"].values()} == {"capped"}
+    got = annotate(compare, plan)["decisions"]["lora-r1"]["m"]
+    assert got["decision"] == "uninformative (floor)"
+    assert got["sequential"]["ending"] == f"inconclusive after {MAX_SEEDS} seeds (cap)"

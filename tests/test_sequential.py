@@ -154,3 +154,23 @@ def test_planner_respects_step_and_cap_and_projects_from_the_components():
     assert sequential.next_size([(hopeless, 0.1)], [3], 12, 2) == (5, None)
     late = sequential.seeds_to_settle(clear, 0.1, [3, 11], 12)
     assert sequential.next_size([(clear, 0.1)], [3, 11], 12, 4) == (12, late)
+
+
+def test_a_decided_difference_inside_the_margin_is_within_delta_and_a_floor_stays_open():
+    """A difference whose test interval excludes 0 and whose equivalence interval lies inside ±δ is
+    "worse, within δ" (as ``equivalence.decide`` words it); a rate with few events in both arms is
+    at the floor, which a look does not settle."""
+    look = sequential.look_levels([3], 3)[0]
+    rec = {"value": 0.5, "parts": {"v_seed": 0.01, "df_seed": 2, "v_unit": 0.001, "df_unit": 99},
+           "n_seeds": 3, "n_units": 100}
+    rec |= {"lo": 0.5 - 0.47, "hi": 0.5 + 0.47}
+    got = sequential.decide_look(rec, 1.5, look, higher_is_better=False)
+    assert got["decision"] == "worse, within δ" == equivalence.decide({**rec, "lo90": got["lo_equiv"],
+                                                                       "hi90": got["hi_equiv"]}, 1.5, False)["decision"]
+    assert got["lo"] > 0 and -1.5 < got["lo_equiv"] and got["hi_equiv"] < 1.5
+    assert sequential.decide_look({**rec, "value": -0.5}, 1.5, look, True)["decision"] == "worse, within δ"
+    assert sequential.decide_look({**rec, "value": 0.5}, 1.5, look)["decision"] == "higher, within δ"
+    floor = sequential.decide_look({**rec, "events": {"arm": 1, "full": 0}}, 1.5, look, False)
+    assert floor["decision"] == equivalence.FLOOR and not sequential.is_decided(floor["decision"])
+    assert all(sequential.is_decided(w) for w in ("equivalent", "worse", "better, within δ"))
+    assert not sequential.is_decided("open")

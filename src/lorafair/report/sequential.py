@@ -9,7 +9,9 @@ NOTE = ("Seeds were added where a primary decision was open and decided again at
         "repeated confidence intervals (O'Brien–Fleming-type α spending over the information fraction "
         "seeds / max_seeds), so the chance of a wrong \"equivalent\" (true difference δ) and of a wrong "
         "\"worse\"/\"better\" (true difference 0) stays within 5% over all looks together; a decision "
-        "taken at a look stays. Each look's intervals are wider than the fixed-sample ones, most at early looks.")
+        "taken at a look stays. Each look's intervals are wider than the fixed-sample ones, most at early looks. "
+        "Only the primary metrics of arms that passed the fit gate are decided this way; the levels are per "
+        "decision, not Holm-adjusted across arms and metrics.")
 
 
 def look_rows(plan: dict) -> list[list[str]]:
@@ -32,6 +34,10 @@ def ending_lines(plan: dict, decisions: dict, unit: str = "evaluation units") ->
             out.append(f"{arm}: every primary decision settled, after {n} seeds")
         elif a["status"] == "open":
             out.append(f"{arm}: still open after {n} seeds (run the same command to go on)")
+        elif a["status"] == "not fitted":
+            out.append(f"{arm}: no verdict (did not fit, see the training table) after {n} seeds; no seeds added")
+        elif a["status"] == "not compared":
+            out.append(f"{arm}: not compared with full fine-tuning after {n} seeds")
         for metric, d in (decisions.get(arm) or {}).items():
             s = d.get("sequential") or {}
             if s.get("ending"):

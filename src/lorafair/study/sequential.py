@@ -58,7 +58,8 @@ def fitted(recs: dict[str, dict]) -> bool:
 def _key(study: Study) -> str:
     q = study.evaluation.sequential
     return store.content_hash({"seeds": study.seeds, "max_seeds": q.max_seeds, "step": q.seeds_per_look,
-                               "arms": [a.name for a in expand_arms(study)], "margins": study.evaluation.margins})
+                               "arms": [a.name for a in expand_arms(study)], "margins": study.evaluation.margins}
+                              | ({"primary": study.evaluation.primary} if study.evaluation.primary else {}))
 
 
 def new_plan(study: Study) -> dict:
@@ -192,7 +193,7 @@ def annotate(compare: dict, plan: dict) -> dict:
 
 def _beyond(got: dict) -> bool | None:
     """Whether a non-zero sequential decision's test interval also lies beyond the margin."""
-    if equivalence.base_word(got["decision"]) not in equivalence.NONZERO:
+    if got["decision"].removesuffix(equivalence.WITHIN) not in equivalence.NONZERO:
         return None
     return bool(got["lo"] > got["margin"] or got["hi"] < -got["margin"])
 
@@ -212,8 +213,8 @@ def run_until_decided(study: Study, run_stages: RunStages, analyze: Callable[[St
     path = rd.sequential_path()
     plan = store.read_json(path) if path.is_file() else None
     if plan is not None and plan.get("key") != _key(study):
-        raise UserError(f"{path}: this run folder follows a plan for other seeds, arms, margins or sequential "
-                        "settings; run the study with another output folder, or remove the file to start over")
+        raise UserError(f"{path}: this run folder follows a plan for other seeds, arms, margins, primary "
+                        "metrics or sequential settings; run the study with another output folder, or remove the file to start over")
     if plan is None:
         plan = new_plan(study)
     reopen_for_budget(plan, study.evaluation.sequential.budget_minutes)
