@@ -25,10 +25,16 @@ Two boundary sets, one per decision:
 - equivalence (two one-sided tests): one-sided, α = 0.05 per side; the interval at
   ``level_equiv = 2(1 − Φ(c_k))`` in place of 0.10 must lie inside (−δ, δ).
 
-With a single look at t = 1 both levels are the fixed-sample ones (0.05 and 0.10), so the decisions
-are those of :func:`lorafair.stats.equivalence.decide`. Seeds measure information here; when the
-evaluation units carry part of the variance (a part that does not shrink as seeds are added) the
-looks are more strongly correlated than assumed, which makes the procedure conservative.
+The decisions are worded as :func:`lorafair.stats.equivalence.decide` words them ("worse, within δ"
+for a decided difference inside the margin, "uninformative (floor)" for a rate with too few events,
+which a look does not settle). With a single look at t = 1 both levels are the fixed-sample ones
+(0.05 and 0.10), so the decisions are those of ``decide`` without multiplicity adjustment: each
+decision spends its own error over looks, and the Holm adjustment across arms and primary metrics of
+the fixed-sample decisions is not combined with it (``MULTIPLICITY``, docs/measures.md).
+
+Seeds measure information here; when the evaluation units carry part of the variance (a part that
+does not shrink as seeds are added) the looks are more strongly correlated than assumed, which makes
+the procedure conservative.
 
 The planner (:func:`next_size`) picks an arm's next seed count: the smallest at which an open
 decision would settle with that look's boundaries, were the difference and its variance components

@@ -214,7 +214,8 @@ def run_until_decided(study: Study, run_stages: RunStages, analyze: Callable[[St
     plan = store.read_json(path) if path.is_file() else None
     if plan is not None and plan.get("key") != _key(study):
         raise UserError(f"{path}: this run folder follows a plan for other seeds, arms, margins, primary "
-                        "metrics or sequential settings; run the study with another output folder, or remove the file to start over")
+                        "metrics or sequential settings; run the study with another output folder, or remove "
+                        "the file to start over")
     if plan is None:
         plan = new_plan(study)
     reopen_for_budget(plan, study.evaluation.sequential.budget_minutes)
