@@ -166,6 +166,11 @@ STUDY_KEYS = [
     ("lending-reference", {"task": {"name": "lending", "options": {"reference": "max-proft"}}, "data": {}},
      "task.options.reference"),
     ("lending-envs-zero", {"task": {"name": "lending", "options": {"n_envs": 0}}, "data": {}}, "task.options.n_envs"),
+    ("sequential-max-seeds-one", {E: {"sequential": {"max_seeds": 1}}}, "evaluation.sequential.max_seeds"),
+    ("sequential-step-zero", {E: {"sequential": {"seeds_per_look": 0}}}, "evaluation.sequential.seeds_per_look"),
+    ("sequential-budget-negative", {E: {"sequential": {"budget_minutes": -5}}},
+     "evaluation.sequential.budget_minutes"),
+    ("sequential-key-typo", {E: {"sequential": {"max_seed": 4}}}, "did you mean 'max_seeds'"),
     ("lending-eval-seeds-empty", {"task": {"name": "lending", "options": {"eval_seeds": []}}, "data": {}},
      "task.options.eval_seeds"),
 ]
@@ -383,6 +388,14 @@ def test_score_unknown_scorer(cli):
 
 def test_unknown_arm_selected(cli, study_file, tmp_path):
     refused(cli, ["run", study_file(), "--arms", "lora-r3", *RUN], "--arms", out=tmp_path / "run")
+
+
+def test_until_decided_with_arms_or_one_seed(cli, study_file, tmp_path):
+    refused(cli, ["run", study_file(seeds=[0, 1]), "--until-decided", "--arms", "full", *RUN], "--until-decided",
+            out=tmp_path / "run")
+    refused(cli, ["run", study_file(), "--until-decided", *RUN], "seeds", out=tmp_path / "run")
+    refused(cli, ["run", study_file(seeds=[0, 1, 2], evaluation={"sequential": {"max_seeds": 2}}), "--until-decided",
+                  *RUN], "evaluation.sequential.max_seeds", out=tmp_path / "run")
 
 
 def test_report_on_a_plain_folder(cli, tmp_path):

@@ -97,9 +97,9 @@ def _progress():
 
 
 def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report: bool,
-         execution: dict | None = None) -> None:
+         execution: dict | None = None, until_decided: bool = False) -> None:
     from lorafair.study.config import load_study, validate_execution
-    from lorafair.study.runner import run_study
+    from lorafair.study.runner import Runner, run_study
     from lorafair.report.summary import print_summary
 
     study = load_study(path)
@@ -107,9 +107,14 @@ def _run(path: Path, arms: list[str] | None, force: bool, analyses: bool, report
         if value is not None:
             setattr(study.execution, key, value)
     validate_execution(study.execution, "command line")
-    run_dir = run_study(study, arms, force, analyses, report, progress=_progress(),
-                        log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
-    print_summary(run_dir, out)
+    log = lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+    if until_decided:
+        if arms or force:
+            raise UserError("--until-decided plans every arm of the study itself; leave out "
+                            f"{'--arms' if arms else '--force'}")
+        print_summary(Runner(study, log=log, progress=_progress()).run_until_decided(analyses, report).path, out)
+        return
+    print_summary(run_study(study, arms, force, analyses, report, progress=_progress(), log=log), out)
 
 
 @command()
@@ -120,10 +125,13 @@ def run(study: Path, arms: Optional[list[str]] = typer.Option(None, "--arms", he
         backend: Optional[str] = typer.Option(None, "--backend", help="local or ray (default: the study's execution)"),
         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join: auto or host:port"),
         num_cpus: Optional[float] = typer.Option(None, "--num-cpus", help="CPUs per job (ray)"),
-        num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs per job (ray)")):
+        num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs per job (ray)"),
+        until_decided: bool = typer.Option(False, "--until-decided",
+                                           help="add training seeds where a decision is open "
+                                                "(evaluation.sequential), with error rates that hold over looks")):
     """Train every arm of STUDY and evaluate it."""
     _run(study, arms, force, not no_analyses, not no_report,
-         {"backend": backend, "address": address, "num_cpus": num_cpus, "num_gpus": num_gpus})
+         {"backend": backend, "address": address, "num_cpus": num_cpus, "num_gpus": num_gpus}, until_decided)
 
 
 @command()

@@ -16,6 +16,7 @@ from lorafair.study import stages
 from lorafair.report import bias
 from lorafair.report import html as H
 from lorafair.report import plots
+from lorafair.report import sequential
 from lorafair.report.load import (Run, best_val_loss, group_records, headline_names,
                                   is_record, lens_table, load_run, pooled_metrics)
 from lorafair.report.fmt import cell, num, value_ci
@@ -239,6 +240,10 @@ def build_report(run_dir: Path) -> Path:
     verdict_html, verdict_md, verdict_figs = _verdict_section(run)
     sections, md = [("Verdict", verdict_html)], [f"# {run.name}: lorafair report", "", "## Verdict", ""]
     md += verdict_md
+    plan_html, plan_md = sequential.section(run.compare or {})
+    if plan_html:
+        sections.append(("Run until decided", plan_html))
+        md += plan_md
     warns = _eval_warnings(run) + scorer_warnings(run.scorer_audit, run.evals.get(_main_task(run) or "", {}))
     if warns:
         sections.append(("Warnings from evaluation", H.bullets(warns, "warn")))

@@ -11,9 +11,10 @@ from rich.table import Table
 
 from lorafair.arms import kinds
 from lorafair.arms.names import arm_order
+from lorafair.report import sequential
 from lorafair.report.fmt import bracket, num
 from lorafair.stats.results import is_record
-from lorafair.store.rundir import RunDir
+from lorafair.store.rundir import RunDir, read_json
 
 
 SECOND_NOTE = ("The second scorer's measures on the same continuations; Spearman ρ of its scores with the "
@@ -74,7 +75,12 @@ def missing_arms(run_dir: Path) -> list[str]:
     raw = yaml.safe_load(f.read_text(encoding="utf-8"))
     study = study_from_dict({k: v for k, v in raw.items() if k != "source_path"}, str(f))
     evaluated = set(rd.evals(study.task.name))
-    want = [(a.name, s) for a in expand_arms(study) for s in (study.seeds if kinds.trains(a) else study.seeds[:1])]
+    planned = {}  # run --until-decided: each arm's seeds are those its looks gave it
+    if rd.sequential_path().is_file():
+        plan = read_json(rd.sequential_path())
+        planned = {a: plan["seeds"][:v["looks"][-1]] for a, v in plan.get("arms", {}).items() if v.get("looks")}
+    want = [(a.name, s) for a in expand_arms(study)
+            for s in (planned.get(a.name, study.seeds) if kinds.trains(a) else study.seeds[:1])]
     out = []
     for a, s in want:
         problem = rd.arm_problem(a, s) if rd.done(a, s) is not None and (a, s) in evaluated else None
@@ -152,5 +158,8 @@ def print_summary(run_dir: Path, console: Console) -> None:
                       "events; no verdict: the arm did not fit. Seeds pooled, crossed-design intervals.",
                       highlight=False)
         console.print(rank_sentence(decisions) or "", highlight=False)
+        for line in sequential.ending_lines(run.compare.get("sequential") or {}, decisions,
+                                            run.compare.get("unit") or "units"):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
     elif margins or run.compare:
         console.print("No equivalence decisions in compare.json.", highlight=False)

@@ -232,6 +232,10 @@ class RunDir:
     def timings_path(self) -> Path:
         return self.path / "timings.json"
 
+    def sequential_path(self) -> Path:
+        """The plan of ``run --until-decided``: its looks, seeds and what each look decided."""
+        return self.path / "sequential.json"
+
     def seed_dirs(self) -> list[tuple[tuple[str, int], Path]]:
         """Every ``<arm>/seed-<s>`` folder: ((arm, seed), folder), sorted."""
         out = []

@@ -97,6 +97,16 @@ class CounterfactualConfig:
 
 
 @dataclass
+class SequentialConfig:
+    """`lorafair run --until-decided`: seeds are added where a decision is open, decided again with
+    group-sequential intervals (lorafair.stats.sequential) until settled, the cap or the budget."""
+
+    max_seeds: int = key(8, "[2, 10000]")  # the cap on training seeds per arm (information fraction 1)
+    seeds_per_look: int = key(2, "[1, 10000]")  # the fewest seeds a look adds to an open arm
+    budget_minutes: float | None = key(None, "> 0")  # wall time the added looks may take (estimated ahead)
+
+
+@dataclass
 class EvaluationConfig:
     scorer: str = key("jigsaw-bilstm", nonempty=True)
     audit_scorer: bool = True  # audit the scorer (cached per scorer) and show how far to trust it in the report
@@ -125,6 +135,7 @@ class EvaluationConfig:
     min_group_size: int = key(30, ">= 1")  # groups with fewer test units are left out of gaps (and listed)
     merge_small_groups: bool = False  # instead merge them into one group "other"
     counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
+    sequential: SequentialConfig = field(default_factory=SequentialConfig)
 
 
 @dataclass
@@ -341,6 +352,18 @@ def check_margin_names(study: Study, metrics: list[str]) -> None:
             hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(sorted(metrics))}"
             raise UserError(f"{study.source_path}: evaluation.margins.{name}: no metric of task "
                             f"{study.task.name!r} has this name; {hint}")
+
+
+def validate_sequential(study: Study) -> None:
+    """The sequential settings against the study's seeds (checked by ``run --until-decided``, which
+    uses them): at least two seeds to start from, a cap that leaves room for a look."""
+    q, n = study.evaluation.sequential, len(study.seeds)
+    if n < 2:
+        raise UserError(f"{study.source_path}: seeds: --until-decided starts from at least 2 training seeds (one "
+                        "seed says nothing about seed-to-seed variation), the study has 1; list two or more")
+    if q.max_seeds < n:
+        raise UserError(f"{study.source_path}: evaluation.sequential.max_seeds: {q.max_seeds} is below the "
+                        f"study's {n} seeds; raise it above {n} or list fewer seeds")
 
 
 def validate_execution(e: ExecutionConfig, src: str | None) -> None:

@@ -109,6 +109,19 @@ class Runner:
             self.reused.append(name)
         return out
 
+    def run_until_decided(self, analyses: bool = True, report: bool = True) -> RunDir:
+        """``run --until-decided``: the study look after look (lorafair.study.sequential), each look's
+        stages run by a runner of the study with that look's seeds."""
+        from lorafair.study import sequential
+
+        def run_stages(study: Study, only: list[str] | None) -> None:
+            Runner(study, self.log, self.progress).run(only=only, analyses=False, report=False)
+
+        def analyze(study: Study) -> None:
+            Runner(study, self.log).analyze_finished()
+
+        return sequential.run_until_decided(self.study, run_stages, analyze, self.log, analyses, report)
+
     def analyze_finished(self) -> dict:
         """The analyses alone, on the run directory of a finished study (``lorafair analyze``)."""
         session = open_session(self.study, self.log, task=self.task)

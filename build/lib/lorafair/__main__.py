@@ -1,3 +1,0 @@
-from lorafair.cli import app
-
-app()
