@@ -43,11 +43,15 @@ def tiny_benchmarks(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.syspath_prepend(str(BENCH))
-    for name in [n for n in sys.modules if n == "common" or n.startswith("bench_") or n.startswith("_bench_")]:
+    for name in [n for n in sys.modules if _ours(n)]:
         monkeypatch.delitem(sys.modules, name)
     yield
-    for name in [n for n in sys.modules if n == "common" or n.startswith("bench_") or n.startswith("_bench_")]:
+    for name in [n for n in sys.modules if _ours(n)]:
         sys.modules.pop(name, None)
+
+
+def _ours(module: str) -> bool:
+    return module in ("common", "profile_together") or module.startswith(("bench_", "_bench_"))
 
 
 @pytest.mark.parametrize("name", sorted(BENCHES))
@@ -58,6 +62,11 @@ def test_benchmark_runs_tiny(name, tiny_benchmarks):
     res = mod.run(True)
     assert isinstance(res, dict) and "met" in res and "target" in res
     json.dumps(res)  # run.py writes it as JSON
+
+
+def test_together_profile_runs_tiny(tiny_benchmarks):
+    out = importlib.import_module("profile_together").main()
+    assert out["rows_together"] == 24 and out["together_step_s"] > 0
 
 
 def test_gpu_check_script_imports(tiny_benchmarks):
