@@ -350,3 +350,21 @@ def test_report_names_what_is_missing_or_damaged(cli, finished, tmp_path, rel, e
     assert r.exit_code == 0, r.output
     warning = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
     assert len(warning) == 1 and expect in warning[0] and "run `lorafair run`" in warning[0], r.output
+
+
+def test_a_weight_byte_changed_with_size_and_mtime_restored_changes_the_model_hash(tmp_path):
+    from lorafair.models import sources as models
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    _saved(folder)
+    before = models.model_hash(str(folder))
+    w = folder / "model.safetensors"
+    st = w.stat()
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0x01  # one byte of the last tensor
+    time.sleep(0.01)
+    w.write_bytes(bytes(data))
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert w.stat().st_size == st.st_size and w.stat().st_mtime_ns == st.st_mtime_ns
+    assert models.model_hash(str(folder)) != before

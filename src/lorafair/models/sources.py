@@ -211,8 +211,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".mo
 def model_hash(source: str) -> str:
     """Hash of what a source resolves to: for a folder (packaged models: the converted one) the
     content of its weight, config and tokenizer files. Hashing is cheap on repeat: the hash is kept
-    with the files' sizes and modification times, and the content is read again only when those
-    change. A hub id without a local folder hashes as its name."""
+    with the files' sizes, modification and change times, and the content is read again only when
+    those change. A hub id without a local folder hashes as its name."""
     path = resolve(source)
     if path == TINY or not Path(path).is_dir():
         return source
@@ -224,7 +224,10 @@ def _folder_hash(folder: Path) -> str:
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    stats = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    # the change time too: a file rewritten with its size and modification time put back still gets
+    # a new ctime (no user can set it), so its content is read again
+    stats = [[str(p.relative_to(folder)), st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+             for p in files for st in [p.stat()]]
     memo = cache_dir() / "hashes" / f"{store.content_hash(str(folder.resolve()))}.json"
     try:
         known = store.read_json(memo) if memo.is_file() else None
@@ -232,7 +235,7 @@ def _folder_hash(folder: Path) -> str:
         known = None
     if isinstance(known, dict) and known.get("stats") == stats:
         return known["hash"]
-    h = store.content_hash([[name, store.file_hash(folder / name)] for name, _, _ in stats], 16)
+    h = store.content_hash([[name, store.file_hash(folder / name)] for name, *_ in stats], 16)
     try:
         store.write_json(memo, {"folder": str(folder), "stats": stats, "hash": h})
     except OSError:
