@@ -200,6 +200,7 @@ def test_full_disk_for_real_then_resume(cli, tmp_path, tiny_study, small_disk):
     study = write_yaml(tmp_path / "s.yaml", d)
     line = refused(cli, ["run", study, *RUN], "No space left on device", alone=False)
     assert "free space" in line and "run the same command again" in line
+    assert f"{small_disk / 'run'} (" in line and "MB free there now" in line
     leftovers = [p for p in (small_disk / "run").rglob("*") if ".tmp" in p.name]
     assert leftovers == []
     for done in (small_disk / "run").rglob("done.json"):  # whatever finished is whole

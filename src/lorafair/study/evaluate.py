@@ -52,7 +52,7 @@ def evaluate_all(session: Session, request: Request) -> Results:
     jobs = [Job(f"evaluate {', '.join(f'{a.name}@{s}' for a, s, _ in g)}", "evaluate",
                 (tuple((a.name, s) for a, s, _ in g), everyone if len(groups) == 1 else ()))
             for g in groups if g]
-    raise_failures("evaluate", ex.run(jobs), session.log)
+    raise_failures("evaluate", ex.run(jobs), session.log, session.rd.path)
     if ex.name == "local":
         return results | ex.values[jobs[0]]
     return status(session, arms, False)[0]

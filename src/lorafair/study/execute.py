@@ -167,13 +167,22 @@ def make_executor(study, call: Callable[[Job], Any], log: Callable[[str], None],
     return LocalExecutor(call, log)
 
 
-def raise_failures(stage: str, failures: list[Failure], log: Callable[[str], None]) -> None:
-    """End the stage with one error naming every failed job, after the others finished."""
+def raise_failures(stage: str, failures: list[Failure], log: Callable[[str], None], folder=None) -> None:
+    """End the stage with one error naming every failed job, after the others finished (`folder`:
+    the run folder, named with its free space where a job found no space left)."""
     if not failures:
         return
     for f in failures:
         if f.detail:
             log(f"{f.job.name}: {f.detail.rstrip()}")
+    if folder is not None:
+        import shutil
+
+        try:
+            free = f"{folder} ({shutil.disk_usage(folder).free / 2**20:.0f} MB free there now)"
+        except OSError:
+            free = str(folder)
+        failures = [Failure(f.job, f.error.replace("the output folder", free, 1), f.detail) for f in failures]
     names = "; ".join(f"{f.job.name}: {f.error}" for f in failures)
     msg = (f"{stage}: {len(failures)} job(s) failed ({names}); the finished ones are kept and skipped when "
            "the study runs again")

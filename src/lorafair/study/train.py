@@ -40,7 +40,7 @@ def train_all(session: Session, request: Request) -> None:
     failures = ex.run([Job(f"learning-rate search {a.name}", "search", (a.name,)) for a in searching])
     failed = {f.job.args[0] for f in failures}
     failures += ex.run([Job(f"train {a.name} seed {s}", "train", (a.name, s)) for a, s in todo if a.name not in failed])
-    raise_failures("train", failures, session.log)
+    raise_failures("train", failures, session.log, session.rd.path)
 
 
 def search_job(session: Session, arm_name: str) -> float:
