@@ -24,7 +24,7 @@ import pytest
 from lorafair.cli import app
 
 from conftest import write_yaml
-from test_bad_input import RUN, _copy, finished, refused  # noqa: F401 - `finished` is a fixture
+from test_bad_input import RUN, _copy, _garble, finished, refused  # noqa: F401 - `finished` is a fixture
 
 # ---------------------------------------------------------------- following the advice
 
@@ -38,26 +38,17 @@ def _delete(rel: str):
     return f
 
 
-def _write(rel: str, data: bytes):
-    def f(out: Path) -> Path:
-        target = out / rel
-        target.write_bytes(data)
-        return target
-
-    return f
-
-
 DELETED = [
     ("train-log", _delete("full/seed-0/train_log.jsonl")),
     ("arm-config", _delete("lora-r2/seed-0/config.json")),
     ("val-curve", _delete("full/seed-0/val_curve.json")),
-    ("val-curve-empty-mapping", _write("lora-r2/seed-0/val_curve.json", b"{}")),
-    ("arm-config-a-list", _write("full/seed-0/config.json", b"[]")),
+    ("val-curve-empty-mapping", _garble("lora-r2/seed-0/val_curve.json", b"{}")),
+    ("arm-config-a-list", _garble("full/seed-0/config.json", b"[]")),
     ("adapter-config", _delete("lora-r2/seed-0/adapter/adapter_config.json")),
     ("adapter-weights", _delete("lora-r2/seed-0/adapter/adapter_model.safetensors")),
     ("full-weights", _delete("full/seed-0/model/model.safetensors")),
     ("full-model-config", _delete("full/seed-0/model/config.json")),
-    ("eval-summary-a-list", _write("lora-r2/seed-0/eval/toxicity.json", b"[]")),
+    ("eval-summary-a-list", _garble("lora-r2/seed-0/eval/toxicity.json", b"[]")),
     ("eval-rows", _delete("full/seed-0/eval/toxicity.parquet")),
 ]
 
