@@ -125,3 +125,15 @@ def ray_cluster():
              log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _precision_session():
+    """The process-wide run precision (set by every Context) and torch's thread count restored after
+    each test, so no test leaves a later one computing in bf16 or on other threads."""
+    from lorafair.models import precision
+
+    before = precision.session()
+    yield
+    precision.set_session(before)
+    torch.set_num_threads(1)  # a benchmark run in-process sets its own thread count

@@ -120,7 +120,7 @@ def test_edited_corpus_retrains(tmp_path):
     assert second.corpus_hash != first.corpus_hash
     assert not any("finished earlier" in m for m in logs), logs
     assert read_json(tmp_path / "run" / "lora-r2" / "seed-0" / "done.json")["hash"] != h1
-    assert len(list((tmp_path / "run" / "data").glob("*.jsonl"))) == 2
+    assert len(list((tmp_path / "run" / "data").glob("*.jsonl"))) == 1  # the superseded corpus is removed
 
 
 def _model_folder(folder: Path, seed: int) -> Path:
