@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODEL, run_worker, sized, timed, worker_main  # noqa: E402
+from common import MODEL, run_worker, sized, timed, main  # noqa: E402
 
 SHAPE = (512, 576, 1536)
 
@@ -141,7 +141,4 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    if not worker_main(sys.argv, worker):
-        import json
-
-        print(json.dumps(run("--quick" in sys.argv), indent=1))
+    main(sys.argv, run, worker)

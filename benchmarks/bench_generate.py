@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODEL, bf16_runs, eval_prompts, maxrss_mb, ratio, run_worker, sized, worker_main  # noqa: E402
+from common import MODEL, bf16_runs, eval_prompts, maxrss_mb, ratio, run_worker, sized, main  # noqa: E402
 
 SAMPLES, NEW, TOP_P, BATCH_ROWS = 4, 20, 0.9, 32
 
@@ -129,7 +129,4 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    if not worker_main(sys.argv, worker):
-        import json
-
-        print(json.dumps(run("--quick" in sys.argv), indent=1))
+    main(sys.argv, run, worker)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODEL, bf16_runs, ratio, run_worker, sized, worker_main  # noqa: E402
+from common import MODEL, bf16_runs, ratio, run_worker, sized, main  # noqa: E402
 
 BATCH = 16
 
@@ -110,7 +110,4 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    if not worker_main(sys.argv, worker):
-        import json
-
-        print(json.dumps(run("--quick" in sys.argv), indent=1))
+    main(sys.argv, run, worker)

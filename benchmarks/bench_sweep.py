@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODEL, TINY, eval_prompts, ratio, run_worker, sized, worker_main  # noqa: E402
+from common import MODEL, TINY, eval_prompts, ratio, run_worker, sized, main  # noqa: E402
 
 N_ARMS, SAMPLES, NEW, KL_BATCH = (2 if TINY else 6), 2, (4 if TINY else 16), 8
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -146,7 +146,4 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    if not worker_main(sys.argv, worker):
-        import json
-
-        print(json.dumps(run("--quick" in sys.argv), indent=1))
+    main(sys.argv, run, worker)

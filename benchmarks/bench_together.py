@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODEL, corpus, ratio, run_worker, sized, worker_main  # noqa: E402
+from common import MODEL, corpus, ratio, run_worker, sized, main  # noqa: E402
 
 RANKS, SEEDS, MAX_LEN, LR = (2, 8, 32), (0, 1), 64, 3e-4
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -85,7 +85,4 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    if not worker_main(sys.argv, worker):
-        import json
-
-        print(json.dumps(run("--quick" in sys.argv), indent=1))
+    main(sys.argv, run, worker)

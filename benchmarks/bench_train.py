@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODEL, TINY, bf16_runs, corpus, maxrss_mb, ratio, rss_mb, run_worker, sized, worker_main  # noqa: E402
+from common import MODEL, TINY, bf16_runs, corpus, maxrss_mb, ratio, rss_mb, run_worker, sized, main  # noqa: E402
 
 BATCH, MAX_LEN, LR = {"full": 8, "lora": 8}, 96, {"full": 3e-5, "lora": 3e-4}
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -176,7 +176,4 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    if not worker_main(sys.argv, worker):
-        import json
-
-        print(json.dumps(run("--quick" in sys.argv), indent=1))
+    main(sys.argv, run, worker)

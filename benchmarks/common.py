@@ -185,5 +185,12 @@ def worker_main(argv: list[str], worker) -> bool:
     return False
 
 
+def main(argv: list[str], run, worker) -> None:
+    """A benchmark file run as a script: a worker when called with `--worker`, else the benchmark
+    itself (`--quick` for the small size), its result printed as JSON."""
+    if not worker_main(argv, worker):
+        print(json.dumps(run("--quick" in argv), indent=1))
+
+
 def ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else float("nan")
