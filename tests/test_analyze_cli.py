@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from typer.testing import CliRunner
 
 from lorafair.cli import app
@@ -32,7 +34,9 @@ def test_analyze_writes_every_quantity_for_every_arm(tmp_path):
     for arm in ["full", *lora]:
         a = kl["arms"][arm]
         for key in ("kl_arm_base", "kl_base_arm", "kl_full_arm", "kl_arm_full"):
-            assert {"mean", "median", "p90"} <= set(a[key]), (arm, key)
+            assert {"mean", "lo", "hi", "n_seeds"} <= set(a[key]), (arm, key)
+            # one seed: the pooled token-weighted mean is that seed's mean over tokens
+            assert a[key]["mean"] == pytest.approx(kl["seeds"]["0"]["heldout"]["arms"][arm][key]["mean"], rel=1e-6)
         assert math.isfinite(a["kl_arm_base"]["mean"]) and a["kl_arm_base"]["mean"] >= 0
     for arm in lora:
         sc = kl["arms"][arm]["shift_captured"]
@@ -54,6 +58,46 @@ def test_analyze_writes_every_quantity_for_every_arm(tmp_path):
     assert set(t["relative_to_forward"]) == {"kl", "lens", "weights"}
     for k, v in t["relative_to_forward"].items():
         assert v == t["seconds"][k] / (t["forward_pass_s"] * 4)
+
+
+def test_kl_is_pooled_over_seeds_beside_the_noise_floor(tmp_path):
+    """Two seeds: each seed's arms are compared with that seed's full, the pooled value is the
+    token-weighted mean over both seeds, and the floor is KL between the two seeds of full."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    d = tiny_study_dict(tmp_path / "run", corpus, seeds=[0, 1],
+                        analyses={"kl": True, "lens": False, "weights": False, "n_sequences": 4, "batch_size": 2})
+    write_yaml(tmp_path / "study.yaml", d)
+    Runner(study_from_dict(d, "study.yaml"), log=lambda m: None).run(analyses=False, report=False)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["analyze", str(out)])
+    assert r.exit_code == 0, r.output
+    kl = read_json(out / "analysis" / "kl.json")
+    assert kl["n_seeds"] == 2 and set(kl["seeds"]) == {"0", "1"}
+    per = {s: kl["seeds"][s]["heldout"]["arms"] for s in ("0", "1")}
+    n = {s: kl["seeds"][s]["heldout"]["n_tokens"] for s in ("0", "1")}
+    floor = kl["floor_arm"]
+    for arm in ("base", "lora-r2"):
+        hand = sum(per[s][arm]["kl_full_arm"]["mean"] * n[s] for s in n) / sum(n.values())
+        assert kl["arms"][arm]["kl_full_arm"]["mean"] == pytest.approx(hand, rel=1e-6)
+        assert kl["arms"][arm]["kl_full_arm"]["n_seeds"] == 2
+    # each seed's own full is its reference: KL(full || full) is 0 on every seed
+    assert all(per[s]["full"]["kl_full_arm"]["mean"] == pytest.approx(0.0, abs=1e-6) for s in per)
+    # the floor: seed 0 against full of seed 1 and back, both positive (the two runs differ)
+    assert per["0"][floor]["kl_full_arm"]["mean"] > 0 and per["1"][floor]["kl_full_arm"]["mean"] > 0
+    nf = kl["noise_floor"]
+    assert nf["seeds"] == [0, 1]
+    hand = sum(per[s][floor]["kl_full_arm"]["mean"] * n[s] for s in n) / sum(n.values())
+    assert nf["kl_full_arm"]["mean"] == pytest.approx(hand, rel=1e-6)
+    bf = kl["arms"]["lora-r2"]["beyond_floor"]
+    assert bf["value"] == pytest.approx(kl["arms"]["lora-r2"]["kl_full_arm"]["mean"] - nf["kl_full_arm"]["mean"],
+                                        rel=1e-6, abs=1e-12)
+    assert bf["word"].endswith("another seed of full")
+    assert floor not in kl["arms"]
+    assert bf["floor"] == pytest.approx(nf["kl_full_arm"]["mean"])  # same seeds: the floor itself
+    r = CliRunner().invoke(app, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = (out / "report" / "summary.md").read_text()
+    assert "another seed of full: KL" in summary and bf["word"] in summary
 
 
 def test_an_analysis_turned_off_in_the_study_does_not_run(tmp_path):

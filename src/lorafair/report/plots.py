@@ -173,7 +173,8 @@ def lens_heatmap(table: pd.DataFrame, column: str, title: str = "", log: bool = 
 
 
 def shift_vs_rank(kl: dict[str, dict]) -> bytes | None:
-    """Shift captured (with interval) and mean KL to base / from full against rank.
+    """Shift captured (with interval) and mean KL to base / from full against rank, with the noise
+    floor (another seed of full fine-tuning) where the KL analysis has one.
 
     kl: arm -> {"shift_captured": record, "kl_base_arm": {"mean": ...}, "kl_full_arm": {...}}.
     """
@@ -185,6 +186,7 @@ def shift_vs_rank(kl: dict[str, dict]) -> bytes | None:
     if not lines:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.0, 3.8))
+    pts_all = [p for v in lines.values() for p in v]
     ranks = []
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for vi, variant in enumerate(sorted(lines, key=lambda v: (v != "lora", v))):
@@ -205,6 +207,11 @@ def shift_vs_rank(kl: dict[str, dict]) -> bytes | None:
     for ax in (a1, a2):
         _rank_axis(ax, ranks)
         ax.grid(alpha=0.3)
+    floor = next((e["beyond_floor"] for _, e in pts_all if isinstance(e.get("beyond_floor"), dict)), None)
+    if floor and finite(floor.get("floor_shift_captured")):
+        a1.axhline(floor["floor_shift_captured"], color="tab:olive", ls="-.", label="another seed of full")
+    if floor and finite(floor.get("floor")):
+        a2.axhline(floor["floor"], color="tab:olive", ls="-.", label="KL(full‖another seed of full)")
     a1.axhline(1.0, color="tab:green", ls="--", label="full (by definition)")
     a1.axhline(0.0, color="tab:gray", ls=":", label="base")
     a1.set_ylabel("shift captured")

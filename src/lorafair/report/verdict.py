@@ -233,9 +233,14 @@ def shift_sentences(kl: dict | None) -> list[str]:
         sc = e.get("shift_captured") if isinstance(e, dict) else None
         if arm in ("base", "full") or not is_record(sc):
             continue
-        out.append(f"{_cap(arm_label(arm))}: shift captured {value_ci(sc)}, where 1 − KL(full‖arm) / "
-                   "KL(full‖base) is 1 for an arm as close to full fine-tuning as full itself and 0 for one "
-                   "no closer than base.")
+        line = (f"{_cap(arm_label(arm))}: shift captured {value_ci(sc)}, where 1 − KL(full‖arm) / "
+                "KL(full‖base) is 1 for an arm as close to full fine-tuning as full itself and 0 for one "
+                "no closer than base")
+        bf = e.get("beyond_floor")
+        if is_record(bf) and finite(bf.get("floor")):
+            line += (f"; KL(full‖arm) is {bf['word']} (another seed of full: KL {bf['floor']:.3g}, shift captured "
+                     f"{bf.get('floor_shift_captured', float('nan')):.3g}; arm − that: {value_ci(bf)})")
+        out.append(line + ".")
     return out
 
 

@@ -3,7 +3,8 @@
 per layer, and the weight-space diagnostics of each update, then the rank recommendation.
 
 The base model is loaded once and LoRA arms are swapped in as adapters (the session's `ArmBank`);
-analyses use the first seed of the study. The analyses themselves are pure functions in
+the KL analysis covers every seed with full fine-tuning (pooled over seeds, beside the noise floor
+between two seeds of full), the Logit Lens and the weight analysis the first seed of the study. The analyses themselves are pure functions in
 `lorafair.analysis`; this module only feeds them and writes their results.
 """
 
@@ -17,10 +18,12 @@ import pandas as pd
 import torch
 
 from lorafair.analysis import lens as lens_mod
+from lorafair.analysis import seeds as seeds_mod
 from lorafair.analysis import weights as W
 from lorafair.analysis.shift import compute_lens, compute_pairwise_kl
 from lorafair.arms import kinds
 from lorafair.arms.names import adapter_key, bank_name
+from lorafair.models import precision
 from lorafair.models.lm import length_order
 from lorafair.store import rundir as store
 from lorafair.study import stages
@@ -117,25 +120,91 @@ def _logits_fn(inp: Inputs):
 
 
 def kl(inp: Inputs) -> dict:
-    """Pairwise token-posterior KL per set of sequences; writes kl.json and kl_tokens.parquet."""
-    study, rd, names, bank = inp.session.study, inp.session.rd, inp.names, inp.bank
+    """Pairwise token-posterior KL per set of sequences on every seed with full fine-tuning (each
+    seed's arms against that seed's full), pooled over seeds with crossed intervals and set beside
+    the noise floor, KL between two seeds of full (``analysis.seeds``); writes kl.json (``sets``: the
+    pooled summaries, ``seeds``: each seed's own) and kl_tokens.parquet (per token, first seed).
+    Returns the pooled summary per set."""
+    session = inp.session
+    study, rd, bank = session.study, session.rd, inp.bank
+    seeds = _kl_seeds(session, inp)
+    per_seed: dict[int, dict] = {}
+    seq_frames, token_rows = [], []
+    first_full = bank.full
+    try:
+        for i, seed in enumerate(seeds):
+            names = _seed_names(session, inp, seed)
+            other = seeds[(i + 1) % len(seeds)] if len(seeds) > 1 else None
+            if seed != inp.seed and "full" in names:
+                bank.add_full(session.load_full(seed))
+            floor = precision.for_inference(session.load_full(other), bank.dtype).eval() if other is not None else None
+            per_seed[seed] = _kl_one_seed(inp, names, floor, seq_frames, token_rows if seed == inp.seed else None, seed)
+            del floor
+    finally:
+        bank.full = first_full
+    if token_rows:
+        store.write_parquet(rd.analysis_path("kl_tokens", "parquet"), pd.concat(token_rows, ignore_index=True))
+    pooled = {}
+    for set_name in inp.batches:
+        frame = pd.concat([f for f in seq_frames if f.attrs["set"] == set_name], ignore_index=True)
+        pooled[set_name] = seeds_mod.pool_kl(frame, inp.arms)
+    main = pooled.get("heldout") or next(iter(pooled.values()), None)
+    store.write_json(rd.analysis_path("kl"), {
+        "arms": (main or {}).get("arms", {}), "noise_floor": (main or {}).get("noise_floor"), "sets": pooled,
+        "seeds": {str(s): v for s, v in per_seed.items()}, "reference": list(inp.reference), "seed": inp.seed,
+        "n_seeds": len(seeds), "floor_arm": seeds_mod.FLOOR,
+        "note": "arms/sets: pooled over the seeds each arm has (crossed intervals over seeds and sequences); "
+                "noise_floor: KL(full of seed s || full of the next seed), the distance between two runs of full "
+                "fine-tuning; beyond_floor: KL(full||arm) minus the floor, paired by seed and sequence"})
+    return pooled
+
+
+def _kl_seeds(session: Session, inp: Inputs) -> list[int]:
+    """The seeds the KL analysis covers: the first seed, then every other seed with full fine-tuning
+    finished (the references are per seed); just the first when the study has no full arm."""
+    if inp.reference[1] is None:
+        return [inp.seed]
+    full = [s for arm, s in session.trained(session.arms) if kinds.is_full(arm)]
+    return [inp.seed] + sorted(s for s in set(full) if s != inp.seed)
+
+
+def _seed_names(session: Session, inp: Inputs, seed: int) -> dict[str, str]:
+    """arm -> bank name of the arms finished at `seed` (base and full by their reference names)."""
+    if seed == inp.seed:
+        return dict(inp.names)
+    return {arm.name: bank_name(arm.name, seed) for arm, s in session.trained(session.arms)
+            if s == seed or not kinds.trains(arm)}
+
+
+def _kl_one_seed(inp: Inputs, names: dict[str, str], floor, seq_frames: list, token_rows: list | None,
+                 seed: int) -> dict:
+    """One seed: compute_pairwise_kl of its arms (and the noise-floor model, as the arm FLOOR) against
+    base and that seed's full; appends per-sequence frames (``attrs["set"]``) and, for the first
+    seed, the per-token rows. Returns {set: summary}."""
+    study, bank = inp.session.study, inp.bank
+
+    def logits_fn(arm, ids, attn):
+        if arm == seeds_mod.FLOOR:
+            with torch.no_grad():
+                return floor(input_ids=ids, attention_mask=attn).logits.float()
+        return bank.logits(names[arm], ids, attn)
 
     def logits_many(group, ids, attn):
-        got = bank.logits_many([names[a] for a in group], ids, attn)
-        return {a: got[names[a]] for a in group}
+        got = bank.logits_many([names[a] for a in group if a in names], ids, attn)
+        return {a: (got[names[a]] if a in names else logits_fn(a, ids, attn)) for a in group}
 
-    out, rows_all = {}, []
+    arms = [a for a in inp.arms if a in names] + ([seeds_mod.FLOOR] if floor is not None else [])
+    out = {}
     for set_name, set_batches in inp.batches.items():
-        res = compute_pairwise_kl(_logits_fn(inp), inp.arms, set_batches, reference=inp.reference,
+        res = compute_pairwise_kl(logits_fn, arms, set_batches, reference=inp.reference,
                                   n_boot=study.evaluation.bootstrap, logits_many=logits_many,
                                   group_rows=study.analyses.batch_size * 4)
         out[set_name] = res["summary"]
-        rows_all.append(res["rows"].assign(set=set_name))
-    if rows_all:
-        store.write_parquet(rd.analysis_path("kl_tokens", "parquet"), pd.concat(rows_all, ignore_index=True))
-    main = out.get("heldout") or next(iter(out.values()), None)
-    store.write_json(rd.analysis_path("kl"), {"arms": (main or {}).get("arms", {}), "sets": out,
-                                               "reference": list(inp.reference), "seed": inp.seed})
+        frame = res["sequences"].assign(seed=seed)
+        frame.attrs["set"] = set_name
+        seq_frames.append(frame)
+        if token_rows is not None:
+            token_rows.append(res["rows"].loc[res["rows"]["arm"] != seeds_mod.FLOOR].assign(set=set_name))
     return out
 
 
