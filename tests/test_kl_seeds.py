@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lorafair.analysis.seeds import FLOOR, pool_kl
+from lorafair.analysis.seeds import FLOOR, pool_kl, rank_difference
 
 
 def _table(values: dict[str, np.ndarray], n_tokens: np.ndarray) -> pd.DataFrame:
@@ -76,3 +76,15 @@ def test_no_floor_without_a_second_seed():
     got = pool_kl(_table({"base": np.ones((1, 4)), "a": 0.5 * np.ones((1, 4))}, np.full(4, 3)), ["base", "a"])
     assert got["noise_floor"] is None and got["arms"]["a"]["beyond_floor"] is None
     assert got["arms"]["a"]["shift_captured"]["value"] == pytest.approx(0.5)
+
+
+def test_rank_difference_pairs_on_shared_seeds():
+    rng = np.random.default_rng(3)
+    S, U = 4, 10
+    n = rng.integers(2, 9, U)
+    low = 0.4 + 0.1 * rng.random((S, U))
+    high = low[:2] - 0.2  # the higher rank has two seeds; its KL is 0.2 below on each
+    t = pd.concat([_table({"lora-r1": low}, n), _table({"lora-r8": high}, n)], ignore_index=True)
+    rec = rank_difference(t, "lora-r1", "lora-r8")
+    assert rec["n_seeds"] == 2 and rec["value"] == pytest.approx(0.2)
+    assert rec["lo"] == pytest.approx(0.2) and rec["hi"] == pytest.approx(0.2)  # a constant difference

@@ -90,6 +90,18 @@ def beyond_floor(seqs: pd.DataFrame, arm: str, seeds: list) -> dict | None:
     return rec | {"word": word}
 
 
+def rank_difference(seqs: pd.DataFrame, arm_a: str, arm_b: str) -> dict | None:
+    """KL(full‖a) − KL(full‖b), token-weighted, paired by seed and sequence on the seeds both arms
+    have, with its crossed interval (positive: a is further from full than b)."""
+    seqs = _with_sums(seqs)
+    seeds = sorted(set(seqs.loc[seqs["arm"] == arm_a, "seed"]) & set(seqs.loc[seqs["arm"] == arm_b, "seed"]))
+    cols = ["kl_full_arm_sum", "n_tokens"]
+    a, b = _cells(seqs, arm_a, seeds, cols), _cells(seqs, arm_b, seeds, cols)
+    if not seeds or a is None or b is None or a.shape != b.shape:
+        return None
+    return crossed_difference(a, b, _ratio)
+
+
 def pool_kl(seqs: pd.DataFrame, arms: list[str]) -> dict:
     """Every arm of `arms` pooled over the seeds it has (base over every seed), and the noise floor.
 

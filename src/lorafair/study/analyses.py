@@ -123,7 +123,8 @@ def kl(inp: Inputs) -> dict:
     """Pairwise token-posterior KL per set of sequences on every seed with full fine-tuning (each
     seed's arms against that seed's full), pooled over seeds with crossed intervals and set beside
     the noise floor, KL between two seeds of full (``analysis.seeds``); writes kl.json (``sets``: the
-    pooled summaries, ``seeds``: each seed's own) and kl_tokens.parquet (per token, first seed).
+    pooled summaries, ``seeds``: each seed's own), kl_sequences.parquet (per seed, set, arm and
+    sequence) and kl_tokens.parquet (per token, first seed).
     Returns the pooled summary per set."""
     session = inp.session
     study, rd, bank = session.study, session.rd, inp.bank
@@ -144,10 +145,13 @@ def kl(inp: Inputs) -> dict:
         bank.full = first_full
     if token_rows:
         store.write_parquet(rd.analysis_path("kl_tokens", "parquet"), pd.concat(token_rows, ignore_index=True))
-    pooled = {}
+    pooled, frames = {}, []
     for set_name in inp.batches:
         frame = pd.concat([f for f in seq_frames if f.attrs["set"] == set_name], ignore_index=True)
         pooled[set_name] = seeds_mod.pool_kl(frame, inp.arms)
+        frames.append(frame.assign(set=set_name))
+    if frames:
+        store.write_parquet(rd.analysis_path("kl_sequences", "parquet"), pd.concat(frames, ignore_index=True))
     main = pooled.get("heldout") or next(iter(pooled.values()), None)
     store.write_json(rd.analysis_path("kl"), {
         "arms": (main or {}).get("arms", {}), "noise_floor": (main or {}).get("noise_floor"), "sets": pooled,
