@@ -169,3 +169,17 @@ def test_arm_identical_to_full_differs_by_exactly_zero():
     js = res["full"]["js"]
     assert js["lo"] < js["value"] < js["hi"] and js["n_seeds"] == 2 and js["n_units"] == 8
 
+
+
+def test_noise_floor_is_the_seed_to_seed_distance_of_full():
+    rows = []
+    for s, shift in ((0, 0.0), (1, 0.02), (2, -0.01)):  # full's D per seed: 0.10, 0.12, 0.09
+        for t in range(4):
+            rows.append({"arm": "full", "seed": s, "template_id": f"t{t}", "js": 0.1 + shift + (0.01 if t % 2 else -0.01),
+                         "kl_ab": 0.0, "kl_ba": 0.0})
+    res = C.summarize_arms(pd.DataFrame(rows))
+    nf = res["full"]["noise_floor"]
+    assert [p[:2] for p in nf["pairs"]] == [[0, 1], [1, 2]]
+    assert nf["value"] == pytest.approx((0.02 + 0.03) / 2) and nf["max"] == pytest.approx(0.03)
+    one = C.summarize_arms(_per_template({"base": 0.5, "full": 0.1}, seeds=(0,)))
+    assert one["full"]["noise_floor"] is None

@@ -267,7 +267,8 @@ def summarize_arms(per_template: pd.DataFrame, reference: tuple[str, str | None]
     model-output rows averaged over each template's pairs). Arms are paired on the templates and seeds
     they share; the base model's single seed is repeated for every seed of the other arm.
     Returns {arm: {"js", "kl_ab", "kl_ba": interval records, "minus_full": record | None,
-    "reduction_share": record | None, "caveat": str | None}}.
+    "reduction_share": record | None, "caveat": str | None}}; full's entry also has "noise_floor"
+    (:func:`seed_to_seed`).
     """
     base, full = reference
     cells = {arm: stats.cell_table(g, list(DIVERGENCES), "template_id")
@@ -288,7 +289,23 @@ def summarize_arms(per_template: pd.DataFrame, reference: tuple[str, str | None]
                 xf, xb = stats.pair_cells(_js(cells[full]), _js(cells[base]), True)
                 entry["caveat"] = reduction_caveat(stats.crossed_difference(xf, xb, alpha=alpha))
         out[arm] = entry
+    if full in cells:
+        out[full]["noise_floor"] = seed_to_seed(cells[full])
     return out
+
+
+def seed_to_seed(c: stats.Cells) -> dict | None:
+    """The noise floor of D: how far two runs of the same arm land apart. D per seed (mean over
+    templates), then |D(seed s) − D(next seed)| over consecutive seeds of the arm's order; returns
+    ``{"value": mean of those, "max", "pairs": [[s, s', |difference|], ...]}``, or None with one seed.
+    An arm − full difference of D smaller than this is within what another seed of full gives."""
+    x, seeds, _ = c
+    if len(seeds) < 2:
+        return None
+    d = np.nanmean(x[..., 0], axis=1)
+    pairs = [[seeds[i], seeds[i + 1], float(abs(d[i] - d[i + 1]))] for i in range(len(seeds) - 1)]
+    gaps = [p[2] for p in pairs]
+    return {"value": float(np.mean(gaps)), "max": float(np.max(gaps)), "pairs": pairs}
 
 
 def _js(c: stats.Cells) -> stats.Cells:
