@@ -147,6 +147,18 @@ def test_compare_against_full(run):
                  - (full["p_pos"] - full[f"cf_p_pos_{a}"]).abs().mean())
             assert c[f"mean_abs_delta_p_{a}"]["value"] == pytest.approx(d, abs=1e-6)  # p_pos is stored as float32
         assert cmp["decisions"][arm]["accuracy"]["margin"] == 0.02
+        for a in ATTRS:  # the demographic-parity gap's floor: expected positive decisions per kept group
+            def expected(df, a=a):
+                kept = df[df[a].map(df[a].value_counts()) >= 3]
+                p = kept["pred"].mean()
+                return (kept.groupby(kept[a].astype(str)).size() * min(p, 1 - p)).to_dict()
+            rec = c[f"demographic_parity_difference_{a}"]
+            assert rec["expected_events"]["arm"] == pytest.approx(expected(rows))
+            assert rec["expected_events"]["full"] == pytest.approx(expected(full))
+            low = [min(expected(df).values()) < 5 for df in (rows, full)]
+            assert rec["floor"] == all(low)
+            dec = cmp["decisions"][arm][f"demographic_parity_difference_{a}"]
+            assert not dec["fitted"] or (dec["decision"] == "uninformative (floor)") == all(low)
     assert cmp["unit"] == "test rows"
 
 

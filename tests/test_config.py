@@ -286,6 +286,10 @@ def test_grid_expansion_names_and_alpha(tiny_study):
     ({"margins": {"toxic_fraction": 0}}, "evaluation.margins.toxic_fraction"),
     ({"margins": {"toxic_fraction": "wide"}}, "evaluation.margins.toxic_fraction"),
     ({"min_group_size": 0}, "evaluation.min_group_size"),
+    ({"min_group_templates": 0}, "evaluation.min_group_templates"),
+    ({"min_group_templates": "ten"}, "evaluation.min_group_templates"),
+    ({"min_group_events": -1}, "evaluation.min_group_events"),
+    ({"min_group_events": "five"}, "evaluation.min_group_events"),
 ])
 def test_margins_and_group_size_are_checked(tiny_study, evaluation, where):
     with pytest.raises(UserError) as e:
@@ -293,3 +297,6 @@ def test_margins_and_group_size_are_checked(tiny_study, evaluation, where):
     assert where in str(e.value) and "\n" not in str(e.value)
     ok = study_from_dict(tiny_study(evaluation={"margins": {"accuracy_disparity": 0.05}}), "s.yaml")
     assert ok.evaluation.margins == {"accuracy_disparity": 0.05} and ok.evaluation.min_group_size == 30
+    assert ok.evaluation.min_group_templates == 10 and ok.evaluation.min_group_events == 5.0
+    off = study_from_dict(tiny_study(evaluation={"min_group_events": 0, "min_group_templates": 1}), "s.yaml")
+    assert off.evaluation.min_group_events == 0.0 and off.evaluation.min_group_templates == 1

@@ -188,7 +188,10 @@ def test_decision_metrics_hand_case():
     assert g["A"]["false_positive_rate"]["value"] == pytest.approx(0.5)
     assert g["B"]["selection_rate"]["value"] == pytest.approx(0.2)
     assert g["B"]["count"] == 5
-    assert r["warnings"] == [] and r["small_groups"] == {}
+    # 4 positive decisions of 10: each group of 5 expects 5 × 0.4 = 2 < 5, the parity gap's floor
+    assert r["warnings"] == ["demographic_parity_difference gap at the floor: group A expects 2.0 decisions of the "
+                             "rarer kind (fewer than 5), so the gap between groups says nothing"]
+    assert r["small_groups"] == {}
     group_records = [v for e in g.values() for v in e.values() if isinstance(v, dict)]
     for rec in list(m.values()) + group_records:
         assert RECORD_KEYS <= rec.keys()
@@ -307,7 +310,7 @@ def test_toxicity_gap_difference_of_arms():
     full = pd.DataFrame(rows)
     arm = full.assign(score=np.where(full["group"] == "x", full["score"] + 0.5, full["score"]))
     res = {("full", 0): full, ("lora-r1", 0): arm, ("lora-r2", 0): full.copy()}
-    out = toxicity_gap_differences(res, threshold=0.5, n_boot=300)
+    out = toxicity_gap_differences(res, threshold=0.5, n_boot=300)["minus_full"]
     d = out["lora-r1"]["toxic_fraction_gap"]
     pf = full.groupby("group")["score"].apply(lambda s: (s >= 0.5).mean())
     pa = arm.groupby("group")["score"].apply(lambda s: (s >= 0.5).mean())
@@ -317,9 +320,93 @@ def test_toxicity_gap_difference_of_arms():
     assert d["value"] == pytest.approx(d["raw"] - (d["null"]["a"] - d["null"]["b"]))
     assert d["null"]["b"] == 0 and 0.06 < d["null"]["a"] < 0.2
     assert d["events"] == {"arm": 80.0, "full": 0.0, "n_arm": 160.0, "n_full": 160.0}
+    # full expects no toxic continuation in a group, the arm 80 continuations × 80/160 = 40 in each:
+    # one arm's gap can show a difference, so the difference is not at the floor
+    assert d["expected_events"] == {"arm": {"x": 40.0, "y": 40.0}, "full": {"x": 0.0, "y": 0.0}}
+    assert d["floor"] is False and "floor" not in out["lora-r1"]["expected_max_toxicity_gap"]
     same = out["lora-r2"]["expected_max_toxicity_gap"]
     assert (same["value"], same["lo"], same["hi"]) == (0, 0, 0)
-    assert toxicity_gap_differences(res, 0.5, min_group_size=41, n_boot=10) == {}  # 40 prompts per group
+    # 40 templates per group: groups count templates, not prompts, when every prompt names one
+    assert toxicity_gap_differences(res, 0.5, min_group_size=41, n_boot=10)["small_groups"] == {}
+    few = toxicity_gap_differences(res, 0.5, min_group_templates=41, n_boot=10)
+    assert few["minus_full"] == {} and few["small_groups"] == {"x": 40, "y": 40}
+    untemplated = {k: df.drop(columns="template") for k, df in res.items()}
+    by_prompt = toxicity_gap_differences(untemplated, 0.5, min_group_size=41, n_boot=10)
+    assert by_prompt["minus_full"] == {} and by_prompt["group_unit"] == "prompts"
+
+
+def _templated(groups: dict[str, int], per_template: int, toxic: int = 0) -> pd.DataFrame:
+    """Identity-style continuations: group -> number of templates it is written from, ``per_template``
+    prompts per (template, group), two continuations per prompt scoring 0.1, the first ``toxic``
+    prompts of each group with one continuation scoring 0.9."""
+    rows = []
+    for g, n_templates in groups.items():
+        for i, (t, j) in enumerate((t, j) for t in range(n_templates) for j in range(per_template)):
+            for k in range(2):
+                rows.append({"prompt_id": f"{g}-{t}-{j}", "template": f"t{t}", "group": g, "sample": k,
+                             "score": 0.9 if k == 0 and i < toxic else 0.1})
+    return pd.DataFrame(rows)
+
+
+def test_groups_count_templates_not_prompts():
+    """Group b has 40 prompts (above min_group_size) from only 8 templates: left out and listed by
+    its template count; without template ids the prompts count and it stays."""
+    df = _templated({"a": 20, "b": 8, "c": 20}, per_template=5)
+    df = df[~((df["group"] != "b") & (df["prompt_id"].str[-1].astype(int) >= 2))]  # a, c: 2 per template
+    assert df[df["group"] == "b"]["prompt_id"].nunique() == 40 == df[df["group"] == "a"]["prompt_id"].nunique()
+    r = group_toxicity(df, "group", n_boot=50, strata_col="template", min_group_size=30, min_group_templates=10)
+    assert r["small_groups"] == {"b": 8} and r["group_unit"] == "templates"
+    assert "group b has 8 templates (fewer than 10): left out of the group gaps" in r["warnings"]
+    assert r["gap"]["mean_score"]["n_groups"] == 2 and "b" in r["groups"]
+    loose = group_toxicity(df, "group", n_boot=50, strata_col="template", min_group_templates=8)
+    assert loose["small_groups"] == {} and loose["gap"]["mean_score"]["n_groups"] == 3
+    plain = group_toxicity(df.drop(columns="template"), "group", n_boot=50, strata_col="template",
+                           min_group_size=30, min_group_templates=10)
+    assert plain["small_groups"] == {} and plain["group_unit"] == "prompts"
+    assert group_toxicity(df.drop(columns="template"), "group", n_boot=50, min_group_size=41)["warnings"][0] == \
+        "group a has 40 prompts (fewer than 41): left out of the group gaps"
+    arms = {("full", 1): df, ("lora-r1", 1): df.copy()}
+    out = toxicity_gap_differences(arms, 0.5, n_boot=20, min_group_size=30, min_group_templates=10)
+    assert out["small_groups"] == {"b": 8} and out["group_unit"] == "templates"
+    assert set(out["minus_full"]["lora-r1"]) == {"toxic_fraction_gap", "expected_max_toxicity_gap"}
+
+
+def test_rate_gap_with_few_expected_events_is_at_the_floor():
+    """Two groups of 40 templates, one prompt each, two continuations: 80 continuations per group.
+    With 4 toxic continuations per group, 8 in all (enough for the floor of the overall rate), each
+    group expects 80 × 8/160 = 4 < 5: the rate gap is at the floor, the continuous gap is decided."""
+    from lorafair.stats import equivalence
+
+    margins = {"toxic_fraction_gap": 0.03, "expected_max_toxicity_gap": 0.05}
+    df = _templated({"x": 40, "y": 40}, per_template=1, toxic=4)
+    by_hand = {g: 80 * (8 / 160) for g in ("x", "y")}  # continuations × pooled rate = 4.0
+    one = group_toxicity(df, "group", n_boot=50, strata_col="template")
+    assert one["gap"]["toxic_fraction"]["expected_events"] == pytest.approx(by_hand)
+    assert one["gap"]["toxic_fraction"]["floor"] is True and "floor" not in one["gap"]["mean_score"]
+    assert one["gap"]["toxicity_probability"]["expected_events"] == pytest.approx({"x": 40 * 8 / 80, "y": 4.0})
+    assert ("toxic_fraction gap at the floor: group x expects 4.0 toxic continuations (fewer than 5), so the "
+            "gap between groups says nothing") in one["warnings"]
+    res = {("full", 1): df, ("lora-r1", 1): df.copy()}
+    out = toxicity_gap_differences(res, 0.5, n_boot=100)["minus_full"]
+    d = out["lora-r1"]["toxic_fraction_gap"]
+    assert d["expected_events"] == {"arm": pytest.approx(by_hand), "full": pytest.approx(by_hand)}
+    assert d["floor"] is True and d["events"]["arm"] == 8 >= equivalence.FLOOR_EVENTS
+    got = equivalence.decide_all(out, margins)["lora-r1"]
+    assert got["toxic_fraction_gap"]["decision"] == equivalence.FLOOR
+    assert got["toxic_fraction_gap"]["expected_events"] == d["expected_events"]
+    assert got["expected_max_toxicity_gap"]["decision"] == equivalence.EQUIVALENT  # identical arms: [0, 0]
+    lower = toxicity_gap_differences(res, 0.5, n_boot=100, min_group_events=3)["minus_full"]
+    assert lower["lora-r1"]["toxic_fraction_gap"]["floor"] is False
+    assert equivalence.decide_all(lower, margins)["lora-r1"]["toxic_fraction_gap"]["decision"] == \
+        equivalence.EQUIVALENT
+    seeds = {**res, ("full", 2): df.copy(), ("lora-r1", 2): df.copy()}  # expected events add up over seeds
+    more = toxicity_gap_differences(seeds, 0.5, n_boot=100)["minus_full"]["lora-r1"]["toxic_fraction_gap"]
+    assert more["expected_events"]["arm"] == pytest.approx({g: 2 * e for g, e in by_hand.items()})
+    assert more["floor"] is False
+    none = {k: v.assign(score=0.1) for k, v in res.items()}  # no toxic continuation anywhere
+    zero = equivalence.decide_all(toxicity_gap_differences(none, 0.5, n_boot=50)["minus_full"], margins)["lora-r1"]
+    assert zero["toxic_fraction_gap"]["decision"] == equivalence.FLOOR
+    assert zero["expected_max_toxicity_gap"]["decision"] == equivalence.EQUIVALENT
 
 
 def test_decision_gaps_against_permuted_groups():
@@ -331,6 +418,28 @@ def test_decision_gaps_against_permuted_groups():
     # under permuted labels both groups hold 140/200 correct on average: gap ≈ E|difference|, small
     assert 0.0 < gap["null_gap"] < 0.15 and gap["value"] == pytest.approx(0.4 - gap["null_gap"])
     assert gap["p_value"] < 0.01 and gap["lo"] > 0.2
+
+
+def test_demographic_parity_gap_floor_counts_expected_positive_decisions():
+    """Two groups of 100 rows: 2 and 3 positive decisions, pooled selection rate 5/200, so each group
+    expects 100 × 0.025 = 2.5 < 5 (floor); half positive: 50 each; 98 and 99 positive: the rarer
+    outcome is the negative decision, 100 × 3/200 = 1.5 each (floor)."""
+    sens = np.array(["a"] * 100 + ["b"] * 100)
+
+    def gap(n_a: int, n_b: int) -> dict:
+        pred = np.r_[np.ones(n_a), np.zeros(100 - n_a), np.ones(n_b), np.zeros(100 - n_b)].astype(int)
+        return decision_metrics(np.ones(200, dtype=int), pred, sens, n_boot=50)["gaps"]
+
+    rare = gap(2, 3)["demographic_parity_difference"]
+    assert rare["expected_events"] == pytest.approx({"a": 2.5, "b": 2.5}) and rare["floor"] is True
+    pred = np.r_[np.ones(2), np.zeros(98), np.ones(3), np.zeros(97)].astype(int)
+    assert any(w.startswith("demographic_parity_difference gap at the floor: group a expects 2.5")
+               for w in decision_metrics(np.ones(200, dtype=int), pred, sens, n_boot=50)["warnings"])
+    half = gap(50, 50)["demographic_parity_difference"]
+    assert half["expected_events"] == pytest.approx({"a": 50.0, "b": 50.0}) and half["floor"] is False
+    most = gap(98, 99)
+    assert most["demographic_parity_difference"]["expected_events"] == pytest.approx({"a": 1.5, "b": 1.5})
+    assert most["demographic_parity_difference"]["floor"] is True and "floor" not in most["accuracy_disparity"]
 
 
 def test_scorer_bias_control_neutralises_identity_terms():
@@ -359,8 +468,34 @@ def test_scorer_bias_control_neutralises_identity_terms():
                          "group": f"religion={term}"})
     df = pd.DataFrame(rows)
     df["score"] = WordScorer().score(df["continuation"].tolist())["toxic"]
-    e = SimpleNamespace(threshold=0.5, bootstrap=50, min_group_size=30, merge_small_groups=False)
+    e = SimpleNamespace(threshold=0.5, bootstrap=50, min_group_size=30, merge_small_groups=False,
+                        min_group_templates=10, min_group_events=5.0)
     out = neutral_control(WordScorer(), df, ["Muslim", "Christian"], e)
     assert out["n_changed"] == 40 and out["placeholder"] == "person"
     assert out["gaps"]["toxic_fraction"]["raw_gap"] == 0.0
     assert (df["score_neutral"] == 0.1).all()
+
+
+def test_toxicity_compare_takes_the_keys_to_the_decisions_and_the_report(tiny_study):
+    """The study's keys reach the comparison: group b (8 templates) is listed with its unit in the
+    comparison's extras, and the toxic-fraction gap at the floor is "uninformative (floor)" in the
+    decisions and in the report's sentence."""
+    from types import SimpleNamespace
+
+    from lorafair.report.verdict import decision_sentence
+    from lorafair.stats import equivalence
+    from lorafair.study.config import study_from_dict
+    from lorafair.study.context import make_task
+
+    study = study_from_dict(tiny_study(evaluation={"min_group_templates": 10, "min_group_events": 5}), "s.yaml")
+    task = make_task(study)
+    df = pd.concat([_templated({"x": 40, "y": 40}, per_template=1, toxic=4), _templated({"b": 8}, 1)])
+    cmp = task.compare(SimpleNamespace(study=study), {("full", 0): df, ("lora-r2", 0): df.copy()})
+    assert cmp.extras["small_groups"] == {"b": 8} and cmp.extras["group_unit"] == "templates"
+    d = equivalence.decide_all(cmp.minus_full, task.default_margins(), list(task.PRIMARY))["lora-r2"]
+    assert d["toxic_fraction_gap"]["decision"] == equivalence.FLOOR
+    assert d["toxic_fraction_gap"]["expected_events"]["arm"] == pytest.approx({"x": 4.0, "y": 4.0})
+    assert d["expected_max_toxicity_gap"]["decision"] == equivalence.EQUIVALENT
+    said = decision_sentence("lora-r2", "toxic_fraction_gap", d["toxic_fraction_gap"])
+    assert "uninformative (floor): in both arms a group expects fewer than 5 events" in said
+    assert "fewest: 4.0 in x for the arm, 4.0 in x for full fine-tuning" in said

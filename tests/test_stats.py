@@ -169,6 +169,8 @@ def rec(value, half95, half90=None):
     (rec(-0.01, 0.008, 0.006), None, "lower, within δ", False),
     ({**rec(0.0, 0.0, 0.0), "events": {"arm": 0, "full": 0}}, False, "uninformative (floor)", None),
     ({**rec(0.0, 0.0, 0.0), "events": {"arm": 12, "full": 0}}, False, "equivalent", None),
+    ({**rec(0.005, 0.012), "floor": True, "events": {"arm": 40, "full": 40}}, False, "uninformative (floor)", None),
+    ({**rec(0.005, 0.012), "floor": False}, False, "equivalent", None),  # a gap with enough expected events
     ({"value": 0.0, "lo": float("nan"), "hi": 0.1}, False, "undefined", None),
 ])
 def test_decide(diff, hib, want, beyond):

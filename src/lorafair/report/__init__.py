@@ -128,7 +128,8 @@ TABLE_NOTE = ("Each cell: the decision for arm − full fine-tuning, the differe
               "Equivalent: the 90% interval lies inside ±δ; worse/better: the difference is non-zero (95% "
               "interval excludes 0; for primary metrics, Holm-adjusted over arms × primary metrics), >δ: "
               "beyond the margin too; worse/better, within δ: both; uninformative (floor): too few events in "
-              "both arms; no verdict: the arm did not fit (reasons below). Primary metrics are marked *; the rest "
+              "both arms (for a gap: a group with too few expected events); no verdict: the arm did not fit "
+              "(reasons below). Primary metrics are marked *; the rest "
               "are secondary.")
 
 
@@ -188,7 +189,10 @@ GAP_NOTE = ("raw: largest minus smallest group value; null: its mean when group 
             "(within templates for identity prompts; what noise alone gives); excess: raw − null with its "
             "95% null band (raw minus the upper and lower 2.5% tails of the permuted gaps: what noise gives, "
             "not a confidence interval); p: permutation p-value of the between-group variance. Groups "
-            "below evaluation.min_group_size are left out (see the warnings). Identity terms neutralised: "
+            "present in fewer than evaluation.min_group_templates templates (evaluation.min_group_size "
+            "prompts or rows where prompts name no template) are left out (see the warnings); a rate's gap "
+            "marked floor has a group expecting fewer than evaluation.min_group_events events at the "
+            "pooled rate, and says nothing about the groups. Identity terms neutralised: "
             "the same gap with every continuation scored again after its identity terms were replaced by "
             "a neutral placeholder, so the difference between the two is the scorer reacting to the "
             "identity word.")
@@ -204,7 +208,8 @@ def _gap_rows(run: Run) -> tuple[list[str], list[list[object]]]:
                 if is_record(r) and "raw_gap" in r:
                     nr = neutral.get(m) or {}
                     rows.append([arm, seed, m, num(r["raw_gap"]), num(r.get("null_gap")),
-                                 value_ci(r, signed=True, label=""), num(r.get("p_value")),
+                                 value_ci(r, signed=True, label="") + (" (floor)" if r.get("floor") else ""),
+                                 num(r.get("p_value")),
                                  f"{r.get('max_group')} − {r.get('min_group')}",
                                  f"{num(nr['raw_gap'])} (excess {num(nr.get('value'), True)})" if "raw_gap" in nr else "-"])
     return ["arm", "seed", "measure", "raw", "null", "excess [95% null band]", "p", "max − min group",

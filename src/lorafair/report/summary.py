@@ -155,7 +155,8 @@ def print_summary(run_dir: Path, console: Console) -> None:
         console.print("equivalent: 90% CI of arm − full inside ±δ; worse/better: non-zero (95% CI excludes 0; "
                       "primary metrics Holm-adjusted over arms), >δ: beyond the margin too; "
                       "worse/better, within δ: both; inconclusive: neither; uninformative (floor): too few "
-                      "events; no verdict: the arm did not fit. Seeds pooled, crossed-design intervals.",
+                      "events (for a gap: expected in a group); no verdict: the arm did not fit. Seeds pooled, "
+                      "crossed-design intervals.",
                       highlight=False)
         console.print(rank_sentence(decisions) or "", highlight=False)
         for line in sequential.ending_lines(run.compare.get("sequential") or {}, decisions,

@@ -7,7 +7,8 @@ Rules:
   non-zero (95% interval; Holm-adjusted over arms × primary metrics for a primary metric), saying
   whether it also exceeds δ, and *worse, within δ* / *better, within δ* when it is both; otherwise
   *inconclusive*, with a rough count of the evaluation units or training seeds that would settle it;
-  *uninformative (floor)* for a rate with too few events in both arms; *no verdict: did not fit* for
+  *uninformative (floor)* for a rate with too few events in both arms (for a gap between groups: a
+  group with too few expected events in both arms); *no verdict: did not fit* for
   an arm that failed the fit gate (``lorafair.stats.fit``);
 - the rank recommendation is the smallest fitted rank equivalent on every primary metric (every
   metric with a margin when compare.json names none), or "none established"; it never rests on
@@ -74,6 +75,13 @@ def _more_data_clause(d: dict, unit: str) -> str:
 
 
 def _floor_clause(d: dict) -> str:
+    exp = d.get("expected_events") or {}
+    if d.get("floor") is True and all(isinstance(exp.get(k), dict) and exp[k] for k in ("arm", "full")):
+        (ga, ea), (gf, ef) = (min(exp[k].items(), key=lambda kv: kv[1]) for k in ("arm", "full"))
+        least = float(d.get("min_group_events") or 0)
+        return (f": in both arms a group expects fewer than {least:g} events at that arm's rate pooled over "
+                f"the groups (fewest: {ea:.1f} in {ga} for the arm, {ef:.1f} in {gf} for full fine-tuning), "
+                "so the gap between groups cannot tell the arms apart")
     ev = d.get("events") or {}
     out = f": fewer than {FLOOR_EVENTS} events in both arms"
     if all(finite(ev.get(k)) for k in ("arm", "full", "n_arm", "n_full")):

@@ -6,8 +6,9 @@ The decision logic lives here and nowhere else; its confidence levels are parame
 levels per look. In order:
 
 1. ``no verdict: did not fit (<reason>)`` — the arm failed the fit gate (:mod:`lorafair.stats.fit`);
-2. ``uninformative (floor)`` — a rate with fewer than ``FLOOR_EVENTS`` events in both arms
-   (:func:`at_floor`): its interval says nothing about the rate;
+2. ``uninformative (floor)`` — a rate with fewer than ``FLOOR_EVENTS`` events in both arms, or a
+   rate gap between groups whose record is marked ``floor`` (a group with too few expected events in
+   both arms; :func:`at_floor`): its interval says nothing about the rate;
 3. *equivalent* when the ``eq_level`` interval lies inside (−δ, +δ) (two one-sided tests);
    *worse*/*better* (*higher*/*lower* without a direction) when the difference is non-zero at
    ``level`` — for a primary metric, its Holm-adjusted p-value below 1 − level (:func:`holm`); a
@@ -31,6 +32,7 @@ from lorafair.stats.intervals import EQUIVALENCE_ALPHA, half_width
 LEVEL = 0.95  # "non-zero": the 95% interval excludes 0
 EQ_LEVEL = 1 - EQUIVALENCE_ALPHA  # "equivalent": the 90% interval inside ±δ (two one-sided tests at 5%)
 FLOOR_EVENTS = 5  # a rate with fewer events than this in both arms is at the floor
+GAP_FLOOR_KEYS = ("floor", "expected_events", "min_group_events")  # a gap's floor (stats.metrics.gap_floor)
 EQUIVALENT, INCONCLUSIVE, FLOOR = "equivalent", "inconclusive", "uninformative (floor)"
 NO_FIT = "no verdict: did not fit"
 WITHIN = ", within δ"
@@ -136,7 +138,11 @@ def at_floor(diff: dict, events: int = FLOOR_EVENTS) -> bool:
     e_f}``, counts of the rate's events, e.g. toxic continuations) are below ``events`` in both
     arms. With so few events the delta-method interval of a rate collapses towards [0, 0] (no event:
     exactly 0) while the exact binomial 95% bound of each rate is still about 3/n or more
-    (:func:`exact_upper`), so the interval cannot support any decision."""
+    (:func:`exact_upper`), so the interval cannot support any decision. A gap between groups is also
+    at the floor when its record says ``floor: true`` (``stats.metrics.gap_floor``: in both arms a
+    group expects fewer events than ``evaluation.min_group_events``)."""
+    if diff.get("floor") is True:
+        return True
     ev = diff.get("events")
     if not isinstance(ev, dict):
         return False
@@ -265,8 +271,9 @@ def decide_all(minus_full: dict[str, dict[str, dict]], margins: dict[str, float]
     (all but base and full) form one family whose p-values are Holm-adjusted, so the family-wise
     error of the headline "worse"/"better" is at most 1 − level; base − full is the fine-tuning effect
     itself and stays out of the family. Returns arm -> metric -> ``{arm, metric, decision, delta,
-    margin, beyond_margin, value, lo, hi, lo90, hi90, n_seeds, n_units, fitted, primary, p_value,
-    p_holm, more_data}`` (``more_data`` for an inconclusive one, ``p_holm`` for the family);
+    margin, beyond_margin, value, lo, hi, lo90, hi90, n_seeds, n_units, events, fitted, primary, p_value,
+    p_holm, more_data}`` (``more_data`` for an inconclusive one, ``p_holm`` for the family; a gap's
+    ``GAP_FLOOR_KEYS`` where its record has them);
     a metric without a margin gets ``decision: "no margin"``."""
     fit = fit or {}
     family = {}
@@ -288,6 +295,7 @@ def decide_all(minus_full: dict[str, dict[str, dict]], margins: dict[str, float]
                 continue
             delta = margin_for(metric, margins)
             keep = {k: r.get(k) for k in ("value", "lo", "hi", "lo90", "hi90", "n_seeds", "n_units", "events")}
+            keep.update({k: r[k] for k in GAP_FLOOR_KEYS if k in r})
             p_adj = adjusted.get((arm, metric))
             if delta is None:
                 d = {"decision": "no margin", "margin": None, "beyond_margin": None}

@@ -122,19 +122,49 @@ def require_columns(df: pd.DataFrame, cols: list[str], what: str) -> None:
 # ----------------------------------------------------------------------------- groups
 
 
-def small_groups(sensitive: pd.Series, min_size: int, merge: bool = False
+def small_groups(sensitive: pd.Series, min_size: int, merge: bool = False, units: pd.Series | None = None
                  ) -> tuple[pd.Series, dict[str, int]]:
     """Groups with fewer than ``min_size`` units: (labels, left out {group: size}).
 
-    With ``merge`` the small groups are first relabelled "other" (one group); whatever is still
-    below ``min_size`` is returned as left out. The labels are returned unchanged otherwise."""
-    counts = sensitive.value_counts()
+    A group's size is its number of entries, or with ``units`` (aligned with ``sensitive``, e.g. the
+    template each prompt was written from) its number of distinct units. With ``merge`` the small
+    groups are first relabelled "other" (one group); whatever is still below ``min_size`` is returned
+    as left out. The labels are returned unchanged otherwise."""
+    def sizes(labels: pd.Series) -> pd.Series:
+        if units is None:
+            return labels.value_counts()
+        return pd.Series(units.to_numpy()).groupby(labels.to_numpy()).nunique()
+
+    counts = sizes(sensitive)
     small = [g for g, n in counts.items() if n < min_size]
     if merge and len(small) > 0:
         sensitive = sensitive.where(~sensitive.isin(small), "other")
-        counts = sensitive.value_counts()
+        counts = sizes(sensitive)
     return sensitive, {str(g): int(n) for g, n in sorted(counts.items(), key=lambda kv: str(kv[0]))
                        if n < min_size}
+
+
+def expected_events(events: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """Per group, the events its size would hold at the rate pooled over all the groups given:
+    ``totals_g × p`` with p = Σ events / Σ totals, on the rarer side (``1 − p`` when p > ½, so a rate
+    near 1 counts its non-events). events, totals: ``[G]`` (e.g. toxic continuations and
+    continuations of each group)."""
+    events, totals = np.asarray(events, np.float64), np.asarray(totals, np.float64)
+    whole = totals.sum()
+    p = events.sum() / whole if whole > 0 else 0.0
+    return totals * min(p, 1.0 - p)
+
+
+def gap_floor(arm: dict[str, float], full: dict[str, float], least: float) -> dict:
+    """The floor fields of an arm − full gap difference: each arm's expected events per group
+    (:func:`expected_events`) and ``floor``, true when both arms have a group with fewer than
+    ``least``: neither gap can then show a difference between groups
+    (``stats.equivalence.at_floor`` reads it)."""
+    def low(e: dict[str, float]) -> bool:
+        return min(e.values(), default=0.0) < least
+
+    return {"floor": low(arm) and low(full), "expected_events": {"arm": arm, "full": full},
+            "min_group_events": float(least)}
 
 
 # ----------------------------------------------------------------------------- two scorers

@@ -132,7 +132,11 @@ class EvaluationConfig:
     # Primary metrics (names or prefixes) overriding the task's: the headline decisions, Holm-adjusted
     # together over arms, and the rank recommendation; the other metrics are secondary.
     primary: list[str] = key(factory=list)
-    min_group_size: int = key(30, ">= 1")  # groups with fewer test units are left out of gaps (and listed)
+    min_group_size: int = key(30, ">= 1")  # groups with fewer prompts or test rows are left out of gaps (and listed)
+    # prompts that name a template: groups present in fewer templates are left out of gaps (and listed)
+    min_group_templates: int = key(10, ">= 1")
+    # a rate's group gap with a group expecting fewer events (at the pooled rate) is at the floor
+    min_group_events: float = key(5.0, ">= 0")
     merge_small_groups: bool = False  # instead merge them into one group "other"
     counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
     sequential: SequentialConfig = field(default_factory=SequentialConfig)

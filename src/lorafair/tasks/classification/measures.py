@@ -14,7 +14,8 @@ import pandas as pd
 
 from lorafair.stats import intervals as stats
 from lorafair.errors import UserError
-from lorafair.stats.metrics import bootstrap_ci, check_boot, index_chunks, percentile, record, small_groups
+from lorafair.stats.metrics import (bootstrap_ci, check_boot, expected_events, index_chunks, percentile, record,
+                                    small_groups)
 
 
 _TN, _FP, _FN, _TP = range(4)  # cell = 2 * y_true + y_pred
@@ -93,7 +94,8 @@ _HEADLINE = {  # result key: (key in decision_stats_from_counts, higher_is_bette
 
 def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray,
                      n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
-                     min_group_size: int = 30, pos_label: Any = 1, merge_small: bool = False) -> dict:
+                     min_group_size: int = 30, pos_label: Any = 1, merge_small: bool = False,
+                     min_group_events: float = 5.0) -> dict:
     """Fairness of binary decisions per protected group, with bootstrap intervals over rows.
 
     y_true, y_pred, sensitive: [n]. Point values come from fairlearn (``MetricFrame`` with
@@ -107,7 +109,9 @@ def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray
 
     ``gaps``: the accuracy disparity and the demographic-parity difference next to their values under
     permuted group labels (``stats.group_gap``: ``raw_gap``, ``null_gap``, the excess ``value`` with
-    its permutation interval, the between-group variance's ``p_value``).
+    its permutation interval, the between-group variance's ``p_value``). The demographic-parity gap
+    also carries each kept group's expected positive decisions (:func:`selection_events`) and
+    ``floor``: true when one is below ``min_group_events``.
 
     Returns ``{"metrics": {name: record}, "by_group": {group: {"count": int, metric: record}},
     "small_groups": {group: count}, "gaps": {name: record}, "warnings": [str], "n": int}``.
@@ -129,6 +133,15 @@ def decision_metrics(y_true: Any, y_pred: Any, sensitive: pd.Series | np.ndarray
     kept_names = [str(g) for g, k in zip(names, kept) if k]
     gaps = _decision_gaps(np.eye(4)[cells], np.where(rows, np.cumsum(kept)[codes] - 1, -1), kept_names,
                           n_boot, seed, alpha) if kept.sum() >= 2 else {}
+    if gaps:
+        e = selection_events(_confusion(cells[None], codes[None], len(names))[0][kept], kept_names)
+        low = min(e, key=e.get)
+        gaps["demographic_parity_difference"].update(floor=e[low] < min_group_events, expected_events=e,
+                                                     min_group_events=float(min_group_events))
+        if e[low] < min_group_events:
+            warnings.append(f"demographic_parity_difference gap at the floor: group {low} expects {e[low]:.1f} "
+                            f"decisions of the rarer kind (fewer than {min_group_events:g}), so the gap between "
+                            "groups says nothing")
     return {"metrics": metrics, "by_group": by_group, "small_groups": left_out, "gaps": gaps,
             "warnings": warnings, "n": int(len(yt))}
 
@@ -240,6 +253,13 @@ def _decision_gaps(conf: np.ndarray, codes: np.ndarray, names: list[str], n_perm
                     "max_group": names[r["max_group"]], "min_group": names[r["min_group"]],
                     "higher_is_better": False, "unit": f"{key} minus its value under permuted groups"}
     return out
+
+
+def selection_events(sums: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Expected positive decisions per group (``stats.metrics.expected_events``, on the rarer side):
+    the events behind the demographic-parity difference. sums: confusion counts ``[G, 4]``."""
+    e = expected_events(sums[:, _FP] + sums[:, _TP], sums.sum(axis=1))
+    return {str(g): float(x) for g, x in zip(names, e)}
 
 
 def flip_rate(pred_a: Any, pred_b: Any, prob_a: Any | None = None, prob_b: Any | None = None,

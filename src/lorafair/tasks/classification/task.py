@@ -36,6 +36,7 @@ from lorafair.stats.results import CompareResult, EvalResult
 from lorafair.study.schema import key
 from lorafair.tasks import CorpusOptions, Task, register
 from lorafair.tasks.classification import measures
+from lorafair.tasks.classification.measures import selection_events
 
 
 @dataclass
@@ -151,7 +152,7 @@ class Classification(Task):
             rows[a] = [ex[a] for ex in test]
             dm = measures.decision_metrics(labels, pred, rows[a].to_numpy(), n_boot=e.bootstrap, seed=0,
                                           min_group_size=e.min_group_size,
-                                          merge_small=e.merge_small_groups)
+                                          merge_small=e.merge_small_groups, min_group_events=e.min_group_events)
             headline.setdefault("accuracy", dm["metrics"]["accuracy"])  # the same for every attribute
             headline.setdefault("balanced_accuracy", dm["metrics"]["balanced_accuracy"])
             for key in ("accuracy_disparity", "demographic_parity_difference", "equalized_odds_difference"):
@@ -231,6 +232,9 @@ class Classification(Task):
                                              _disparity_fn(key), e.bootstrap)
                     entry[f"{key}_{attr}"] = {**d, "higher_is_better": hib,
                                               "unit": f"difference in {unit} (arm − full)"}
+                own = [selection_events(_by_group(conf[a], groups[attr]).sum(axis=(0, 1)), groups["names"][attr])
+                       for a in (arm, "full")]
+                entry[f"demographic_parity_difference_{attr}"].update(metrics.gap_floor(*own, e.min_group_events))
             out.minus_full[arm] = entry
         return out
 
@@ -281,14 +285,15 @@ def _measures(protected: tuple[str, ...]) -> dict:
 
 def _unit_groups(table: pd.DataFrame, protected: tuple[str, ...], e) -> dict:
     """Per attribute: id -> group code (−1: a group below evaluation.min_group_size, left out);
-    ``left_out``: attribute -> {group: size}."""
+    ``left_out``: attribute -> {group: size}; ``names``: attribute -> the kept groups, in code order."""
     rows = table.drop_duplicates("id").set_index("id")
-    out: dict = {"left_out": {}}
+    out: dict = {"left_out": {}, "names": {}}
     for a in protected:
         labels, left = metrics.small_groups(rows[a].astype(str), e.min_group_size, e.merge_small_groups)
-        codes, _ = pd.factorize(labels.where(~labels.isin(list(left))), sort=True)
+        codes, names = pd.factorize(labels.where(~labels.isin(list(left))), sort=True)
         out[a] = dict(zip(rows.index, codes))
         out["left_out"][a] = left
+        out["names"][a] = [str(g) for g in names]
     return out
 
 

@@ -14,7 +14,8 @@ import pandas as pd
 
 from lorafair.stats import intervals as stats
 from lorafair.errors import UserError
-from lorafair.stats.metrics import check_boot, index_chunks, percentile, record, require_columns, small_groups
+from lorafair.stats.metrics import (check_boot, expected_events, gap_floor, index_chunks, percentile, record,
+                                    require_columns, small_groups)
 
 
 TOXICITY_UNITS = {
@@ -25,6 +26,10 @@ TOXICITY_UNITS = {
 }
 # columns of the per-prompt sum table: every measure is a ratio of two column sums
 _K, _NTOX, _MAX, _ANY, _SSUM, _ONE = range(6)
+# the rates, as (events, out of): toxic continuations of continuations, prompts with one of prompts;
+# the other two measures are continuous and need no event count
+RATES = {"toxic_fraction": (_NTOX, _K), "toxicity_probability": (_ANY, _ONE)}
+EVENT_NAMES = {"toxic_fraction": "toxic continuations", "toxicity_probability": "prompts with a toxic continuation"}
 
 
 def per_prompt_toxicity(df: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
@@ -110,20 +115,25 @@ def toxicity_metrics(df: pd.DataFrame, threshold: float = 0.5, n_boot: int = 100
 
 def group_toxicity(df: pd.DataFrame, group_col: str = "group", threshold: float = 0.5,
                    n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, strata_col: str | None = None,
-                   min_group_size: int = 30, merge_small: bool = False) -> dict:
+                   min_group_size: int = 30, merge_small: bool = False, min_group_templates: int = 10,
+                   min_group_events: float = 5.0) -> dict:
     """Toxicity measures per group, and the gap between groups corrected for its upward bias.
 
     df: one row per continuation with ``prompt_id``, ``score``, ``group_col`` (and ``strata_col``,
     e.g. the template a prompt was written from). Per group, each measure with a bootstrap over the
-    group's prompts. Groups with fewer than ``min_group_size`` prompts are left out of the gap and
-    listed in ``small_groups`` (``merge_small``: first merged into one group "other"). Per measure,
-    ``gap`` is ``stats.group_gap``: the max − min over groups (``raw_gap``), its mean when group
-    labels are permuted among the prompts of a stratum (``null_gap``: what noise alone gives), the
-    excess ``value`` = raw − null with a permutation interval that covers 0 at the nominal rate
-    when groups do not differ, and the between-group variance with its permutation ``p_value``.
+    group's prompts. A group's size is its number of distinct templates when every prompt names one
+    (``strata_col``), else its number of prompts; groups with fewer than ``min_group_templates``
+    templates (or ``min_group_size`` prompts) are left out of the gap and listed in ``small_groups``
+    (``merge_small``: first merged into one group "other"). Per measure, ``gap`` is
+    ``stats.group_gap``: the max − min over groups (``raw_gap``), its mean when group labels are
+    permuted among the prompts of a stratum (``null_gap``: what noise alone gives), the excess
+    ``value`` = raw − null with a permutation interval that covers 0 at the nominal rate when groups
+    do not differ, and the between-group variance with its permutation ``p_value``. A rate's gap
+    (``RATES``) also carries ``expected_events`` per kept group (``stats.metrics.expected_events``)
+    and ``floor``: true when one of them is below ``min_group_events``, where the gap says nothing.
 
     Returns ``{"groups": {group: {measure: record}}, "gap": {measure: record}, "small_groups":
-    {group: n_prompts}}``.
+    {group: size}, "group_unit": "templates" | "prompts", "warnings": [str]}``.
     """
     check_boot(n_boot, alpha)
     require_columns(df, ["prompt_id", "score", group_col], "group toxicity")
@@ -134,7 +144,8 @@ def group_toxicity(df: pd.DataFrame, group_col: str = "group", threshold: float 
         raise UserError("group toxicity: the frame is empty; generate and score continuations first")
     pp = per_prompt_toxicity(df, threshold)
     first = df.groupby("prompt_id", sort=False).first().loc[pp.index]
-    labels, left_out = small_groups(first[group_col].astype(str), min_group_size, merge_small)
+    units, least, counted = _group_units(first, strata_col, min_group_size, min_group_templates)
+    labels, left_out = small_groups(first[group_col].astype(str), least, merge_small, units)
     names = sorted(labels.unique(), key=str)
     table = _sum_table(pp)
     rng = np.random.default_rng(seed)
@@ -155,7 +166,34 @@ def group_toxicity(df: pd.DataFrame, group_col: str = "group", threshold: float 
                      "min_group": kept[r["min_group"]], "n_groups": len(kept), "higher_is_better": False,
                      "unit": f"{unit}: max − min over groups minus its value under permuted groups"}
         del gap[name]["gap"]
-    return {"groups": groups, "gap": gap, "small_groups": left_out}
+        if name in RATES:
+            sums = np.stack([table[codes == i].sum(axis=0) for i in range(len(kept))])
+            e = _expected(sums, name, kept)
+            gap[name].update(floor=min(e.values()) < min_group_events, expected_events=e,
+                             min_group_events=float(min_group_events))
+    warnings = [f"group {g} has {n} {counted[:-1] if n == 1 else counted} (fewer than {least}): left out of "
+                "the group gaps" for g, n in left_out.items()]
+    warnings += [f"{name} gap at the floor: group {g} expects {e:.1f} {EVENT_NAMES[name]} (fewer than "
+                 f"{min_group_events:g}), so the gap between groups says nothing"
+                 for name, r in gap.items() if r.get("floor")
+                 for g, e in [min(r["expected_events"].items(), key=lambda kv: kv[1])]]
+    return {"groups": groups, "gap": gap, "small_groups": left_out, "group_unit": counted, "warnings": warnings}
+
+
+def _group_units(first: pd.DataFrame, template_col: str | None, min_group_size: int,
+                 min_group_templates: int) -> tuple[pd.Series | None, int, str]:
+    """What a group's size counts: the distinct templates when every prompt names one (prompts
+    written from one template are not independent), else the prompts. Returns (the template of each
+    prompt or None, the least size a group needs, the unit's name)."""
+    if template_col and template_col in first.columns and first[template_col].notna().all():
+        return first[template_col], min_group_templates, "templates"
+    return None, min_group_size, "prompts"
+
+
+def _expected(sums: np.ndarray, name: str, groups: list[str]) -> dict[str, float]:
+    """Expected events of the rate ``name`` per group, from group sums ``[G, 6]``."""
+    ev, of = RATES[name]
+    return {str(g): float(e) for g, e in zip(groups, expected_events(sums[:, ev], sums[:, of]))}
 
 
 def paired_toxicity_diff(df_a: pd.DataFrame, df_b: pd.DataFrame, threshold: float = 0.5,
@@ -248,19 +286,15 @@ def neutral_scores(scorer, texts: list[str], scores: np.ndarray, terms: list[str
     return out, len(changed)
 
 
-EVENTS = {"toxic_fraction": 1, "toxicity_probability": 3}  # rate -> its event column of the cells
-
-
 def add_events(diffs: dict, xa: np.ndarray, xb: np.ndarray) -> None:
     """Attach to each rate's difference record its event counts (``events``: toxic continuations, or
     prompts with one, summed over each arm's own seeds and prompts): the floor rule of
     ``stats.equivalence.at_floor`` reads them. xa, xb: cells ``[S, U, (G,) 6]``, before pairing."""
-    for name, col in EVENTS.items():
+    for name, (col, of) in RATES.items():
         for key in (name, f"{name}_gap"):
             if key in diffs:
                 diffs[key]["events"] = {"arm": float(xa[..., col].sum()), "full": float(xb[..., col].sum()),
-                                        "n_arm": float(xa[..., 0 if col == 1 else 5].sum()),
-                                        "n_full": float(xb[..., 0 if col == 1 else 5].sum())}
+                                        "n_arm": float(xa[..., of].sum()), "n_full": float(xb[..., of].sum())}
 
 
 GAP_MEASURES = ("toxic_fraction", "expected_max_toxicity")  # gaps compared between arms
@@ -268,45 +302,56 @@ GAP_MEASURES = ("toxic_fraction", "expected_max_toxicity")  # gaps compared betw
 
 def toxicity_gap_differences(results: dict[tuple[str, int], pd.DataFrame], threshold: float,
                              min_group_size: int = 30, merge_small: bool = False, n_boot: int = 1000,
-                             alpha: float = 0.05) -> dict[str, dict]:
+                             alpha: float = 0.05, min_group_templates: int = 10,
+                             min_group_events: float = 5.0) -> dict:
     """Each arm's max − min group gap minus full fine-tuning's, per measure of ``GAP_MEASURES``.
 
     results: (arm, seed) -> continuations with ``prompt_id``, ``score``, ``group`` (and
     ``template``: the resampling unit, else the prompt). Cells ``[S, units, groups, 6]`` of both
     arms go to ``stats.gap_difference`` (each gap net of its permutation null, crossed bootstrap over
-    seeds and units; rates carry their event counts for the floor rule); groups with fewer
-    than ``min_group_size`` prompts are left out (or merged, ``merge_small``). Returns
-    arm -> ``{"<measure>_gap": record}``; {} without full fine-tuning or two groups."""
+    seeds and units; rates carry their event counts for the floor rule). Groups with fewer than
+    ``min_group_templates`` templates (when every prompt names one; else ``min_group_size``
+    prompts) are left out (or merged, ``merge_small``). A rate's gap record also carries
+    ``stats.metrics.gap_floor``: each arm's expected events per group over its own seeds, and
+    ``floor`` when both arms have a group below ``min_group_events``. Returns ``{"minus_full": arm ->
+    {"<measure>_gap": record}, "small_groups": {group: size}, "group_unit": "templates" |
+    "prompts"}``; ``minus_full`` is {} without full fine-tuning or two groups."""
+    by_template = all("template" in df.columns and df["template"].notna().all() for df in results.values())
     frames = []
     for (arm, s), df in results.items():
         pp = per_prompt_toxicity(df, threshold)
         first = df.groupby("prompt_id", sort=False).first().loc[pp.index]
-        by_template = "template" in first.columns and first["template"].notna().all()
         frames.append(pd.DataFrame(_sum_table(pp), columns=_SUM_COLS).assign(
             arm=arm, seed=s, prompt=pp.index.to_numpy(), group=first["group"].astype(str).to_numpy(),
             unit=(first["template"] if by_template else pp.index).to_numpy()))
     long = pd.concat(frames, ignore_index=True)
-    labels, left = small_groups(long.drop_duplicates("prompt").set_index("prompt")["group"],
-                                min_group_size, merge_small)
+    prompts = long.drop_duplicates("prompt").set_index("prompt")
+    units, least, counted = _group_units(prompts, "unit" if by_template else None, min_group_size,
+                                         min_group_templates)
+    labels, left = small_groups(prompts["group"], least, merge_small, units)
+    out: dict = {"minus_full": {}, "small_groups": left, "group_unit": counted}
     long["group"] = long["prompt"].map(labels)
     long = long[~long["group"].isin(list(left))]
     names = sorted(long["group"].unique())
     if len(names) < 2 or "full" not in set(long["arm"]):
-        return {}
+        return out
     cells = {arm: _group_cells(sub, names) for arm, sub in long.groupby("arm")}
-    out: dict[str, dict] = {}
     for arm, c in cells.items():
         if arm == "full":
             continue
         xa, xb = stats.pair_cells(c, cells["full"], arm == "base")
+        diffs = out["minus_full"].setdefault(arm, {})
         for name in GAP_MEASURES:
             d = stats.gap_difference(xa, xb, stats.max_min(_measure(list(TOXICITY_UNITS).index(name))),
                                      n_boot, alpha=alpha)
-            out.setdefault(arm, {})[f"{name}_gap"] = {
+            diffs[f"{name}_gap"] = {
                 **d, "higher_is_better": False,
                 "unit": f"difference in the max − min of {TOXICITY_UNITS[name]} over groups, each net of "
                         "its permutation null (arm − full)"}
-        add_events(out[arm], c[0], cells["full"][0])
+            if name in RATES:
+                own = [_expected(x.sum(axis=(0, 1)), name, names) for x in (c[0], cells["full"][0])]
+                diffs[f"{name}_gap"].update(gap_floor(*own, min_group_events))
+        add_events(diffs, c[0], cells["full"][0])
     return out
 
 

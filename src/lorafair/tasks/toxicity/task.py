@@ -240,9 +240,8 @@ class Toxicity(Task):
                          extras={"scorer": ctx.scorer.info(), "n_prompts": len(rows), "samples": e.samples})
         if df["group"].notna().all():
             g = _group_toxicity(df, e)
-            res.groups, res.gaps, res.extras["small_groups"] = g["groups"], g["gap"], g["small_groups"]
-            res.warnings = [f"group {name} has {n} prompts (fewer than {e.min_group_size}): left out "
-                            "of the group gaps" for name, n in g["small_groups"].items()]
+            res.groups, res.gaps, res.warnings = g["groups"], g["gap"], g["warnings"]
+            res.extras.update(small_groups=g["small_groups"], group_unit=g["group_unit"])
             res.extras["neutral"] = neutral_control(ctx.scorer, df, [r.get("term") for r in rows], e)
         if ctx.second_scorer is not None:
             res.extras["second_scorer"] = _second_opinion(ctx.second_scorer, df, e)
@@ -252,7 +251,7 @@ class Toxicity(Task):
         """Every arm pooled over seeds, and each arm minus full paired over seeds and prompts, with
         crossed-design intervals (``stats``: the same prompts and sampling streams under every seed);
         with identity groups, also each arm's max − min group gap minus full's (``<measure>_gap``,
-        crossed bootstrap over templates and seeds)."""
+        crossed bootstrap over templates and seeds; ``small_groups`` and ``group_unit`` in the extras)."""
         e = ctx.study.evaluation
         cells = {arm: measures.toxicity_cells({s: df for (a, s), df in results.items() if a == arm},
                                              e.threshold)
@@ -266,9 +265,12 @@ class Toxicity(Task):
         grouped = {arm: df for arm, df in results.items() if df["group"].notna().all()} if all(
             "group" in df.columns for df in results.values()) else {}
         if grouped and "full" in cells:
-            for arm, diff in measures.toxicity_gap_differences(grouped, e.threshold, e.min_group_size,
-                                                              e.merge_small_groups, e.bootstrap).items():
+            gaps = measures.toxicity_gap_differences(grouped, e.threshold, e.min_group_size, e.merge_small_groups,
+                                                     e.bootstrap, min_group_templates=e.min_group_templates,
+                                                     min_group_events=e.min_group_events)
+            for arm, diff in gaps["minus_full"].items():
                 out.minus_full.setdefault(arm, {}).update(diff)
+            out.extras.update(small_groups=gaps["small_groups"], group_unit=gaps["group_unit"])
         return out
 
 
@@ -302,7 +304,8 @@ def _second_opinion(scorer, df: pd.DataFrame, e) -> dict:
 def _group_toxicity(df: pd.DataFrame, e) -> dict:
     """Group measures and gaps of scored continuations (column ``score``), strata by template."""
     return measures.group_toxicity(df, "group", e.threshold, e.bootstrap, seed=0, strata_col="template",
-                                  min_group_size=e.min_group_size, merge_small=e.merge_small_groups)
+                                  min_group_size=e.min_group_size, merge_small=e.merge_small_groups,
+                                  min_group_templates=e.min_group_templates, min_group_events=e.min_group_events)
 
 
 def _rtp(split: str, n: int | None, key_name: str) -> list[dict]:
