@@ -31,6 +31,8 @@ def test_divergence_per_arm_pooled_and_cached(tiny_study):
     assert lora["js"]["n_seeds"] == 2 and lora["js"]["n_units"] == 18
     assert lora["minus_full"] is not None and lora["reduction_share"] is not None
     assert pooled["arms"]["full"]["minus_full"] is None
+    d = {s: rd.read_eval("full", s, "counterfactual")[0]["metrics"]["cf_js"]["value"] for s in (0, 1)}
+    assert pooled["arms"]["full"]["noise_floor"]["value"] == pytest.approx(abs(d[0] - d[1]), rel=1e-6)
     decided = pooled["decisions"]["lora-r2"]["cf_js"]
     assert decided["decision"] in {"equivalent", "better", "worse", "inconclusive"}
     assert decided["value"] == pytest.approx(lora["minus_full"]["value"]) and "full" not in pooled["decisions"]

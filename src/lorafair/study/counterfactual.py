@@ -191,6 +191,8 @@ def _records(entry: dict) -> dict:
              "kl_ba": ("KL(b || a) (nats)", False), "minus_full": ("JS, arm − full (nats)", False),
              "reduction_share": ("share of full fine-tuning's reduction of JS", True)}
     out: dict = {"caveat": entry.get("caveat")}
+    if entry.get("noise_floor") is not None:
+        out["noise_floor"] = entry["noise_floor"]
     for key, (unit, hib) in units.items():
         r = entry.get(key)
         out[key] = None if r is None else {**r, "higher_is_better": hib, "unit": unit}
