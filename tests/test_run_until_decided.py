@@ -213,3 +213,15 @@ def test_a_primary_decision_at_the_floor_at_the_cap_stays_uninformative(tmp_path
     got = annotate(compare, plan)["decisions"]["lora-r1"]["m"]
     assert got["decision"] == "uninformative (floor)"
     assert got["sequential"]["ending"] == f"inconclusive after {MAX_SEEDS} seeds (cap)"
+
+
+def test_analyses_of_a_finished_run_cover_the_seeds_the_plan_added(tmp_path, corpus_file):
+    from lorafair.study.sequential import with_planned_seeds
+
+    study = study_from_dict(study_dict(tmp_path / "run", corpus_file), "s.yaml")
+    assert with_planned_seeds(study).seeds == [0, 1, 2]  # no plan yet: the study's own seeds
+    path = RunDir(tmp_path / "run").sequential_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"seeds": [0, 1, 2, 3, 4]}))
+    assert with_planned_seeds(study).seeds == [0, 1, 2, 3, 4]
+    assert study.seeds == [0, 1, 2]  # the study itself is left as it was

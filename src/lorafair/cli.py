@@ -251,7 +251,9 @@ def analyze(run_dir: Path):
     from lorafair.study.config import load_study
     from lorafair.study.runner import Runner
 
-    study = _study_of(run_dir, load_study)
+    from lorafair.study.sequential import with_planned_seeds
+
+    study = with_planned_seeds(_study_of(run_dir, load_study))  # every seed run until decided added
     _say_missing(run_dir)
     runner = Runner(study, log=lambda m: console.print(m, highlight=False, markup=False, soft_wrap=True))
     runner.analyze_finished()

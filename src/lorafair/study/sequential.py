@@ -258,6 +258,17 @@ def _with_seeds(study: Study, seeds: list[int]) -> Study:
     return dataclasses.replace(study, seeds=list(seeds))
 
 
+def with_planned_seeds(study: Study) -> Study:
+    """The study with the seeds its run-until-decided plan grew it to (``sequential.json`` in its
+    output folder), so that the analyses of a finished run cover every seed trained; the study as it
+    is when there is no plan."""
+    path = RunDir(output_path(study)).sequential_path()
+    if not path.is_file():
+        return study
+    seeds = store.read_json(path).get("seeds") or []
+    return _with_seeds(study, study.seeds + [s for s in seeds if s not in study.seeds])
+
+
 def _extend(seeds: list[int], n: int) -> list[int]:
     """The seed list grown to n: new seeds are the next integers after the largest."""
     out = list(seeds)
