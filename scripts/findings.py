@@ -21,7 +21,6 @@ from pathlib import Path
 from lorafair.arms.names import arm_order
 from lorafair.stats.equivalence import base_word, more_data
 from lorafair.report.fmt import bracket, num
-from lorafair.stats.metrics import paired_bootstrap_diff
 from lorafair.report.load import Run, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,38 +97,47 @@ def fit(run: Run) -> str:
         interior = {True: "yes", False: "no (edge)"}.get(s.get("interior"), "-")
         per_seed = "; ".join(f"{d['best_val_loss']:.3f} @ {d.get('best_step', '?')}/{d['steps']}"
                              f"{' (stopped early)' if d.get('stopped_early') else ''}" for d in done)
-        rows.append([arm, f"{done[0]['lr']:.3g}", interior, cands or "-", per_seed])
-    return _table(["arm", "lr", "interior optimum", "search: lr→val loss", "best val loss @ step/steps, per seed"],
-                  rows)
+        gate = (run.compare.get("fit") or {}).get(arm)
+        verdict = "-" if gate is None else "fitted" if gate.get("fitted") else "**did not fit**: " + "; ".join(gate["reasons"])
+        rows.append([arm, f"{done[0]['lr']:.3g}", interior, cands or "-", per_seed, verdict])
+    return _table(["arm", "lr", "interior optimum", "search: lr→val loss", "best val loss @ step/steps, per seed",
+                   "fit gate"], rows)
 
 
 def kl(run: Run) -> str:
-    """Token-posterior divergences on held-out fine-tuning examples (first seed)."""
+    """Token-posterior divergences on held-out fine-tuning examples, pooled over the seeds each arm
+    has (crossed intervals over seeds × sequences), beside the noise floor: KL between two seeds of
+    full fine-tuning, and each arm's excess over it."""
     rows = []
     for arm in _arms(run.kl):
         a = run.kl[arm]
-        rows.append([arm, num(a["kl_full_arm"]["mean"]), num(a["kl_base_arm"]["mean"]),
-                     bracket(a.get("shift_captured"))])
-    return _table(["arm", "KL(full ‖ arm), mean", "KL(base ‖ arm), mean", "shift captured [95% CI]"], rows)
+        bf = a.get("beyond_floor") or {}
+        rows.append([arm, str(len(a.get("seeds", []))), bracket(a["kl_full_arm"]), num(bf.get("floor")),
+                     f"{bracket(bf, signed=True)} {bf['word']}" if bf else "-", bracket(a.get("shift_captured")),
+                     num(bf.get("floor_shift_captured"))])
+    return _table(["arm", "seeds", "KL(full ‖ arm) [95% CI]", "another seed of full: KL",
+                   "arm − that [95% CI]", "shift captured [95% CI]", "another seed of full: shift captured"], rows)
 
 
-def kl_trend(run: Run, n_boot: int = 2000) -> str:
-    """KL(full ‖ arm) between neighbouring ranks, paired by sequence (first seed): the per-sequence
-    mean over positions, the difference lower rank − higher rank with a paired percentile bootstrap
-    over sequences (seeded, so the table is reproducible). Positive: the divergence falls with rank."""
+def kl_trend(run: Run) -> str:
+    """KL(full ‖ arm) between neighbouring ranks, token-weighted, paired by seed and sequence on the
+    seeds both arms have, with the crossed interval (``analysis.seeds.rank_difference``). Positive:
+    the divergence falls with rank."""
     import pandas as pd
 
-    tok = pd.read_parquet(run.path / "analysis" / "kl_tokens.parquet")
+    from lorafair.analysis.seeds import rank_difference
+
+    seqs = pd.read_parquet(run.path / "analysis" / "kl_sequences.parquet")
     rows = []
-    for name, part in tok.groupby("set", sort=True):
-        per = part.groupby(["arm", "seq"])["kl_full_arm"].mean().unstack("arm")
-        lora = [a for a in _arms(per.columns) if a not in ("base", "full")]
+    for name, part in seqs.groupby("set", sort=True):
+        lora = [a for a in _arms(part["arm"].unique()) if a.startswith("lora-")]
         for lo_arm, hi_arm in zip(["base"] + lora, lora):
-            both = per[[lo_arm, hi_arm]].dropna()
-            rec = paired_bootstrap_diff(both[lo_arm].to_numpy(), both[hi_arm].to_numpy(), n_boot=n_boot, seed=0)
+            rec = rank_difference(part, lo_arm, hi_arm)
+            if rec is None:
+                continue
             word = "falls" if rec["lo"] > 0 else "rises" if rec["hi"] < 0 else "undecided"
-            rows.append([name, f"{lo_arm} − {hi_arm}", str(rec["n"]), bracket(rec, signed=True), word])
-    return _table(["sequences", "KL(full ‖ ·): lower − higher rank", "n", "difference [95% CI]", "with rank"],
+            rows.append([name, f"{lo_arm} − {hi_arm}", str(rec["n_seeds"]), bracket(rec, signed=True), word])
+    return _table(["sequences", "KL(full ‖ ·): lower − higher rank", "seeds", "difference [95% CI]", "with rank"],
                   rows)
 
 
@@ -158,13 +166,79 @@ def counterfactual(run: Run) -> str:
         rows.append([arm, bracket(a["js"]), ", ".join(num(v) for v in seeds), bracket(a.get("reduction_share")),
                      bracket(a.get("minus_full"), signed=True),
                      f"{_word(d)} (δ {num(d['margin'])})" if d else "-", settle])
+    floor = (c["arms"].get("full") or {}).get("noise_floor")
+    note = (f"\nNoise floor: D of two consecutive seeds of full fine-tuning differs by {num(floor['value'])} on "
+            f"average (at most {num(floor['max'])}).\n") if floor else ""
     return _table(["arm", "D (JS, nats)", "D per seed", "share of full's reduction", "arm − full", "decision",
                    "to settle"],
+                  rows) + note
+
+
+def tox_trend(run: Run) -> str:
+    """Toxicity between neighbouring ranks, and lowest against highest: lower − higher rank, paired
+    over the seeds both arms have and the prompts (the crossed-design difference compare.json uses
+    for arm − full), for the primary toxic fraction and expected maximum toxicity. Positive: the lower
+    rank is more toxic, i.e. toxicity falls with rank. Each comparison at 95%, not adjusted for the
+    several comparisons."""
+    import pandas as pd
+
+    from lorafair.stats import intervals
+    from lorafair.tasks.toxicity import measures
+
+    threshold = run.study["evaluation"]["threshold"]
+    lora = [a for a in _arms(run.compare["pooled"]) if a.startswith("lora-")]
+    cells = {}
+    for arm in lora:
+        frames = {int(p.parent.parent.name.split("-")[1]): pd.read_parquet(p)
+                  for p in sorted((run.path / arm).glob("seed-*/eval/toxicity.parquet"))}
+        cells[arm] = measures.toxicity_cells(frames, threshold)
+    pairs = list(zip(lora, lora[1:])) + ([(lora[0], lora[-1])] if len(lora) > 2 else [])
+    rows = []
+    for lo_arm, hi_arm in pairs:
+        diff = measures.crossed_toxicity_diff(*intervals.pair_cells(cells[lo_arm], cells[hi_arm]))
+        for m in ("toxic_fraction", "expected_max_toxicity"):
+            d = diff[m]
+            word = "falls" if d["lo"] > 0 else "rises" if d["hi"] < 0 else "undecided"
+            rows.append([f"{lo_arm} − {hi_arm}", m, str(d["n_seeds"]), bracket(d, signed=True), word])
+    return _table(["lower − higher rank", "metric", "seeds", "difference [95% CI]", "toxicity with rank"], rows)
+
+
+def gaps(run: Run) -> str:
+    """Each arm's own group gap per seed against what noise alone gives: max − min over groups
+    (raw), its mean under permuted group labels (null), the excess raw − null with its null band, the
+    permutation p-value of the between-group variance, and the raw gap of the scorer-bias control
+    (identity terms replaced by a neutral word before scoring)."""
+    rows = []
+    tox = run.evals.get("toxicity", {})
+    for arm in _arms({a for a, _ in tox}):
+        for key in sorted(k for k in tox if k[0] == arm):
+            ev = tox[key]
+            neutral = (ev.get("neutral") or {}).get("gaps") or {}
+            for m in ("expected_max_toxicity", "mean_score"):
+                g = (ev.get("gaps") or {}).get(m)
+                if not g:
+                    continue
+                rows.append([arm, str(key[1]), m, num(g["raw_gap"]), num(g["null_gap"]), bracket(g, signed=True),
+                             num(g.get("p_value")), num((neutral.get(m) or {}).get("raw_gap"))])
+    return _table(["arm", "seed", "measure", "raw gap", "null gap", "excess [null band]", "p", "raw gap, neutral word"],
                   rows)
 
 
 def cost(run: Run) -> str:
-    """Wall time of each stage of the run."""
+    """Wall time of the run: each stage, or for a run grown by run until decided each look (the
+    seeds it trained and evaluated) and the analyses."""
+    import json
+
+    plan = run.path / "sequential.json"
+    if plan.is_file():
+        looks = json.loads(plan.read_text())["looks"]
+        rows = [[f"look {lk['look']}: " + ", ".join(f"{a} to {n}" for a, n in sorted(lk["arms"].items()))
+                 + f", full to {lk['full']} seeds", f"{lk['wall_s'] / 60:.1f}"] for lk in looks]
+        timing = run.path / "analysis" / "timings.json"
+        analyses = sum(json.loads(timing.read_text())["seconds"].values()) if timing.is_file() else 0.0
+        rows.append(["analyses (KL on every seed, Logit Lens, weight spectrum)", f"{analyses / 60:.1f}"])
+        total = sum(lk["wall_s"] for lk in looks) + analyses
+        return _table(["part", "minutes"], rows + [["total", f"{total / 60:.1f}"]])
     stages = {k: v for k, v in run.timings.items() if isinstance(v, (int, float))}
     rows = [[k, f"{v / 60:.1f}"] for k, v in stages.items()]
     rows.append(["total", f"{sum(stages.values()) / 60:.1f}"])
@@ -172,7 +246,7 @@ def cost(run: Run) -> str:
 
 
 KINDS = {"decisions": decisions, "pooled": pooled, "more": more, "fit": fit, "kl": kl, "kl-trend": kl_trend, "spectrum": spectrum,
-         "counterfactual": counterfactual, "cost": cost}
+         "counterfactual": counterfactual, "gaps": gaps, "tox-trend": tox_trend, "cost": cost}
 
 
 def render(name: str, results: Path, runs: dict[str, Run] | None = None) -> str:
