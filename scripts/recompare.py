@@ -2,7 +2,7 @@
 ``compare.json`` (and ``analysis/counterfactual.json`` where the study computes it) through
 ``lorafair.study.decide.recompare`` and ``lorafair.study.counterfactual.repool``, the scorer-bias control of identity-group gaps where an
 evaluation summary lacks it (only continuations that contain an identity term are scored again),
-and the report.
+and the report. A run grown by ``run --until-decided`` keeps its sequential decisions (``sequential.json``).
 
     python scripts/recompare.py results/findings-detox results/findings-identity ...
 
@@ -19,6 +19,7 @@ from lorafair.report import build_report
 from lorafair.store import rundir as store
 from lorafair.study.counterfactual import repool
 from lorafair.study.decide import recompare
+from lorafair.study.sequential import annotate
 
 
 def add_neutral_control(run_dir: Path) -> int:
@@ -68,7 +69,9 @@ def main() -> None:
         files = [rd.compare_path(), rd.analysis_path("counterfactual")]
         before = {f: _decisions(f) for f in files}
         n = add_neutral_control(run)
-        recompare(run, log=lambda m: None)
+        out = recompare(run, log=lambda m: None)
+        if rd.sequential_path().is_file():  # a run grown by run until decided keeps its sequential decisions
+            store.write_json(rd.compare_path(), annotate(out, store.read_json(rd.sequential_path())))
         repool(run)
         build_report(run)
         print(f"{run}: {n} evaluation summaries given the scorer-bias control")
