@@ -132,15 +132,19 @@ def kl(inp: Inputs) -> dict:
     per_seed: dict[int, dict] = {}
     seq_frames, token_rows = [], []
     first_full = bank.full
+    floor = None  # full fine-tuning of the next seed: the noise floor of this seed, the reference of the next
     try:
         for i, seed in enumerate(seeds):
             names = _seed_names(session, inp, seed)
-            other = seeds[(i + 1) % len(seeds)] if len(seeds) > 1 else None
-            if seed != inp.seed and "full" in names:
-                bank.add_full(session.load_full(seed))
-            floor = precision.for_inference(session.load_full(other), bank.dtype).eval() if other is not None else None
+            if floor is not None:
+                bank.full = floor
+            if len(seeds) < 2:
+                floor = None
+            elif i + 1 < len(seeds):
+                floor = precision.for_inference(session.load_full(seeds[i + 1]), bank.dtype).eval()
+            else:  # the last seed's floor is the first seed's full, already loaded
+                floor = first_full
             per_seed[seed] = _kl_one_seed(inp, names, floor, seq_frames, token_rows if seed == inp.seed else None, seed)
-            del floor
     finally:
         bank.full = first_full
     if token_rows:
