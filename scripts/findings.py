@@ -180,17 +180,16 @@ def tox_trend(run: Run) -> str:
     for arm − full), for the primary toxic fraction and expected maximum toxicity. Positive: the lower
     rank is more toxic, i.e. toxicity falls with rank. Each comparison at 95%, not adjusted for the
     several comparisons."""
-    import pandas as pd
-
     from lorafair.stats import intervals
+    from lorafair.store.rundir import RunDir
     from lorafair.tasks.toxicity import measures
 
     threshold = run.study["evaluation"]["threshold"]
     lora = [a for a in _arms(run.compare["pooled"]) if a.startswith("lora-")]
-    cells = {}
+    rd, cells = RunDir(run.path), {}
     for arm in lora:
-        frames = {int(p.parent.parent.name.split("-")[1]): pd.read_parquet(p)
-                  for p in sorted((run.path / arm).glob("seed-*/eval/toxicity.parquet"))}
+        frames = {s: got[1] for (a, s), _ in rd.seed_dirs() if a == arm
+                  and (got := rd.read_eval(a, s, "toxicity")) is not None}
         cells[arm] = measures.toxicity_cells(frames, threshold)
     pairs = list(zip(lora, lora[1:])) + ([(lora[0], lora[-1])] if len(lora) > 2 else [])
     rows = []
