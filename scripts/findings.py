@@ -223,6 +223,9 @@ def gaps(run: Run) -> str:
                   rows)
 
 
+ANALYSES = {"kl": "KL on every seed", "lens": "Logit Lens", "weights": "weight spectrum"}
+
+
 def cost(run: Run) -> str:
     """Wall time of the run: each stage, or for a run grown by run until decided each look (the
     seeds it trained and evaluated) and the analyses."""
@@ -234,8 +237,11 @@ def cost(run: Run) -> str:
         rows = [[f"look {lk['look']}: " + ", ".join(f"{a} to {n}" for a, n in sorted(lk["arms"].items()))
                  + f", full to {lk['full']} seeds", f"{lk['wall_s'] / 60:.1f}"] for lk in looks]
         timing = run.path / "analysis" / "timings.json"
-        analyses = sum(json.loads(timing.read_text())["seconds"].values()) if timing.is_file() else 0.0
-        rows.append(["analyses (KL on every seed, Logit Lens, weight spectrum)", f"{analyses / 60:.1f}"])
+        seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else {}
+        analyses = sum(seconds.values())
+        if seconds:
+            names = ", ".join(ANALYSES.get(k, k) for k in seconds)
+            rows.append([f"analyses ({names})", f"{analyses / 60:.1f}"])
         total = sum(lk["wall_s"] for lk in looks) + analyses
         return _table(["part", "minutes"], rows + [["total", f"{total / 60:.1f}"]])
     stages = {k: v for k, v in run.timings.items() if isinstance(v, (int, float))}
