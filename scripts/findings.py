@@ -154,11 +154,11 @@ def counterfactual(run: Run) -> str:
     """Counterfactual divergence D (JS) per arm, the share of full fine-tuning's reduction of D from
     base, arm − full with its decision against the margin, and what would settle an inconclusive one."""
     c = run.counterfactual
-    decisions = c.get("decisions") or {}
+    decisions = run.cf_decisions
     per_seed = run.evals.get("counterfactual", {})
     rows = []
     for arm in _arms(c["arms"]):
-        a, d = c["arms"][arm], (decisions.get(arm) or {}).get("cf_js")
+        a, d = c["arms"][arm], decisions.get(arm)
         need = more_data(a["minus_full"], d["margin"]) if d and d["decision"] == "inconclusive" else None
         settle = (f"{need['goal']}: {need['units'] or '-'} templates (now {need['n_units']}) or "
                   f"{need['seeds'] or '-'} seeds (now {need['n_seeds']})") if need else "-"

@@ -69,10 +69,10 @@ def main() -> None:
         files = [rd.compare_path(), rd.analysis_path("counterfactual")]
         before = {f: _decisions(f) for f in files}
         n = add_neutral_control(run)
+        repool(run)  # before the comparison, which decides the divergence with the task's metrics
         out = recompare(run, log=lambda m: None)
         if rd.sequential_path().is_file():  # a run grown by run until decided keeps its sequential decisions
             store.write_json(rd.compare_path(), annotate(out, store.read_json(rd.sequential_path())))
-        repool(run)
         build_report(run)
         print(f"{run}: {n} evaluation summaries given the scorer-bias control")
         for f in files:

@@ -101,6 +101,10 @@ STUDY_KEYS = [
     ("scorer-hf-empty", {E: {"scorer": "hf:"}}, "evaluation.scorer"),
     ("scorer-empty", {E: {"scorer": ""}}, "evaluation.scorer"),
     ("probe-unknown", {E: {"probes": ["crows-pair"]}}, "did you mean 'crows-pairs'"),
+    ("primary-typo", {E: {"primary": ["mean_scor"]}}, "evaluation.primary: no metric of task 'toxicity' is named "
+                                                       "'mean_scor'; did you mean 'mean_score'"),
+    ("primary-cf-off", {E: {"primary": ["cf_js"]}}, "evaluation.primary: cf_js (the counterfactual divergence) is "
+                                                    "computed only with evaluation.counterfactual.enabled: true"),
     ("probe-items-zero", {E: {"probes": ["crows-pairs"], "n_probe_items": 0}}, "evaluation.n_probe_items"),
     ("greedy-word", {E: {"greedy": "maybe"}}, "evaluation.greedy"),
     ("n-prompts-too-many", {E: {"n_prompts": 10_000_000}}, "evaluation.n_prompts"),

@@ -55,6 +55,39 @@ def test_divergence_per_arm_pooled_and_cached(tiny_study):
     assert rd.eval_paths("full", 1, "counterfactual")[0].stat().st_mtime_ns == before
 
 
+def test_divergence_decided_with_the_task_metrics_and_primary(tiny_study):
+    d = _study(tiny_study)
+    d["evaluation"]["primary"] = ["mean_score", "cf_js"]
+    runner = Runner(study_from_dict(d), log=lambda _: None)
+    runner.run(analyses=False, report=True)
+    rd = runner.rd
+    cmp, pooled = store.read_json(rd.compare_path()), store.read_json(rd.analysis_path("counterfactual"))
+    got = cmp["decisions"]["lora-r2"]["cf_js"]
+    assert got["primary"] and got["margin"] == 0.005 and cmp["margins"]["cf_js"] == 0.005
+    assert got["value"] == pytest.approx(pooled["arms"]["lora-r2"]["minus_full"]["value"])
+    assert cmp["minus_full"]["lora-r2"]["cf_js"]["higher_is_better"] is False
+    assert cmp["pooled"]["base"]["cf_js"]["value"] == pytest.approx(pooled["arms"]["base"]["js"]["value"])
+    assert cmp["decisions"]["base"]["cf_js"]["p_holm"] is None  # base − full stays out of the family
+    # Holm over the family of the one judged arm's two primary metrics, by hand
+    p = {m: cmp["decisions"]["lora-r2"][m]["p_value"] for m in ("mean_score", "cf_js")}
+    small, large = sorted(p, key=p.get)
+    assert cmp["decisions"]["lora-r2"][small]["p_holm"] == pytest.approx(min(1.0, 2 * p[small]))
+    assert cmp["decisions"]["lora-r2"][large]["p_holm"] == pytest.approx(max(min(1.0, 2 * p[small]), p[large]))
+    # the decisions table and the report show compare.json's decision
+    import pandas as pd
+    table = pd.read_parquet(rd.table_path("decisions"))
+    row = table[(table["arm"] == "lora-r2") & (table["metric"] == "cf_js")]
+    assert len(row) == 1 and row["decision"].iloc[0] == got["decision"]
+    from lorafair.report.load import load_run
+    assert load_run(rd.path).cf_decisions["lora-r2"] == got
+    # rebuilt from the stored files alone, the same decision
+    from lorafair.study.decide import recompare
+    assert recompare(rd.path, log=lambda _: None)["decisions"]["lora-r2"]["cf_js"] == got
+    # the same folder compared for a study without the divergence: its stale analysis is not read
+    Runner(study_from_dict(tiny_study(seeds=[0, 1])), log=lambda _: None).run(analyses=False, report=False)
+    assert all("cf_js" not in ms for ms in store.read_json(rd.compare_path())["decisions"].values())
+
+
 def test_bad_settings_are_user_errors(tiny_study):
     with pytest.raises(UserError, match="counterfactual.positions"):
         study_from_dict(_study(tiny_study, positions=0))

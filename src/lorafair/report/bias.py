@@ -20,12 +20,12 @@ BBQ_STATS = [("accuracy_ambiguous", "accuracy, ambiguous"), ("accuracy_disambigu
 def counterfactual_table(run: Run) -> tuple[list[str], list[list[object]], list[str]]:
     """(header, rows, caveats) of the pooled counterfactual divergence, one row per arm."""
     cf = run.counterfactual or {}
-    arms, decisions = cf.get("arms") or {}, cf.get("decisions") or {}
+    arms, decisions = cf.get("arms") or {}, run.cf_decisions
     header = ["arm", *[label for _, label in CF_COLUMNS], f"decision (δ = {(cf.get('margins') or {}).get('cf_js')})"]
     rows, caveats = [], []
     for arm in sorted(arms, key=arm_order):
         e = arms[arm]
-        decided = (decisions.get(arm) or {}).get("cf_js")
+        decided = decisions.get(arm)
         rows.append([arm, *[value_ci(e[key], signed=key == "minus_full", label="") if e.get(key) else "-"
                              for key, _ in CF_COLUMNS], decision_cell(decided) if decided else "-"])
         if e.get("caveat") and not caveats:

@@ -62,6 +62,15 @@ class Run:
     def task(self) -> str | None:
         return (self.study.get("task") or {}).get("name")
 
+    @property
+    def cf_decisions(self) -> dict[str, dict]:
+        """arm -> the decision on the counterfactual divergence (arm − full): compare.json's, where it
+        is decided with the task's metrics (and, when primary, Holm-adjusted or settled by run until
+        decided), else the counterfactual analysis's own (runs compared before it was)."""
+        own = {a: d["cf_js"] for a, d in ((self.counterfactual or {}).get("decisions") or {}).items() if "cf_js" in d}
+        merged = {a: d["cf_js"] for a, d in (self.compare.get("decisions") or {}).items() if "cf_js" in d}
+        return merged or own
+
 
 def _json(path: Path) -> Any:
     """A JSON file's content, or None when it is missing or unreadable."""

@@ -347,6 +347,21 @@ def validate(study: Study) -> None:
     expand_arms(study)
 
 
+def check_primary_names(study: Study, metrics: list[str]) -> None:
+    """Every primary metric names a metric the task decides (or a prefix of one, or a metric under a
+    prefix the task's margins use), and the counterfactual divergence only where it is computed."""
+    src = study.source_path
+    for name in study.evaluation.primary:
+        if name == "cf_js" and not study.evaluation.counterfactual.enabled:
+            raise UserError(f"{src}: evaluation.primary: cf_js (the counterfactual divergence) is computed only "
+                            "with evaluation.counterfactual.enabled: true; enable it or remove cf_js")
+        if not any(name == m or m.startswith(name + "_") or name.startswith(m + "_") for m in metrics):
+            close = difflib.get_close_matches(name, metrics, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(sorted(metrics))}"
+            raise UserError(f"{src}: evaluation.primary: no metric of task {study.task.name!r} is named "
+                            f"{name!r}; {hint}")
+
+
 def check_margin_names(study: Study, metrics: list[str]) -> None:
     """Every margin of the study names a metric its task decides (or a prefix of such names, as the
     task's own defaults do), so a typo never silently leaves the default margin in force."""

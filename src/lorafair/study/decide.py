@@ -5,6 +5,7 @@ equivalence decisions (``stats.equivalence.decide_all``). Used by the compare st
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -31,10 +32,32 @@ def fit_by_arm(rd: store.RunDir, arms: list[str], competence: dict[str, str],
     return out
 
 
+def with_counterfactual(rd: store.RunDir, study, res: CompareResult, margins: dict) -> CompareResult:
+    """The comparison with the counterfactual divergence added as metric ``cf_js`` (pooled D per arm,
+    arm − full with its crossed interval), read from ``analysis/counterfactual.json`` when the study
+    computes it, so that it is decided with the task's metrics (and can be primary: in the Holm family
+    and settled by run until decided). ``margins`` gains its margin."""
+    path = rd.analysis_path("counterfactual")
+    if not (study.evaluation.counterfactual.enabled and path.is_file()):
+        return res
+    cf = store.read_json(path)
+    margins.setdefault("cf_js", (cf.get("margins") or {}).get("cf_js"))
+    pooled = {a: dict(ms) for a, ms in res.pooled.items()}
+    minus_full = {a: dict(ms) for a, ms in res.minus_full.items()}
+    for arm, e in (cf.get("arms") or {}).items():
+        if e.get("js") and arm in pooled:
+            pooled[arm]["cf_js"] = e["js"]
+        if e.get("minus_full") and arm in minus_full:
+            minus_full[arm]["cf_js"] = {**e["minus_full"], "higher_is_better": False}
+    return dataclasses.replace(res, pooled=pooled, minus_full=minus_full)
+
+
 def decide_run(rd: store.RunDir, study, task, res: CompareResult,
                results: dict[tuple[str, int], pd.DataFrame]) -> dict:
-    """compare.json's content: the comparison, margins, primary metrics, fit gate and decisions."""
+    """compare.json's content: the comparison (with the counterfactual divergence where the study
+    computes it), margins, primary metrics, fit gate and decisions."""
     margins = {**task.default_margins(), **study.evaluation.margins}
+    res = with_counterfactual(rd, study, res, margins)
     primary = list(study.evaluation.primary or task.PRIMARY)
     arms = sorted({a for a, _ in results})
     fit = fit_by_arm(rd, arms, task.competence(results, res.pooled), study.training.early_stopping_patience)
@@ -46,7 +69,8 @@ def decide_run(rd: store.RunDir, study, task, res: CompareResult,
 def recompare(run_dir: str | Path, log=print) -> dict:
     """Rebuild ``compare.json`` of a finished run from its stored per-item evaluation rows (no model
     is loaded, nothing is retrained or re-evaluated) and write it; returns it. The counterfactual
-    analysis is pooled again by ``study.counterfactual.repool``."""
+    divergence is read from ``analysis/counterfactual.json``: pool it again first
+    (``study.counterfactual.repool``) where the per-template divergences changed."""
     from lorafair.study.config import load_study
     from lorafair.study.context import Context, make_task
 

@@ -18,7 +18,7 @@ from lorafair.arms import kinds
 from lorafair.models import sources as models
 from lorafair.models.checks import check_weight_files
 from lorafair.study import overlap, stages
-from lorafair.study.config import Arm, Study, check_margin_names, expand_arms, second_scorer_name
+from lorafair.study.config import Arm, Study, check_margin_names, check_primary_names, expand_arms, second_scorer_name
 from lorafair.study.counterfactual import MARGINS as CF_MARGINS
 from lorafair.errors import UserError
 from lorafair.store.rundir import RunDir
@@ -43,6 +43,7 @@ def preflight(study: Study, only: list[str] | None = None, analyses: bool = True
     arms = select_arms(expand_arms(study), only)
     task = make_task(study)
     check_margin_names(study, [*task.default_margins(), *CF_MARGINS])
+    check_primary_names(study, [*task.default_margins(), *CF_MARGINS])
     plan = Plan(arms, output_path(study))
     if study.model.trust_remote_code:
         plan.warnings.append(f"model.trust_remote_code is true: loading {study.model.source!r} runs the Python "

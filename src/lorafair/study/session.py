@@ -63,11 +63,11 @@ def output_path(study: Study) -> Path:
 
 
 def measured_settings(evaluation) -> dict:
-    """What in the evaluation settings determines results (how arms share batches, the margins,
-    whether the scorer is audited, the counterfactual settings, cached on their own, and how many
-    seeds ``run --until-decided`` adds do not)."""
+    """What in the evaluation settings determines results (how arms share batches, the margins and
+    primary metrics, which only decide, whether the scorer is audited, the counterfactual settings,
+    cached on their own, and how many seeds ``run --until-decided`` adds do not)."""
     d = dataclasses.asdict(evaluation)
-    for k in ("mix_arms", "margins", "audit_scorer", "counterfactual", "sequential"):
+    for k in ("mix_arms", "margins", "primary", "audit_scorer", "counterfactual", "sequential"):
         d.pop(k, None)
     return d
 
