@@ -49,7 +49,7 @@ def test_snippets_on_committed_results_run(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "minus_full_by_rank.png").stat().st_size > 10_000
     assert (tmp_path / "training_loss.png").stat().st_size > 5_000
     assert list(ns["lora"]["rank"].unique()) == [1, 4, 16, 64]
-    assert ns["side"].shape[0] == 12  # base, r1, r64 x the four shared toxicity metrics
+    assert ns["side"].shape[0] == 20  # base, r1, r4, r16, r64 x the four shared toxicity metrics
     out = capsys.readouterr().out
     assert "shared decisions differ between the two studies" in out and "equivalent on every metric" in out
     assert ns["worst"].prompt.notna().all() and len(ns["worst"]) == 3
