@@ -356,10 +356,8 @@ def check_primary_names(study: Study, metrics: list[str]) -> None:
             raise UserError(f"{src}: evaluation.primary: cf_js (the counterfactual divergence) is computed only "
                             "with evaluation.counterfactual.enabled: true; enable it or remove cf_js")
         if not any(name == m or m.startswith(name + "_") or name.startswith(m + "_") for m in metrics):
-            close = difflib.get_close_matches(name, metrics, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(sorted(metrics))}"
             raise UserError(f"{src}: evaluation.primary: no metric of task {study.task.name!r} is named "
-                            f"{name!r}; {hint}")
+                            f"{name!r}; {_closest(name, metrics)}")
 
 
 def check_margin_names(study: Study, metrics: list[str]) -> None:
@@ -367,10 +365,14 @@ def check_margin_names(study: Study, metrics: list[str]) -> None:
     task's own defaults do), so a typo never silently leaves the default margin in force."""
     for name in study.evaluation.margins:
         if name not in metrics:
-            close = difflib.get_close_matches(name, metrics, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(sorted(metrics))}"
             raise UserError(f"{study.source_path}: evaluation.margins.{name}: no metric of task "
-                            f"{study.task.name!r} has this name; {hint}")
+                            f"{study.task.name!r} has this name; {_closest(name, metrics)}")
+
+
+def _closest(name: str, metrics: list[str]) -> str:
+    """The hint for a metric name the task does not have: the closest name, else the list."""
+    close = difflib.get_close_matches(name, metrics, n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(sorted(metrics))}"
 
 
 def validate_sequential(study: Study) -> None:

@@ -42,8 +42,9 @@ def preflight(study: Study, only: list[str] | None = None, analyses: bool = True
 
     arms = select_arms(expand_arms(study), only)
     task = make_task(study)
-    check_margin_names(study, [*task.default_margins(), *CF_MARGINS])
-    check_primary_names(study, [*task.default_margins(), *CF_MARGINS])
+    metrics = [*task.default_margins(), *CF_MARGINS]
+    check_margin_names(study, metrics)
+    check_primary_names(study, metrics)
     plan = Plan(arms, output_path(study))
     if study.model.trust_remote_code:
         plan.warnings.append(f"model.trust_remote_code is true: loading {study.model.source!r} runs the Python "
