@@ -99,6 +99,8 @@ def fit(run: Run) -> str:
                              f"{' (stopped early)' if d.get('stopped_early') else ''}" for d in done)
         gate = (run.compare.get("fit") or {}).get(arm)
         verdict = "-" if gate is None else "fitted" if gate.get("fitted") else "**did not fit**: " + "; ".join(gate["reasons"])
+        if gate and gate.get("seeds_failing"):
+            verdict += f"; {gate['seeds_failing']}"
         rows.append([arm, f"{done[0]['lr']:.3g}", interior, cands or "-", per_seed, verdict])
     return _table(["arm", "lr", "interior optimum", "search: lr→val loss", "best val loss @ step/steps, per seed",
                    "fit gate"], rows)

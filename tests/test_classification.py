@@ -194,6 +194,15 @@ def test_probes_on_every_arm(run, tok):
 # ---------------------------------------------------------------- bad input
 
 
+def test_seed_competence_names_constant_classifiers(tmp_path):
+    """A trained seed that gives one answer to every row fails the check alone; base is not checked."""
+    task = make_task(study_from_dict(_study(tmp_path)))
+    one = pd.DataFrame({"label": [0, 1, 1], "pred": [1, 1, 1]})
+    mixed = pd.DataFrame({"label": [0, 1, 1], "pred": [0, 1, 0]})
+    got = task.seed_competence({("base", 0): one, ("full", 0): mixed, ("lora-r2", 0): one, ("lora-r2", 1): mixed})
+    assert got == {("lora-r2", 0): "a constant classifier"}
+
+
 def test_unknown_protected_attribute(tmp_path):
     with pytest.raises(UserError, match="age_group.*choose from sex, race"):
         make_task(study_from_dict(_study(tmp_path, protected=["age_group"])))

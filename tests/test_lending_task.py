@@ -162,6 +162,25 @@ def test_bad_options_are_user_errors(tmp_path):
         make_task(_study(tmp_path, env={"burnin": T}))
 
 
+def test_competence_pooled_and_seed_by_seed(tmp_path):
+    """A seed that approves everyone after burn-in fails the check alone; the arm fails only when its
+    seeds together are constant; base is never checked; decisions inside burn-in do not count."""
+    task = make_task(_study(tmp_path))
+
+    def rows(approve_all: bool) -> pd.DataFrame:  # 4 applicants a step, steps 0..T-1
+        steps = np.repeat(np.arange(T), 4)
+        approved = np.ones_like(steps) if approve_all else (np.arange(len(steps)) % 2)
+        approved[steps < BURNIN] = 0  # burn-in rows are not the policy's: they must not count
+        return pd.DataFrame({"step": steps, "approved": approved, "n": 1})
+
+    results = {("base", 0): rows(True), ("full", 0): rows(False), ("full", 1): rows(True),
+               ("lora-r1", 0): rows(True), ("lora-r1", 1): rows(True), ("lora-r8", 0): rows(False)}
+    assert task.seed_competence(results) == {("full", 1): "a constant policy", ("lora-r1", 0): "a constant policy",
+                                             ("lora-r1", 1): "a constant policy"}
+    assert task.competence(results, {}) == {"lora-r1": "a constant policy: it approves 100.0% of applicants "
+                                                       "after burn-in"}
+
+
 def test_corpus_follows_the_reference_and_splits_by_application(tmp_path, tok):
     ctx = type("Ctx", (), {"tokenizer": tok})()
     task = make_task(_study(tmp_path))  # equal opportunity re-optimised at every step
@@ -209,6 +228,8 @@ def test_study_end_to_end_on_tiny_model(tmp_path):
     expect = (final_by_env(results[("lora-r2", 0)])["mean_bin"].mean()
               - final_by_env(results[("full", 0)])["mean_bin"].mean())
     assert diff == pytest.approx(expect)
+    failing = runner.task.seed_competence(results)  # the fit gate notes the seeds the task's check fails
+    assert (cmp["fit"]["lora-r2"]["seeds_failing"] is None) == (("lora-r2", 0) not in failing)
 
 
 def test_flip_rate_is_per_environment_from_the_decision_log(tmp_path):

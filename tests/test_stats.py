@@ -358,6 +358,21 @@ def test_fit_gate_reasons():
     assert ok["fitted"] and ok["reasons"] == []
 
 
+
+def test_fit_gate_names_the_seeds_that_failed_the_task_check_alone():
+    """Seeds failing the task's check are a note beside the verdict (the arm stays fitted), with full
+    fine-tuning's count for comparison."""
+    from lorafair.stats.fit import fit_gate
+
+    done = [{"best_val_loss": 0.10, "best_step": 20, "steps": 34, "stopped_early": True}] * 8
+    g = fit_gate({"interior": True}, done, done, loss_base=9.0, seed_failures={7: "a constant policy",
+                 0: "a constant policy", 2: "a constant policy"}, full_failures=(1, 8))
+    assert g["fitted"] and g["reasons"] == []
+    assert g["seeds_failing"] == "a constant policy in seeds 0, 2, 7 (3 of 8 seeds; full fine-tuning: 1 of 8)"
+    one = fit_gate({"interior": True}, done[:2], done, loss_base=9.0, seed_failures={1: "x"})
+    assert one["seeds_failing"] == "x in seed 1 (1 of 2 seeds)"
+    assert fit_gate({"interior": True}, done, done, loss_base=9.0, seed_failures={})["seeds_failing"] is None
+
 # ----------------------------------------------------------------------------- gap differences without noise bias
 
 

@@ -253,7 +253,8 @@ def shift_sentences(kl: dict | None) -> list[str]:
 
 
 def fit_gate_sentences(fit: dict | None) -> list[str]:
-    """One sentence per arm that failed the fit gate, and per arm that may be under-trained."""
+    """One sentence per arm that failed the fit gate, per arm that may be under-trained, and per arm
+    with seeds that failed the task's check alone."""
     out = []
     for arm, g in sorted((fit or {}).items()):
         if not isinstance(g, dict):
@@ -263,6 +264,8 @@ def fit_gate_sentences(fit: dict | None) -> list[str]:
                        "on any metric and is never recommended.")
         if g.get("under_trained"):
             out.append(f"{_cap(arm_label(arm))} {g['under_trained']}.")
+        if g.get("seeds_failing"):
+            out.append(f"{_cap(arm_label(arm))}: {g['seeds_failing']}.")
     return out
 
 

@@ -18,7 +18,11 @@ An arm is *fitted* when all three hold:
 
 An arm that fails gets "no verdict: did not fit (<reasons>)" for every metric. Independently, an arm
 whose best validation step was its last one, or whose early stopping never stopped, is flagged
-"may be under-trained" (a note, not a failure). Pure functions of the records the run stores.
+"may be under-trained" (a note, not a failure); and the seeds that fail the task's check on their
+own (``Task.seed_competence``: say a lending policy that approves everyone) are named beside the
+arm's verdict with full fine-tuning's count for comparison (a note too: such seeds are part of what
+the arm's training does, and they stay in its pooled results). Pure functions of the records the run
+stores.
 """
 
 from __future__ import annotations
@@ -41,14 +45,17 @@ def base_loss(first_losses: list[float]) -> float | None:
 
 def fit_gate(search: dict | None, done: list[dict], full_done: list[dict], loss_base: float | None,
              competence: str | None = None, tolerance: float = LOSS_TOLERANCE,
-             patience: int | None = None) -> dict:
+             patience: int | None = None, seed_failures: dict[int, str] | None = None,
+             full_failures: tuple[int, int] | None = None) -> dict:
     """The gate for one arm (module docstring).
 
     search: the arm's ``lr_search/<arm>.json`` (None: the rate was set by hand); done: its
     ``done.json`` per seed; full_done: full fine-tuning's; loss_base: :func:`base_loss`;
     competence: None when the task's check passes, else why it failed; patience: the study's
-    ``early_stopping_patience``. Returns ``{fitted, reasons, under_trained, val_loss, full_val_loss,
-    base_loss, loss_share}``; ``loss_share`` = (L_arm − L_full) / (L_base − L_full)."""
+    ``early_stopping_patience``; seed_failures: seed -> why it failed the task's check alone;
+    full_failures: (failed, seeds) of full fine-tuning. Returns ``{fitted, reasons, under_trained,
+    seeds_failing, val_loss, full_val_loss, base_loss, loss_share}`` (``seeds_failing``: the note on
+    the failing seeds, or None); ``loss_share`` = (L_arm − L_full) / (L_base − L_full)."""
     reasons: list[str] = []
     if isinstance(search, dict) and search.get("interior") is False:
         n = len(search.get("extensions") or [])
@@ -71,4 +78,16 @@ def fit_gate(search: dict | None, done: list[dict], full_done: list[dict], loss_
         notes.append("early stopping never stopped")
     return {"fitted": not reasons, "reasons": reasons,
             "under_trained": ("may be under-trained: " + "; ".join(notes)) if notes else None,
+            "seeds_failing": failing_seeds(seed_failures, len(done), full_failures),
             "val_loss": lv, "full_val_loss": lf, "base_loss": loss_base, "loss_share": share}
+
+
+def failing_seeds(failures: dict[int, str] | None, n_seeds: int, full: tuple[int, int] | None) -> str | None:
+    """The note on an arm's seeds that failed the task's check alone, e.g. "a constant policy in
+    seeds 0, 1 (2 of 8 seeds; full fine-tuning: 1 of 8)"; None when none failed."""
+    if not failures:
+        return None
+    why = "; ".join(sorted(set(failures.values())))
+    seeds = ", ".join(str(s) for s in sorted(failures))
+    ref = f"; full fine-tuning: {full[0]} of {full[1]}" if full else ""
+    return f"{why} in seed{'s' if len(failures) > 1 else ''} {seeds} ({len(failures)} of {n_seeds} seeds{ref})"

@@ -17,18 +17,22 @@ from lorafair.store import rundir as store
 
 
 def fit_by_arm(rd: store.RunDir, arms: list[str], competence: dict[str, str],
-               patience: int | None) -> dict[str, dict]:
-    """arm -> fit gate for every trained arm but full (whose records are the reference)."""
+               patience: int | None, seed_competence: dict[tuple[str, int], str] | None = None) -> dict[str, dict]:
+    """arm -> fit gate for every trained arm but full (whose records are the reference);
+    ``seed_competence``: (arm, seed) -> why that seed failed the task's check alone."""
     done = {a: [d for (arm, s), _ in rd.seed_dirs() if arm == a for d in [rd.done(arm, s)] if d] for a in arms}
     first = [log[0]["loss"] for (arm, s), _ in rd.seed_dirs() if arm != "base"
              for log in [rd.train_log(arm, s)] if log and "loss" in log[0]]
     lb = base_loss(first)
+    failed = {a: {s: why for (arm, s), why in (seed_competence or {}).items() if arm == a} for a in arms}
+    full = (len(failed.get("full") or {}), len(done["full"])) if done.get("full") else None
     out = {}
     for arm in arms:
         if arm in ("base", "full") or not done.get(arm):
             continue
         out[arm] = fit_gate(rd.read_lr_search(arm), done[arm], done.get("full") or [], lb,
-                            competence.get(arm), patience=patience)
+                            competence.get(arm), patience=patience, seed_failures=failed.get(arm),
+                            full_failures=full)
     return out
 
 
@@ -60,7 +64,8 @@ def decide_run(rd: store.RunDir, study, task, res: CompareResult,
     res = with_counterfactual(rd, study, res, margins)
     primary = list(study.evaluation.primary or task.PRIMARY)
     arms = sorted({a for a, _ in results})
-    fit = fit_by_arm(rd, arms, task.competence(results, res.pooled), study.training.early_stopping_patience)
+    fit = fit_by_arm(rd, arms, task.competence(results, res.pooled), study.training.early_stopping_patience,
+                     task.seed_competence(results))
     out = res.to_json(margins, equivalence.decide_all(res.minus_full, margins, primary, fit))
     out.update(primary=primary, fit=fit)
     return out

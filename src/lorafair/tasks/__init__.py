@@ -188,6 +188,12 @@ class Task(ABC):
         has no such check. ``results``: (arm, seed) -> evaluation rows; ``pooled``: compare.json's."""
         return {}
 
+    def seed_competence(self, results: dict[tuple[str, int], pd.DataFrame]) -> dict[tuple[str, int], str]:
+        """The same check seed by seed, for every trained arm (full included): (arm, seed) -> why that
+        seed's model did not learn the task (short), for the seeds that fail; {} when none fails or the
+        task has no such check. The fit gate reports them beside the arm's verdict (``stats.fit``)."""
+        return {}
+
     def default_margins(self) -> dict[str, float]:
         """Equivalence margin δ per headline metric (or metric-name prefix); the study's
         ``evaluation.margins`` override these."""

@@ -186,6 +186,11 @@ class Classification(Task):
                             "the majority class (0.5)")
         return out
 
+    def seed_competence(self, results: dict[tuple[str, int], pd.DataFrame]) -> dict[tuple[str, int], str]:
+        """A seed whose classifier gives one answer to every test row has learnt a constant rule."""
+        return {key: "a constant classifier" for key, df in results.items()
+                if key[0] != "base" and "pred" in df and len(df) and df["pred"].nunique() == 1}
+
     def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> CompareResult:
         """Every headline metric pooled over seeds and each arm minus full, paired over seeds and test
         rows (crossed design): smooth measures with ``stats.crossed_interval`` /

@@ -296,18 +296,30 @@ class Lending(Task):
         """A policy that approves (or denies) more than ``CONSTANT_SHARE`` of the applicants it decides
         on after burn-in, over all its seeds, has learnt a constant rule, not a credit policy."""
         out = {}
-        for arm in sorted({a for a, _ in results}):
-            frames = [df for (a, _), df in results.items() if a == arm and {"step", "approved", "n"} <= set(df)]
-            if arm == "base" or not frames:
-                continue
-            own = pd.concat(frames)
-            own = own[own["step"] >= self.params.burnin]
-            n = float(own["n"].sum())
-            share = float(own["approved"].sum()) / n if n else float("nan")
-            if n and (share > CONSTANT_SHARE or share < 1 - CONSTANT_SHARE):
-                out[arm] = (f"a constant policy: it {'approves' if share > 0.5 else 'denies'} "
-                            f"{100 * max(share, 1 - share):.1f}% of applicants after burn-in")
+        for arm in sorted({a for a, _ in results} - {"base"}):
+            why = self._constant([df for (a, _), df in results.items() if a == arm])
+            if why:
+                out[arm] = why
         return out
+
+    def seed_competence(self, results: dict[tuple[str, int], pd.DataFrame]) -> dict[tuple[str, int], str]:
+        """The constant-policy check of :meth:`competence` on each trained seed alone."""
+        return {key: "a constant policy" for key, df in results.items()
+                if key[0] != "base" and self._constant([df])}
+
+    def _constant(self, frames: list[pd.DataFrame]) -> str | None:
+        """Why the decisions of ``frames`` (after burn-in) are a constant policy, or None."""
+        frames = [df for df in frames if {"step", "approved", "n"} <= set(df)]
+        if not frames:
+            return None
+        own = pd.concat(frames)
+        own = own[own["step"] >= self.params.burnin]
+        n = float(own["n"].sum())
+        share = float(own["approved"].sum()) / n if n else float("nan")
+        if n and (share > CONSTANT_SHARE or share < 1 - CONSTANT_SHARE):
+            return (f"a constant policy: it {'approves' if share > 0.5 else 'denies'} "
+                    f"{100 * max(share, 1 - share):.1f}% of applicants after burn-in")
+        return None
 
     def compare(self, ctx, results: dict[tuple[str, int], pd.DataFrame]) -> CompareResult:
         """Per arm: every headline measure pooled over training seeds, and each arm minus full paired
