@@ -56,7 +56,7 @@ def test_unknown_block_is_refused(tmp_path):
 
 
 def test_committed_findings_match_committed_results():
-    assert {"findings-detox", "findings-identity", "findings-lending"} <= set(STUDIES)
+    assert {"findings-detox", "findings-detox-gemma", "findings-identity", "findings-lending"} <= set(STUDIES)
     assert findings.main(["--check"]) == 0
 
 
